@@ -1,0 +1,6 @@
+//! The chunkfs image format (docs/format.md): the metadata model and its Cap'n Proto encoding,
+//! content-defined chunking, zstd chunk frames, the `.cfs` single-file container, OCI image
+//! layouts, and translation of an image into its EROFS descriptor (docs/descriptor.md).
+
+pub mod digest;
+pub mod model;
