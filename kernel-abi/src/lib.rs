@@ -14,8 +14,10 @@
 
 pub mod digest_table;
 pub mod erofs;
+mod error;
 pub mod le;
 mod pod;
 
+pub use error::AbiError;
 pub use le::{Le16, Le32, Le64};
 pub use pod::Pod;
