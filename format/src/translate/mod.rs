@@ -1,10 +1,8 @@
 //! Translation of an image's metadata into its EROFS descriptor (docs/descriptor.md).
 //!
-//! Input: a validated [`Image`], where each of its chunks is stored ([`ChunkLocation`]), and the
+//! Input: a validated [`Image`](crate::model::Image), where each of its chunks is stored ([`ChunkLocation`]), and the
 //! shape of the primary device ([`Layout`]). Output: the EROFS bytes to place in the primary
 //! device. Deterministic: the same input gives the same bytes.
-
-use crate::model::Image;
 
 /// Where one chunk's frame is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
