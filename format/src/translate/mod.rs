@@ -1,8 +1,38 @@
 //! Translation of an image's metadata into its EROFS descriptor (docs/descriptor.md).
 //!
-//! Input: a validated [`Image`](crate::model::Image), where each of its chunks is stored ([`ChunkLocation`]), and the
+//! Input: a validated [`Image`], where each of its chunks is stored ([`ChunkLocation`]), and the
 //! shape of the primary device ([`Layout`]). Output: the EROFS bytes to place in the primary
-//! device. Deterministic: the same input gives the same bytes.
+//! device ([`Descriptor`]). Deterministic: the same input gives the same bytes.
+//!
+//! ```
+//! use chunkfs_format::model::{mode, Image, Inode, InodeKind};
+//! use chunkfs_format::translate::{translate, ExtentLayout, Layout};
+//! let root = Inode { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0,
+//!                    xattrs: vec![], kind: InodeKind::Directory(vec![]) };
+//! let image = Image { chunks: vec![], packed_stream: vec![], inodes: vec![root] };
+//! let layout = Layout { block_size_bits: 12, extents: ExtentLayout::Bit48, meta_offset: 4096, devices: vec![] };
+//! let d = translate(&image, &[], &layout).unwrap();
+//! let sb = d.superblock_area(d.min_primary_len()).unwrap();
+//! assert_eq!(sb.len() as u64, d.head_end() - 1024);
+//! ```
+//!
+//! The work is split by job: [`plan`](self) decides every inode's shape and position (nids,
+//! blocks), then the encoders (`inode`, `xattr`, `dir`, `extents`, `clusters`) write the bytes,
+//! and `superblock` writes the head area once the primary device's length is known.
+
+mod clusters;
+mod dir;
+mod dump;
+mod extents;
+mod inode;
+mod plan;
+mod superblock;
+mod xattr;
+mod zero_frame;
+
+use crate::model::{Image, ModelError};
+
+pub use plan::Stats;
 
 /// Where one chunk's frame is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,3 +76,165 @@ pub struct Layout {
     /// Extra devices, in order (device ids 1, 2, ...).
     pub devices: Vec<ExtraDevice>,
 }
+
+/// Why an image could not be translated. Each variant names what was refused and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The image metadata breaks an invariant of docs/format.md §3.4.
+    #[error("invalid image metadata: {0}")]
+    Model(#[from] ModelError),
+    /// The number of chunk locations differs from the number of chunks.
+    #[error("{got} chunk locations given for {expected} chunks")]
+    ChunkCount {
+        /// Chunks in the image.
+        expected: usize,
+        /// Locations given.
+        got: usize,
+    },
+    /// A chunk's location cannot be described.
+    #[error("chunk {chunk}: {problem}")]
+    Chunk {
+        /// Index of the chunk.
+        chunk: u32,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The layout is inconsistent (block size, offsets, devices).
+    #[error("layout: {0}")]
+    Layout(String),
+    /// An inode cannot be expressed in EROFS with this layout.
+    #[error("inode {inode}: {problem}")]
+    Inode {
+        /// Index of the inode (`u32::MAX` for the packed inode of small files).
+        inode: u32,
+        /// What cannot be expressed.
+        problem: String,
+    },
+    /// The descriptor would exceed an address or size limit of EROFS.
+    #[error("the descriptor is too large: {0}")]
+    TooLarge(String),
+    /// The primary device length passed to [`Descriptor::superblock_area`] does not fit.
+    #[error("primary device length {len}: {problem}")]
+    PrimaryLen {
+        /// The length given.
+        len: u64,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// Index used in [`Error::Inode`] for the packed inode (it has no index in the image).
+pub const PACKED_INODE: u32 = u32::MAX;
+
+/// The EROFS descriptor of an image: the metadata area, and everything needed to write the
+/// superblock area once the primary device's final length is known.
+#[derive(Clone, Debug)]
+pub struct Descriptor {
+    meta: Vec<u8>,
+    meta_offset: u64,
+    head: superblock::Head,
+    primary_data_end: u64,
+    stats: Stats,
+    dump: dump::Summary,
+}
+
+impl Descriptor {
+    /// The metadata area: write it at [`meta_offset`](Self::meta_offset) of the primary device.
+    pub fn meta_area(&self) -> &[u8] {
+        &self.meta
+    }
+
+    /// Byte offset of the metadata area in the primary device (from the layout).
+    pub fn meta_offset(&self) -> u64 {
+        self.meta_offset
+    }
+
+    /// End of the superblock area: the bytes of [`superblock_area`](Self::superblock_area)
+    /// cover `1024..head_end()` of the primary device. 4096 unless the device table is large.
+    pub fn head_end(&self) -> u64 {
+        self.head.end()
+    }
+
+    /// Smallest valid primary device length: past the metadata area and every frame stored in
+    /// the primary device, rounded up to 4096.
+    pub fn min_primary_len(&self) -> u64 {
+        // Cannot overflow: `translate` checked that this fits below the extra devices' range.
+        self.primary_data_end.div_ceil(4096).saturating_mul(4096)
+    }
+
+    /// Largest valid primary device length: with extra devices, the primary must end below the
+    /// first device's address range; without, only the block address limit applies.
+    pub fn max_primary_len(&self) -> u64 {
+        self.head.max_primary_len()
+    }
+
+    /// The bytes of `1024..head_end()`: superblock, compression configs and device table, for a
+    /// primary device of `primary_len` bytes (a multiple of 4096, at least
+    /// [`min_primary_len`](Self::min_primary_len)).
+    pub fn superblock_area(&self, primary_len: u64) -> Result<Vec<u8>, Error> {
+        if primary_len % 4096 != 0 {
+            return Err(Error::PrimaryLen {
+                len: primary_len,
+                problem: "not a multiple of 4096 (the kernel reads whole pages)".into(),
+            });
+        }
+        if primary_len < self.min_primary_len() {
+            return Err(Error::PrimaryLen {
+                len: primary_len,
+                problem: format!(
+                    "shorter than the {} bytes the descriptor needs",
+                    self.min_primary_len()
+                ),
+            });
+        }
+        if primary_len > self.max_primary_len() {
+            return Err(Error::PrimaryLen {
+                len: primary_len,
+                problem: format!(
+                    "reaches past {} bytes, where the extra devices' addresses begin",
+                    self.max_primary_len()
+                ),
+            });
+        }
+        Ok(self.head.encode(primary_len))
+    }
+
+    /// The unified byte address where extra device `k` (1-based) begins, as extents see it.
+    pub fn device_base(&self, device: u16) -> Option<u64> {
+        self.head.device_base(device)
+    }
+
+    /// Counts and sizes of what was emitted.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// A readable listing of the superblock and every inode as written (the writer's own view;
+    /// to be replaced by a dump of the parsed descriptor).
+    pub fn dump(&self, image: &Image) -> String {
+        self.dump.render(image, &self.head, &self.stats)
+    }
+}
+
+/// Translates a validated image into its EROFS descriptor.
+///
+/// `chunks[i]` is where the frame of `image.chunks[i]` is stored. The result is deterministic.
+pub fn translate(
+    image: &Image,
+    chunks: &[ChunkLocation],
+    layout: &Layout,
+) -> Result<Descriptor, Error> {
+    image.validate()?;
+    if chunks.len() != image.chunks.len() {
+        return Err(Error::ChunkCount {
+            expected: image.chunks.len(),
+            got: chunks.len(),
+        });
+    }
+    plan::build(image, chunks, layout)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,807 @@
+//! Phase 1 decides every inode's on-disk shape and position (nid, data blocks); phase 2 asks the
+//! encoders to write the bytes. Sizes never depend on positions, so one pass of each suffices.
+
+use chunkfs_kernel_abi::erofs::{self, ISLOT_SIZE, PCLUSTER_MAX_SIZE};
+
+use super::clusters::{self, ClusterPlan};
+use super::dir;
+use super::dump::Summary;
+use super::extents::{self, Segment};
+use super::inode::{self, Core, Times};
+use super::superblock::{Head, HeadParams};
+use super::xattr;
+use super::zero_frame;
+use super::{ChunkLocation, Descriptor, Error, ExtentLayout, Layout, PACKED_INODE};
+use crate::model::{FileLayout, Image, InodeKind};
+
+/// Counts and sizes of what a translation emitted (for reports and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Inodes written in the 32-byte compact form (the packed inode included).
+    pub inodes_compact: u64,
+    /// Inodes written in the 64-byte extended form.
+    pub inodes_extended: u64,
+    /// Directories whose last block is inline after the inode.
+    pub dirs_inline: u64,
+    /// Directories stored in whole blocks only.
+    pub dirs_plain: u64,
+    /// Blocks of directory entries outside inodes.
+    pub dir_blocks: u64,
+    /// Symlinks whose target is inline.
+    pub symlinks_inline: u64,
+    /// Symlinks stored in blocks.
+    pub symlinks_plain: u64,
+    /// Encoded extent records written (48-bit layout).
+    pub extent_records: u64,
+    /// Logical cluster indexes written (cluster layout).
+    pub lcluster_indexes: u64,
+    /// Files stored whole in the packed inode.
+    pub fragments: u64,
+    /// Bytes of inline xattr bodies.
+    pub xattr_bytes: u64,
+    /// Nid of the root directory.
+    pub root_nid: u64,
+    /// Nid of the packed inode, 0 if there is none.
+    pub packed_nid: u64,
+    /// Length of the metadata area in bytes.
+    pub meta_bytes: u64,
+    /// The lcluster size chosen for the most file bytes (cluster layout), as log2.
+    pub lcluster_bits_hist: [u64; 8],
+}
+
+/// Decoded length of the all-zero frame that holes point at in the cluster layout.
+pub(super) const ZERO_FRAME_LEN: u64 = 1 << 20;
+
+/// Extra devices' address ranges start on multiples of this, so the primary device may grow
+/// (e.g. by an appended digest table) without reaching them.
+const DEVICE_ALIGN: u64 = 1 << 30;
+
+/// Geometry shared by every encoder.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Geo {
+    pub blkbits: u8,
+    pub blksz: u64,
+    pub layout: ExtentLayout,
+    pub meta_blkaddr: u64,
+}
+
+/// A chunk frame, validated.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Frame {
+    pub device: u16,
+    pub offset: u64,
+    pub stored_len: u32,
+    /// Blocks covering the frame (cluster layout: the pcluster length).
+    pub blocks: u32,
+}
+
+/// What follows an inode core.
+#[derive(Clone, Debug)]
+pub(super) enum Data {
+    /// Nothing (devices, fifos, sockets, empty files).
+    None,
+    /// Directory or symlink bytes: `size` bytes, the last `tail` of them inline after the inode
+    /// (FLAT_INLINE) when `tail > 0`, else all in blocks (FLAT_PLAIN).
+    Flat { size: u64, tail: u64 },
+    /// Encoded extents (48-bit layout).
+    Extents { count: u64, recsz: u64 },
+    /// Full lcluster indexes (cluster layout).
+    Clusters(ClusterPlan),
+    /// The whole file is in the packed inode at this offset.
+    Fragment { offset: u64 },
+}
+
+/// One inode's shape and position.
+#[derive(Clone, Debug)]
+pub(super) struct Node {
+    pub core: Core,
+    pub xattr_isize: u64,
+    pub data: Data,
+    /// Bytes from the inode's start to the end of its record.
+    pub record_len: u64,
+    /// Byte offset of the inode in the metadata area.
+    pub offset: u64,
+    /// First data block (index within the metadata area) of a Flat inode's blocks.
+    pub first_block: u64,
+}
+
+impl Node {
+    pub fn nid(&self) -> u64 {
+        self.offset / ISLOT_SIZE as u64
+    }
+
+    /// Blocks this inode needs outside its record.
+    fn data_blocks(&self, blksz: u64) -> u64 {
+        match self.data {
+            Data::Flat { size, tail } => (size - tail).div_ceil(blksz),
+            _ => 0,
+        }
+    }
+
+    /// Whether the whole record must sit in one block (inline data may not cross a block).
+    fn confined(&self) -> bool {
+        matches!(self.data, Data::Flat { tail, .. } if tail > 0)
+    }
+}
+
+/// Places records and blocks in the metadata area.
+///
+/// Inode records are packed in runs of contiguous blocks; data blocks are taken from the end
+/// of the area. Both grow in visiting order, so an inode, its directory's blocks and its
+/// siblings stay close together, and no block is padded except where a record must not cross.
+struct Area {
+    blksz: u64,
+    /// Blocks allocated so far.
+    end_blocks: u64,
+    /// End (bytes) of the current run of inode blocks.
+    run_end: u64,
+    /// Next free byte in the current run.
+    cursor: u64,
+}
+
+impl Area {
+    fn place(&mut self, len: u64, core_len: u64, confined: bool) -> Result<u64, Error> {
+        let blksz = self.blksz;
+        let mut at = round_up(self.cursor, ISLOT_SIZE as u64)?;
+        let need = if confined { len } else { core_len };
+        if at % blksz + need > blksz {
+            at = round_up(at, blksz)?;
+        }
+        let mut end = checked_add(at, len)?;
+        if end > self.run_end {
+            if self.run_end != self.end_blocks * blksz {
+                // The run cannot grow: data blocks follow it. Start a new run at the end.
+                at = self.end_blocks * blksz;
+                end = checked_add(at, len)?;
+            }
+            self.end_blocks = end.div_ceil(blksz);
+            self.run_end = self.end_blocks * blksz;
+        }
+        self.cursor = end;
+        Ok(at)
+    }
+
+    fn alloc_blocks(&mut self, n: u64) -> Result<u64, Error> {
+        let first = self.end_blocks;
+        self.end_blocks = checked_add(first, n)?;
+        Ok(first)
+    }
+
+    fn len(&self) -> u64 {
+        self.end_blocks * self.blksz
+    }
+}
+
+fn checked_add(a: u64, b: u64) -> Result<u64, Error> {
+    a.checked_add(b)
+        .ok_or_else(|| Error::TooLarge("a metadata offset overflows 64 bits".into()))
+}
+
+pub(super) fn round_up(v: u64, to: u64) -> Result<u64, Error> {
+    v.checked_next_multiple_of(to)
+        .ok_or_else(|| Error::TooLarge("a metadata offset overflows 64 bits".into()))
+}
+
+/// Largest metadata area we build in memory.
+const META_MAX: u64 = 16 << 30;
+
+pub(super) fn build(
+    image: &Image,
+    chunks: &[ChunkLocation],
+    layout: &Layout,
+) -> Result<Descriptor, Error> {
+    let head = HeadParams::check(layout)?;
+    let blkbits = layout.block_size_bits;
+    let blksz = 1u64 << blkbits;
+    let geo = Geo {
+        blkbits,
+        blksz,
+        layout: layout.extents,
+        meta_blkaddr: layout.meta_offset / blksz,
+    };
+    let frames = check_frames(chunks, layout, head.end(), geo)?;
+    let times = Times::choose(image, layout.extents);
+    let links = image.link_counts();
+    let mut stats = Stats::default();
+
+    // Phase 1: shapes.
+    let mut nodes = Vec::with_capacity(image.inodes.len() + 1);
+    let mut any_hole = false;
+    let mut shared = false;
+    let mut frame_uses = vec![0u8; frames.len()];
+    for (i, ino) in image.inodes.iter().enumerate() {
+        let idx = i as u32;
+        let xattr_isize = xattr::ibody_size(&ino.xattrs).map_err(|p| Error::Inode {
+            inode: idx,
+            problem: p,
+        })?;
+        let size = match &ino.kind {
+            InodeKind::Directory(entries) => dir::size(entries, blksz),
+            InodeKind::Symlink(target) => target.len() as u64,
+            InodeKind::File(f) => f.size,
+            InodeKind::Device { .. } | InodeKind::Special => 0,
+        };
+        let core = Core::choose(ino, idx, size, links[i], &times);
+        let data = match &ino.kind {
+            InodeKind::Directory(_) | InodeKind::Symlink(_) => {
+                flat(size, blksz, core.len() + xattr_isize)
+            }
+            InodeKind::File(f) if f.size == 0 => Data::None,
+            InodeKind::File(f) => match &f.layout {
+                FileLayout::Packed(off) => {
+                    stats.fragments += 1;
+                    Data::Fragment { offset: *off }
+                }
+                FileLayout::Extents(list) => {
+                    for x in list {
+                        let u = &mut frame_uses[x.chunk as usize];
+                        shared |= *u > 0;
+                        *u = u.saturating_add(1);
+                    }
+                    let segs = extents::segments(image, list, f.size);
+                    match layout.extents {
+                        ExtentLayout::Bit48 => Data::Extents {
+                            count: extents::record_count(&segs),
+                            recsz: extents::record_size(f.size),
+                        },
+                        ExtentLayout::Clusters => {
+                            any_hole |= segs.iter().any(|s| s.chunk.is_none());
+                            Data::Clusters(clusters::plan(&segs, &frames, f.size, geo).map_err(
+                                |p| Error::Inode {
+                                    inode: idx,
+                                    problem: p,
+                                },
+                            )?)
+                        }
+                    }
+                }
+            },
+            InodeKind::Device { .. } | InodeKind::Special => Data::None,
+        };
+        nodes.push(node(core, xattr_isize, data)?);
+    }
+
+    // The packed inode: a regular file over the packed stream's chunks, in order.
+    let packed = if stats.fragments > 0 {
+        let mut segs = Vec::with_capacity(image.packed_stream.len());
+        let mut at = 0u64;
+        for &c in &image.packed_stream {
+            let len = u64::from(image.chunks[c as usize].size);
+            segs.push(Segment {
+                start: at,
+                len,
+                chunk: Some(c),
+            });
+            at += len;
+        }
+        let data = match layout.extents {
+            ExtentLayout::Bit48 => Data::Extents {
+                count: segs.len() as u64,
+                recsz: extents::record_size(at),
+            },
+            ExtentLayout::Clusters => {
+                Data::Clusters(clusters::plan(&segs, &frames, at, geo).map_err(|p| {
+                    Error::Inode {
+                        inode: PACKED_INODE,
+                        problem: p,
+                    }
+                })?)
+            }
+        };
+        let core = Core::packed(at, &times, image.inodes.len() as u32);
+        nodes.push(node(core, 0, data)?);
+        true
+    } else {
+        false
+    };
+
+    // Placement: the zero frame (if any hole needs it), then the root, then each directory's
+    // blocks followed by its children's records, in the image's depth-first order.
+    let mut area = Area {
+        blksz,
+        end_blocks: 0,
+        run_end: 0,
+        cursor: 0,
+    };
+    let zero_block = if any_hole {
+        Some(area.alloc_blocks(1)?)
+    } else {
+        // Slot 0 stays empty: st_ino is the nid, and 0 is no inode number.
+        area.place(ISLOT_SIZE as u64, ISLOT_SIZE as u64, false)?;
+        None
+    };
+    let mut placed = vec![false; nodes.len()];
+    place(&mut area, &mut nodes, 0, &mut placed)?;
+    for (i, ino) in image.inodes.iter().enumerate() {
+        let InodeKind::Directory(entries) = &ino.kind else {
+            continue;
+        };
+        let n = nodes[i].data_blocks(blksz);
+        if n > 0 {
+            nodes[i].first_block = area.alloc_blocks(n)?;
+        }
+        for e in entries {
+            place(&mut area, &mut nodes, e.inode as usize, &mut placed)?;
+        }
+    }
+    if packed {
+        let last = nodes.len() - 1;
+        place(&mut area, &mut nodes, last, &mut placed)?;
+    }
+    let meta_len = area.len();
+    if meta_len > META_MAX {
+        return Err(Error::TooLarge(format!(
+            "the metadata area would be {meta_len} bytes"
+        )));
+    }
+    let meta_end = checked_add(layout.meta_offset, meta_len)?;
+    if (meta_end / blksz) > u64::from(u32::MAX) {
+        return Err(Error::TooLarge(
+            "metadata blocks lie beyond 32-bit block addresses".into(),
+        ));
+    }
+    let root_nid = nodes[0].nid();
+    if layout.extents == ExtentLayout::Clusters && root_nid > u64::from(u16::MAX) {
+        return Err(Error::TooLarge(format!(
+            "root nid {root_nid} does not fit 16 bits"
+        )));
+    }
+
+    // Device addresses, now that the primary device's data end is known.
+    let frames_end = frames
+        .iter()
+        .filter(|f| f.device == 0)
+        .map(|f| f.offset + u64::from(f.stored_len))
+        .max()
+        .unwrap_or(0);
+    let primary_data_end = meta_end.max(frames_end);
+    let bases = device_bases(layout, primary_data_end, geo)?;
+
+    // Phase 2: bytes.
+    let mut meta = vec![0u8; meta_len as usize];
+    if let Some(b) = zero_block {
+        zero_frame::write(&mut meta, b, blksz);
+    }
+    let parents = parents(image);
+    let ctx = Ctx {
+        image,
+        frames: &frames,
+        bases: &bases,
+        geo,
+        nodes: &nodes,
+        zero_block,
+        parents: &parents,
+    };
+    let mut summary = Summary::default();
+    for (i, n) in nodes.iter().enumerate() {
+        let is_packed = packed && i == nodes.len() - 1;
+        encode_node(&ctx, &mut meta, i, is_packed, &mut stats)?;
+        summary.push(n);
+    }
+
+    let features = Features {
+        compressed: nodes.iter().any(|n| {
+            matches!(
+                n.data,
+                Data::Extents { .. } | Data::Clusters(_) | Data::Fragment { .. }
+            )
+        }),
+        fragments: packed,
+        dedupe: layout.extents == ExtentLayout::Clusters && (any_hole || shared),
+    };
+    let head = Head::new(
+        head,
+        geo,
+        &features,
+        &times,
+        image.inodes.len() as u64,
+        root_nid,
+        if packed {
+            nodes[nodes.len() - 1].nid()
+        } else {
+            0
+        },
+        bases,
+        uuid_of(&meta),
+    );
+    stats.root_nid = root_nid;
+    stats.packed_nid = if packed {
+        nodes[nodes.len() - 1].nid()
+    } else {
+        0
+    };
+    stats.meta_bytes = meta_len;
+    Ok(Descriptor {
+        meta,
+        meta_offset: layout.meta_offset,
+        head,
+        primary_data_end,
+        stats,
+        dump: summary,
+    })
+}
+
+/// Which optional EROFS features the descriptor uses.
+pub(super) struct Features {
+    pub compressed: bool,
+    pub fragments: bool,
+    pub dedupe: bool,
+}
+
+fn node(core: Core, xattr_isize: u64, data: Data) -> Result<Node, Error> {
+    let x = core.len() + xattr_isize;
+    let too_large = |what: &str| {
+        Error::TooLarge(format!(
+            "{what} of {} entries",
+            match &data {
+                Data::Extents { count, .. } => *count,
+                Data::Clusters(p) => p.indexes,
+                _ => 0,
+            }
+        ))
+    };
+    let record_len = match &data {
+        Data::None => x,
+        Data::Flat { tail, .. } => x + tail,
+        Data::Extents { count, recsz } => {
+            let start = round_up(round_up(x, 8)? + 8, *recsz)?;
+            count
+                .checked_mul(*recsz)
+                .and_then(|b| b.checked_add(start))
+                .ok_or_else(|| too_large("extent list"))?
+        }
+        Data::Clusters(p) => p
+            .indexes
+            .checked_mul(8)
+            .and_then(|b| b.checked_add(round_up(x, 8).ok()? + 16))
+            .ok_or_else(|| too_large("lcluster index"))?,
+        Data::Fragment { .. } => round_up(x, 8)? + 8,
+    };
+    Ok(Node {
+        core,
+        xattr_isize,
+        data,
+        record_len,
+        offset: 0,
+        first_block: 0,
+    })
+}
+
+/// Directory or symlink shape: inline the last block's bytes if they fit in one block with the
+/// inode; otherwise everything goes to blocks.
+fn flat(size: u64, blksz: u64, header: u64) -> Data {
+    if size == 0 {
+        return Data::Flat { size, tail: 0 };
+    }
+    let tail = size - (size.div_ceil(blksz) - 1) * blksz;
+    Data::Flat {
+        size,
+        tail: if header + tail <= blksz { tail } else { 0 },
+    }
+}
+
+fn place(area: &mut Area, nodes: &mut [Node], i: usize, placed: &mut [bool]) -> Result<(), Error> {
+    if placed[i] {
+        return Ok(());
+    }
+    placed[i] = true;
+    let n = &nodes[i];
+    let (len, core_len, confined) = (n.record_len, n.core.len(), n.confined());
+    nodes[i].offset = area.place(len, core_len, confined)?;
+    // Directories get their blocks with their own entries; a symlink's go right after it.
+    let is_dir = nodes[i].core.is_dir();
+    let blocks = nodes[i].data_blocks(area.blksz);
+    if blocks > 0 && !is_dir {
+        nodes[i].first_block = area.alloc_blocks(blocks)?;
+    }
+    Ok(())
+}
+
+fn check_frames(
+    chunks: &[ChunkLocation],
+    layout: &Layout,
+    head_end: u64,
+    geo: Geo,
+) -> Result<Vec<Frame>, Error> {
+    let mut out = Vec::with_capacity(chunks.len());
+    for (i, c) in chunks.iter().enumerate() {
+        let bad = |problem: String| Error::Chunk {
+            chunk: i as u32,
+            problem,
+        };
+        if c.stored_len == 0 || c.stored_len > PCLUSTER_MAX_SIZE {
+            return Err(bad(format!(
+                "frame length {} is outside 1..={PCLUSTER_MAX_SIZE}",
+                c.stored_len
+            )));
+        }
+        let end = c
+            .offset
+            .checked_add(u64::from(c.stored_len))
+            .ok_or_else(|| bad("frame end overflows".into()))?;
+        if c.device == 0 {
+            if c.offset < head_end || end > layout.meta_offset {
+                return Err(bad(format!(
+                    "frame {}..{end} in the primary device is not between the head area (ends {head_end}) and the metadata area (starts {})",
+                    c.offset, layout.meta_offset
+                )));
+            }
+        } else {
+            let dev = layout
+                .devices
+                .get(usize::from(c.device) - 1)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "device {} is not in the layout's {} extra devices",
+                        c.device,
+                        layout.devices.len()
+                    ))
+                })?;
+            if end > dev.len {
+                return Err(bad(format!(
+                    "frame {}..{end} lies past the end of device {} ({} bytes)",
+                    c.offset, c.device, dev.len
+                )));
+            }
+        }
+        let blocks = end.div_ceil(geo.blksz) - c.offset / geo.blksz;
+        if geo.layout == ExtentLayout::Clusters {
+            if end % geo.blksz != 0 {
+                return Err(bad(format!(
+                    "frame ends at {end}, not on a {}-byte block boundary (cluster layout)",
+                    geo.blksz
+                )));
+            }
+            if blocks * geo.blksz > u64::from(PCLUSTER_MAX_SIZE)
+                || blocks >= u64::from(erofs::Z_LI_D0_CBLKCNT)
+            {
+                return Err(bad(format!(
+                    "frame covers {blocks} blocks, more than one cluster may"
+                )));
+            }
+        }
+        out.push(Frame {
+            device: c.device,
+            offset: c.offset,
+            stored_len: c.stored_len,
+            blocks: blocks as u32,
+        });
+    }
+    Ok(out)
+}
+
+/// Unified byte address of each device: 0 for the primary, then each extra device on the next
+/// [`DEVICE_ALIGN`] boundary past the previous one.
+fn device_bases(layout: &Layout, primary_data_end: u64, geo: Geo) -> Result<Vec<u64>, Error> {
+    let mut bases = vec![0u64];
+    let mut end = primary_data_end;
+    let limit: u64 = match geo.layout {
+        ExtentLayout::Bit48 => 1 << 48,
+        ExtentLayout::Clusters => (u64::from(u32::MAX) + 1) << geo.blkbits,
+    };
+    for (k, d) in layout.devices.iter().enumerate() {
+        let base = round_up(end, DEVICE_ALIGN)?;
+        end = checked_add(base, d.len)?;
+        if end > limit {
+            return Err(Error::TooLarge(format!(
+                "extra device {} would end at unified address {end}, past {limit}",
+                k + 1
+            )));
+        }
+        bases.push(base);
+    }
+    Ok(bases)
+}
+
+/// Everything an encoder needs to resolve references.
+pub(super) struct Ctx<'a> {
+    pub image: &'a Image,
+    pub frames: &'a [Frame],
+    pub bases: &'a [u64],
+    pub geo: Geo,
+    pub nodes: &'a [Node],
+    pub zero_block: Option<u64>,
+    /// Parent of each directory (the root is its own parent); 0 for other inodes.
+    pub parents: &'a [u32],
+}
+
+impl Ctx<'_> {
+    /// Unified byte address of a frame.
+    pub fn frame_addr(&self, f: &Frame) -> u64 {
+        self.bases[usize::from(f.device)] + f.offset
+    }
+
+    /// Absolute block address of a block of the metadata area.
+    pub fn meta_block(&self, b: u64) -> u64 {
+        self.geo.meta_blkaddr + b
+    }
+}
+
+fn encode_node(
+    ctx: &Ctx,
+    meta: &mut [u8],
+    i: usize,
+    is_packed: bool,
+    stats: &mut Stats,
+) -> Result<(), Error> {
+    let n = &ctx.nodes[i];
+    let at = n.offset as usize;
+    let idx = if is_packed { PACKED_INODE } else { i as u32 };
+    let (layout, u) = match &n.data {
+        Data::None => (
+            erofs::INODE_FLAT_PLAIN,
+            inode::special_u(ctx.image, idx).map_err(|p| Error::Inode {
+                inode: idx,
+                problem: p,
+            })?,
+        ),
+        Data::Flat { tail, .. } => {
+            let start = if n.data_blocks(ctx.geo.blksz) > 0 {
+                ctx.meta_block(n.first_block)
+            } else {
+                0
+            };
+            (
+                if *tail > 0 {
+                    erofs::INODE_FLAT_INLINE
+                } else {
+                    erofs::INODE_FLAT_PLAIN
+                },
+                u32::try_from(start)
+                    .map_err(|_| Error::TooLarge("a block address exceeds 32 bits".into()))?,
+            )
+        }
+        Data::Extents { .. } | Data::Clusters(_) | Data::Fragment { .. } => {
+            (erofs::INODE_COMPRESSED_FULL, 0)
+        }
+    };
+    if n.core.extended {
+        stats.inodes_extended += 1;
+    } else {
+        stats.inodes_compact += 1;
+    }
+    let ino = if is_packed {
+        None
+    } else {
+        Some(&ctx.image.inodes[i])
+    };
+    let body_at = at + n.core.len() as usize;
+    if let Some(ino) = ino {
+        xattr::encode(
+            &ino.xattrs,
+            &mut meta[body_at..body_at + n.xattr_isize as usize],
+        );
+        stats.xattr_bytes += n.xattr_isize;
+    }
+    let payload = body_at + n.xattr_isize as usize;
+    let mut compressed_blocks = 0u64;
+    match &n.data {
+        Data::None => {}
+        Data::Flat { size, tail } => {
+            let blksz = ctx.geo.blksz as usize;
+            let mut inline = vec![0u8; *tail as usize];
+            match &ctx.image.inodes[i].kind {
+                InodeKind::Directory(entries) => {
+                    dir::encode(ctx, i, entries, *size, meta, n.first_block, &mut inline);
+                    if *tail > 0 {
+                        stats.dirs_inline += 1
+                    } else {
+                        stats.dirs_plain += 1
+                    }
+                    stats.dir_blocks += n.data_blocks(ctx.geo.blksz);
+                }
+                InodeKind::Symlink(target) => {
+                    let in_blocks = target.len() - inline.len();
+                    let b = n.first_block as usize * blksz;
+                    meta[b..b + in_blocks].copy_from_slice(&target[..in_blocks]);
+                    inline.copy_from_slice(&target[in_blocks..]);
+                    if *tail > 0 {
+                        stats.symlinks_inline += 1
+                    } else {
+                        stats.symlinks_plain += 1
+                    }
+                }
+                _ => {}
+            }
+            meta[payload..payload + inline.len()].copy_from_slice(&inline);
+        }
+        Data::Extents { count, recsz } => {
+            let segs = node_segments(ctx, i, is_packed);
+            compressed_blocks = extents::encode(
+                ctx,
+                &segs,
+                *recsz,
+                *count,
+                meta,
+                n.offset,
+                n.core.len() + n.xattr_isize,
+            );
+            stats.extent_records += count;
+        }
+        Data::Clusters(plan) => {
+            let segs = node_segments(ctx, i, is_packed);
+            compressed_blocks = clusters::encode(
+                ctx,
+                &segs,
+                plan,
+                meta,
+                n.offset,
+                n.core.len() + n.xattr_isize,
+            )
+            .map_err(|p| Error::Inode {
+                inode: idx,
+                problem: p,
+            })?;
+            stats.lcluster_indexes += plan.indexes;
+            stats.lcluster_bits_hist[usize::from(plan.bits - ctx.geo.blkbits).min(7)] += 1;
+        }
+        Data::Fragment { offset } => {
+            let h = round_up(n.core.len() + n.xattr_isize, 8)? as usize + at;
+            meta[h..h + 8]
+                .copy_from_slice(&((1u64 << erofs::Z_FRAGMENT_INODE_BIT) | offset).to_le_bytes());
+        }
+    }
+    let u = if matches!(n.data, Data::Extents { .. } | Data::Clusters(_)) {
+        u32::try_from(compressed_blocks).unwrap_or(u32::MAX)
+    } else {
+        u
+    };
+    n.core.encode(
+        &mut meta[at..at + n.core.len() as usize],
+        layout,
+        n.xattr_isize,
+        u,
+    );
+    Ok(())
+}
+
+fn node_segments(ctx: &Ctx, i: usize, is_packed: bool) -> Vec<Segment> {
+    if is_packed {
+        let mut at = 0u64;
+        return ctx
+            .image
+            .packed_stream
+            .iter()
+            .map(|&c| {
+                let len = u64::from(ctx.image.chunks[c as usize].size);
+                let s = Segment {
+                    start: at,
+                    len,
+                    chunk: Some(c),
+                };
+                at += len;
+                s
+            })
+            .collect();
+    }
+    match &ctx.image.inodes[i].kind {
+        InodeKind::File(f) => match &f.layout {
+            FileLayout::Extents(list) => extents::segments(ctx.image, list, f.size),
+            FileLayout::Packed(_) => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// The parent of every directory; the model guarantees each directory has exactly one name.
+fn parents(image: &Image) -> Vec<u32> {
+    let mut p = vec![0u32; image.inodes.len()];
+    for (i, ino) in image.inodes.iter().enumerate() {
+        if let InodeKind::Directory(entries) = &ino.kind {
+            for e in entries {
+                p[e.inode as usize] = i as u32;
+            }
+        }
+    }
+    p
+}
+
+fn uuid_of(meta: &[u8]) -> [u8; 16] {
+    let d = crate::digest::Digest::of(meta);
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d.0[..16]);
+    // RFC 9562 version 8 (custom), variant 10.
+    u[6] = (u[6] & 0x0f) | 0x80;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
