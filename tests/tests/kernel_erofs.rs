@@ -337,8 +337,7 @@ mod harness {
         }
         let mut devices = vec![];
         let mut packs = vec![];
-        for k in 1..=npacks {
-            let b = &mut bufs[k];
+        for (k, b) in bufs.iter_mut().enumerate().skip(1) {
             b.resize(b.len().next_multiple_of(4096), 0);
             let p = dir.join(format!("pack{k}"));
             write_sparse_copy(&p, b);
