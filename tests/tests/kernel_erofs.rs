@@ -1259,3 +1259,248 @@ fn lockstep_packs_on_loop_devices() {
     let m = Mounted::erofs(&primary.dev, &mnt, &devs).unwrap_or_else(|e| panic!("{e}"));
     assert_same(&src, &m.dir);
 }
+
+// ----- images built directly in the model (corners a local tree cannot hold) ---------------
+
+mod model_images {
+    use chunkfs_format::digest::Digest;
+    use chunkfs_format::model::{
+        ChunkInfo, DirEntry, Extent, FileData, FileLayout, Image, Inode, InodeKind, mode,
+    };
+
+    use super::harness::Walked;
+
+    pub fn inode(m: u32, kind: InodeKind) -> Inode {
+        Inode {
+            mode: m,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 0,
+            xattrs: vec![],
+            kind,
+        }
+    }
+
+    /// A root directory holding `files` (name, size, extents over `chunks`).
+    pub fn with_files(chunks: Vec<Vec<u8>>, files: Vec<(&str, u64, Vec<(u64, u32)>)>) -> Walked {
+        let mut image = Image::default();
+        image.chunks = chunks
+            .iter()
+            .map(|c| ChunkInfo {
+                digest: Digest::of(c),
+                size: c.len() as u32,
+            })
+            .collect();
+        let entries = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| DirEntry {
+                name: f.0.as_bytes().to_vec(),
+                inode: i as u32 + 1,
+            })
+            .collect();
+        image
+            .inodes
+            .push(inode(mode::S_IFDIR | 0o755, InodeKind::Directory(entries)));
+        for (_, size, xs) in files {
+            let extents = xs
+                .into_iter()
+                .map(|(offset, chunk)| Extent { offset, chunk })
+                .collect();
+            image.inodes.push(inode(
+                mode::S_IFREG | 0o644,
+                InodeKind::File(FileData {
+                    size,
+                    layout: FileLayout::Extents(extents),
+                }),
+            ));
+        }
+        image.validate().unwrap();
+        Walked {
+            image,
+            chunk_data: chunks,
+        }
+    }
+
+    /// The bytes a file of the model must read as.
+    pub fn expected(w: &Walked, size: u64, xs: &[(u64, u32)], at: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        for &(off, c) in xs {
+            let data = &w.chunk_data[c as usize];
+            for (i, &b) in data.iter().enumerate() {
+                let p = off + i as u64;
+                if p >= at && p < at + len as u64 && p < size {
+                    out[(p - at) as usize] = b;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn mount_built(tmp: &Path, built: &harness::Built) -> Mounted {
+    let mnt = tmp.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    Mounted::erofs(&built.primary, &mnt, &built.packs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pread(p: &Path, at: u64, len: usize) -> Vec<u8> {
+    let f = fs::File::open(p).unwrap();
+    let mut buf = vec![0u8; len];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at).unwrap();
+    buf
+}
+
+/// Chunks shorter than a block, followed by holes or by other chunks, at unaligned offsets.
+#[test]
+fn short_chunks_between_holes() {
+    for layout in [ExtentLayout::Bit48, ExtentLayout::Clusters] {
+        require_kernel!(layout == ExtentLayout::Bit48);
+        let tmp = scratch();
+        let chunks = vec![
+            bytes(1000, 11, 0),
+            bytes(3000, 12, 0),
+            bytes(20_000, 13, 1),
+            bytes(100, 14, 0),
+        ];
+        let files = vec![
+            ("a", 200_000, vec![(0, 0), (65_536, 1), (68_536, 2)]),
+            // A 96-byte hole, a 1000-byte chunk ending on a block, a hole, a big chunk, a hole.
+            ("b", 70_000, vec![(0, 1), (3096, 0), (8192, 2)]),
+            ("c", 10_000, vec![(9_000, 0)]),
+            ("d", 30_000, vec![(1000, 3), (4000, 2)]),
+        ];
+        let w = model_images::with_files(chunks, files.clone());
+        let blkbits = if layout == ExtentLayout::Bit48 { 12 } else { 9 };
+        let built = match harness::build(&w, tmp.path(), layout, blkbits, harness::Store::Primary) {
+            Ok(b) => b,
+            Err(e) => panic!("{layout:?}: {e}"),
+        };
+        let m = mount_built(tmp.path(), &built);
+        for (name, size, xs) in &files {
+            let got = fs::read(m.dir.join(name))
+                .unwrap_or_else(|e| panic!("{layout:?} {name}: {e}\n{}", kernel_log_tail()));
+            assert_eq!(got.len() as u64, *size);
+            assert!(
+                got == model_images::expected(&w, *size, xs, 0, *size as usize),
+                "{layout:?} {name} differs"
+            );
+        }
+    }
+}
+
+/// Two extents starting in the same 512-byte block (a 5-byte hole, then a chunk) cannot be
+/// told apart by lcluster indexes: the cluster layout refuses the file, the 48-bit one takes it.
+#[test]
+fn cluster_layout_refuses_extents_sharing_a_block() {
+    let tmp = scratch();
+    let w = model_images::with_files(
+        vec![bytes(100, 14, 0), bytes(20_000, 13, 1)],
+        vec![("b", 30_000, vec![(5, 0), (4096, 1)])],
+    );
+    match harness::build(
+        &w,
+        tmp.path(),
+        ExtentLayout::Clusters,
+        9,
+        harness::Store::Primary,
+    ) {
+        Err(chunkfs_format::translate::Error::Inode { inode: 1, problem }) => {
+            assert!(problem.contains("bytes 0..5"), "{problem}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("the cluster layout accepted two extents in one block"),
+    }
+    assert!(
+        harness::build(
+            &w,
+            tmp.path(),
+            ExtentLayout::Bit48,
+            12,
+            harness::Store::Primary
+        )
+        .is_ok()
+    );
+}
+
+/// A sparse file past 4 GiB: 32-byte extent records, an extended inode, and a chunk whose
+/// logical offset needs more than 32 bits.
+#[test]
+fn file_beyond_4_gib() {
+    for layout in [ExtentLayout::Bit48, ExtentLayout::Clusters] {
+        require_kernel!(layout == ExtentLayout::Bit48);
+        let tmp = scratch();
+        let far = (4u64 << 30) + 12_345;
+        let size = far + 200_000;
+        let xs = vec![(0, 0), (far, 1)];
+        let w = model_images::with_files(
+            vec![bytes(70_000, 21, 0), bytes(90_000, 22, 1)],
+            vec![("big", size, xs.clone())],
+        );
+        let blkbits = if layout == ExtentLayout::Bit48 { 12 } else { 9 };
+        let built =
+            harness::build(&w, tmp.path(), layout, blkbits, harness::Store::Primary).unwrap();
+        report(&format!("{layout:?} >4GiB"), &w, &built.descriptor);
+        let m = mount_built(tmp.path(), &built);
+        let p = m.dir.join("big");
+        assert_eq!(fs::metadata(&p).unwrap().len(), size);
+        for (at, len) in [
+            (0u64, 70_000usize),
+            (60_000, 20_000),
+            (1 << 32, 8192),
+            (far - 100, 1000),
+            (far, 90_000),
+            (far + 80_000, 120_000),
+        ] {
+            assert!(
+                pread(&p, at, len) == model_images::expected(&w, size, &xs, at, len),
+                "{layout:?} differs at {at}"
+            );
+        }
+    }
+}
+
+/// More than 65535 names for one file: an extended inode with a 32-bit link count.
+#[test]
+fn nlink_beyond_16_bits() {
+    require_kernel!(true);
+    use chunkfs_format::model::{DirEntry, FileData, FileLayout, InodeKind, mode};
+    let tmp = scratch();
+    let n = 70_000u32;
+    let mut w = model_images::with_files(vec![bytes(5000, 31, 0)], vec![("f", 5000, vec![(0, 0)])]);
+    let entries: Vec<DirEntry> = (0..n)
+        .map(|i| DirEntry {
+            name: format!("name-{i:06}").into_bytes(),
+            inode: 1,
+        })
+        .collect();
+    w.image.inodes[0].kind = InodeKind::Directory(entries);
+    w.image.inodes[1] = model_images::inode(
+        mode::S_IFREG | 0o644,
+        InodeKind::File(FileData {
+            size: 5000,
+            layout: FileLayout::Extents(vec![chunkfs_format::model::Extent {
+                offset: 0,
+                chunk: 0,
+            }]),
+        }),
+    );
+    w.image.validate().unwrap();
+    let built = harness::build(
+        &w,
+        tmp.path(),
+        ExtentLayout::Bit48,
+        12,
+        harness::Store::Primary,
+    )
+    .unwrap();
+    let m = mount_built(tmp.path(), &built);
+    let md = fs::metadata(m.dir.join("name-069999")).unwrap();
+    assert_eq!(md.nlink(), u64::from(n));
+    assert_eq!(
+        fs::read(m.dir.join("name-000000")).unwrap(),
+        w.chunk_data[0]
+    );
+    assert_eq!(fs::read_dir(&m.dir).unwrap().count(), n as usize);
+}

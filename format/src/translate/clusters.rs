@@ -66,11 +66,11 @@ fn blocks(p: &Piece, frames: &[Frame]) -> u32 {
     p.chunk.map_or(1, |c| frames[c as usize].blocks)
 }
 
-/// Whether every pcluster can be described with lclusters of `2^bits` bytes (see the module
+/// The first piece that cannot be described with lclusters of `2^bits` bytes (see the module
 /// comment): each HEAD must be followed by a NONHEAD holding its block count, unless the
 /// pcluster is one block and both kernel readings agree.
-fn fits(ps: &[Piece], frames: &[Frame], size: u64, bits: u8, blkbits: u8) -> bool {
-    for (i, p) in ps.iter().enumerate() {
+fn misfit(ps: &[Piece], frames: &[Frame], size: u64, bits: u8, blkbits: u8) -> Option<usize> {
+    ps.iter().enumerate().position(|(i, p)| {
         let h = p.start >> bits;
         let one_block = blocks(p, frames) == 1;
         let ok = match ps.get(i + 1) {
@@ -85,11 +85,8 @@ fn fits(ps: &[Piece], frames: &[Frame], size: u64, bits: u8, blkbits: u8) -> boo
                 k >= h + 2 || (k == h + 1 && r != 0) || one_block
             }
         };
-        if !ok {
-            return false;
-        }
-    }
-    true
+        !ok
+    })
 }
 
 /// Chooses the lcluster size for a file of `size` bytes with these segments.
@@ -103,14 +100,24 @@ pub(super) fn plan(
     // 6.12 reads 3 bits of h_clusterbits; `clusterofs` is 16 bits.
     let max_bits = (geo.blkbits + 7).min(16);
     for bits in (geo.blkbits..=max_bits).rev() {
-        if fits(&ps, frames, size, bits, geo.blkbits) {
+        if misfit(&ps, frames, size, bits, geo.blkbits).is_none() {
             let last_head = ps.last().map_or(0, |p| p.start >> bits);
             let indexes = size.div_ceil(1 << bits).max(last_head + 2);
             return Ok(ClusterPlan { bits, indexes });
         }
     }
+    let i = misfit(&ps, frames, size, geo.blkbits, geo.blkbits).unwrap_or(0);
+    let p = ps[i];
+    let what = if p.chunk.is_some() { "chunk" } else { "hole" };
+    let after = match ps.get(i + 1) {
+        Some(n) => format!("the next extent starts at byte {}", n.start),
+        None => format!("the file ends at byte {size}"),
+    };
     Err(format!(
-        "a chunk shorter than two {}-byte blocks is followed by another, or ends the file, and its frame needs more than one block: the cluster layout cannot express it",
+        "the {what} at bytes {}..{} ({} blocks stored) is too short for the cluster layout: {after}, so no {}-byte logical cluster can hold its block count",
+        p.start,
+        p.start + p.len,
+        blocks(&p, frames),
         geo.blksz
     ))
 }
