@@ -1283,15 +1283,20 @@ mod model_images {
     }
 
     /// A root directory holding `files` (name, size, extents over `chunks`).
-    pub fn with_files(chunks: Vec<Vec<u8>>, files: Vec<(&str, u64, Vec<(u64, u32)>)>) -> Walked {
-        let mut image = Image::default();
-        image.chunks = chunks
-            .iter()
-            .map(|c| ChunkInfo {
-                digest: Digest::of(c),
-                size: c.len() as u32,
-            })
-            .collect();
+    /// A file: name, size, and (offset, chunk) extents.
+    pub type FileSpec<'a> = (&'a str, u64, Vec<(u64, u32)>);
+
+    pub fn with_files(chunks: Vec<Vec<u8>>, files: Vec<FileSpec>) -> Walked {
+        let mut image = Image {
+            chunks: chunks
+                .iter()
+                .map(|c| ChunkInfo {
+                    digest: Digest::of(c),
+                    size: c.len() as u32,
+                })
+                .collect(),
+            ..Image::default()
+        };
         let entries = files
             .iter()
             .enumerate()
