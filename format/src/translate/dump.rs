@@ -8,38 +8,31 @@ use super::plan::{Data, Node, Stats};
 use super::superblock::{Head, incompat_names};
 use crate::model::{Image, InodeKind};
 
+/// The plan's nodes, kept for rendering on demand.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Summary {
-    rows: Vec<Row>,
+    nodes: Vec<Node>,
 }
 
-#[derive(Clone, Debug)]
-struct Row {
-    nid: u64,
-    extended: bool,
-    data: String,
+fn describe(n: &Node) -> String {
+    match &n.data {
+        Data::None => "none".to_string(),
+        Data::Flat { size, tail } if *tail > 0 => format!(
+            "flat-inline {size} bytes ({tail} inline, blocks from {})",
+            n.first_block
+        ),
+        Data::Flat { size, .. } => {
+            format!("flat-plain {size} bytes (blocks from {})", n.first_block)
+        }
+        Data::Extents { count, recsz } => format!("extents {count} x {recsz} B"),
+        Data::Clusters(p) => format!("clusters {} x {} B lclusters", p.indexes, 1u64 << p.bits),
+        Data::Fragment { offset } => format!("fragment at {offset}"),
+    }
 }
 
 impl Summary {
-    pub fn push(&mut self, n: &Node) {
-        let data = match &n.data {
-            Data::None => "none".to_string(),
-            Data::Flat { size, tail } if *tail > 0 => format!(
-                "flat-inline {size} bytes ({tail} inline, blocks from {})",
-                n.first_block
-            ),
-            Data::Flat { size, .. } => {
-                format!("flat-plain {size} bytes (blocks from {})", n.first_block)
-            }
-            Data::Extents { count, recsz } => format!("extents {count} x {recsz} B"),
-            Data::Clusters(p) => format!("clusters {} x {} B lclusters", p.indexes, 1u64 << p.bits),
-            Data::Fragment { offset } => format!("fragment at {offset}"),
-        };
-        self.rows.push(Row {
-            nid: n.nid(),
-            extended: n.core.extended,
-            data,
-        });
+    pub fn new(nodes: Vec<Node>) -> Self {
+        Self { nodes }
     }
 
     pub fn render(&self, image: &Image, head: &Head, stats: &Stats) -> String {
@@ -88,8 +81,9 @@ impl Summary {
             stats.extent_records,
             stats.lcluster_indexes
         );
-        for (i, r) in self.rows.iter().enumerate() {
-            let form = if r.extended { "ext" } else { "cmp" };
+        for (i, n) in self.nodes.iter().enumerate() {
+            let form = if n.core.extended { "ext" } else { "cmp" };
+            let data = describe(n);
             match image.inodes.get(i) {
                 Some(ino) => {
                     let kind = match ino.kind {
@@ -102,11 +96,17 @@ impl Summary {
                     let _ = writeln!(
                         s,
                         "inode {i:>6} nid {:>8} {form} {kind:<7} mode {:o} uid {} gid {} mtime {}.{:09}: {}",
-                        r.nid, ino.mode, ino.uid, ino.gid, ino.mtime_sec, ino.mtime_nsec, r.data
+                        n.nid(),
+                        ino.mode,
+                        ino.uid,
+                        ino.gid,
+                        ino.mtime_sec,
+                        ino.mtime_nsec,
+                        data
                     );
                 }
                 None => {
-                    let _ = writeln!(s, "packed     nid {:>8} {form} file: {}", r.nid, r.data);
+                    let _ = writeln!(s, "packed     nid {:>8} {form} file: {data}", n.nid());
                 }
             }
         }

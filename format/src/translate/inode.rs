@@ -2,6 +2,7 @@
 //! otherwise (docs/descriptor.md §3).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use chunkfs_kernel_abi::Pod;
 use chunkfs_kernel_abi::erofs::{
@@ -31,7 +32,11 @@ impl Times {
     /// function of the image alone. Times before 1970 are never the base.
     pub fn choose(image: &Image, layout: ExtentLayout) -> Self {
         let exact = layout == ExtentLayout::Clusters;
-        let mut counts: HashMap<(i64, u32), u64> = HashMap::new();
+        let mut counts: HashMap<(i64, u32), u64, BuildHasherDefault<MixHasher>> =
+            HashMap::with_capacity_and_hasher(
+                if exact { image.inodes.len() } else { 1024 },
+                BuildHasherDefault::default(),
+            );
         for ino in image.inodes.iter().filter(|i| i.mtime_sec >= 0) {
             let key = if exact {
                 (ino.mtime_sec, ino.mtime_nsec)
@@ -79,6 +84,32 @@ impl Times {
             return (delta == 0).then_some(0);
         }
         u32::try_from(delta).ok()
+    }
+}
+
+/// A fast hasher for small integer keys (no DoS concern: keys come from one image).
+#[derive(Default)]
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 31)
     }
 }
 

@@ -372,11 +372,9 @@ pub(super) fn build(
         zero_block,
         parents: &parents,
     };
-    let mut summary = Summary::default();
-    for (i, n) in nodes.iter().enumerate() {
+    for i in 0..nodes.len() {
         let is_packed = packed && i == nodes.len() - 1;
         encode_node(&ctx, &mut meta, i, is_packed, &mut stats)?;
-        summary.push(n);
     }
 
     let features = Features {
@@ -417,7 +415,7 @@ pub(super) fn build(
         head,
         primary_data_end,
         stats,
-        dump: summary,
+        dump: Summary::new(nodes),
     })
 }
 
@@ -796,10 +794,16 @@ fn parents(image: &Image) -> Vec<u32> {
     p
 }
 
+/// A volume UUID derived from the metadata area: the same image gets the same UUID, a different
+/// tree a different one. Not a digest: integrity comes from elsewhere (docs/descriptor.md §6).
 fn uuid_of(meta: &[u8]) -> [u8; 16] {
-    let d = crate::digest::Digest::of(meta);
     let mut u = [0u8; 16];
-    u.copy_from_slice(&d.0[..16]);
+    let h = xxhash_rust::xxh64::xxh64(meta, 0);
+    u[..8].copy_from_slice(&h.to_le_bytes());
+    let mut tail = [0u8; 16];
+    tail[..8].copy_from_slice(&h.to_le_bytes());
+    tail[8..].copy_from_slice(&(meta.len() as u64).to_le_bytes());
+    u[8..].copy_from_slice(&xxhash_rust::xxh64::xxh64(&tail, 0x6368_756e_6b66_7331).to_le_bytes());
     // RFC 9562 version 8 (custom), variant 10.
     u[6] = (u[6] & 0x0f) | 0x80;
     u[8] = (u[8] & 0x3f) | 0x80;
