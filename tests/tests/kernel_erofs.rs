@@ -1509,3 +1509,48 @@ fn nlink_beyond_16_bits() {
     );
     assert_eq!(fs::read_dir(&m.dir).unwrap().count(), n as usize);
 }
+
+/// A real root filesystem (set `CHUNKFS_ROOTFS`, e.g. a debootstrap tree): both layouts, single
+/// file, compared entry by entry through the kernel. Prints the metadata sizes.
+#[test]
+#[ignore = "needs CHUNKFS_ROOTFS=<a root filesystem tree>"]
+fn real_rootfs_both_layouts() {
+    require_kernel!(true);
+    let Some(root) = std::env::var_os("CHUNKFS_ROOTFS").map(PathBuf::from) else {
+        eprintln!("SKIP: CHUNKFS_ROOTFS is not set");
+        return;
+    };
+    let w = harness::walk(&root);
+    let data: u64 = w.chunk_data.iter().map(|c| c.len() as u64).sum();
+    eprintln!(
+        "{}: {} inodes, {} chunks ({} bytes), packed stream {} chunks",
+        root.display(),
+        w.image.inodes.len(),
+        w.image.chunks.len(),
+        data,
+        w.image.packed_stream.len()
+    );
+    for (layout, bits) in [(ExtentLayout::Bit48, 12u8), (ExtentLayout::Clusters, 9)] {
+        let tmp = scratch();
+        let t = std::time::Instant::now();
+        let built = harness::build(&w, tmp.path(), layout, bits, harness::Store::Primary).unwrap();
+        eprintln!(
+            "{layout:?}: image {} bytes, built in {:?}",
+            fs::metadata(&built.primary).unwrap().len(),
+            t.elapsed()
+        );
+        report(&format!("{layout:?}"), &w, &built.descriptor);
+        let s = built.descriptor.stats();
+        eprintln!(
+            "  dirs inline/plain {}/{} ({} dir blocks), symlinks inline/plain {}/{}, xattr bytes {}, lcluster sizes (log2 - blkbits) {:?}",
+            s.dirs_inline,
+            s.dirs_plain,
+            s.dir_blocks,
+            s.symlinks_inline,
+            s.symlinks_plain,
+            s.xattr_bytes,
+            s.lcluster_bits_hist
+        );
+        mount_and_compare(tmp.path(), &root, &built);
+    }
+}
