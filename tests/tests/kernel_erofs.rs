@@ -1554,3 +1554,72 @@ fn real_rootfs_both_layouts() {
         mount_and_compare(tmp.path(), &root, &built);
     }
 }
+
+/// Writes the corner tree and its images to `CHUNKFS_EXPORT` for checks on other kernels (e.g.
+/// Debian's 6.12 in QEMU): `src/`, `clusters.cfs`, `clusters-desc.img` + `pack1`/`pack2`
+/// (staggered), `model.cfs` (sub-block chunks and holes, expected bytes in `model/`), and
+/// `bit48.cfs` (which kernels before 6.15 must refuse).
+#[test]
+#[ignore = "needs CHUNKFS_EXPORT=<directory>"]
+fn export_images_for_other_kernels() {
+    let Some(out) = std::env::var_os("CHUNKFS_EXPORT").map(PathBuf::from) else {
+        eprintln!("SKIP: CHUNKFS_EXPORT is not set");
+        return;
+    };
+    fs::create_dir_all(&out).unwrap();
+    let src = out.join("src");
+    if !src.exists() {
+        make_corner_tree(&src);
+    }
+    let w = harness::walk(&src);
+    for (name, layout, bits, store) in [
+        (
+            "clusters",
+            ExtentLayout::Clusters,
+            9u8,
+            harness::Store::Primary,
+        ),
+        ("bit48", ExtentLayout::Bit48, 12, harness::Store::Primary),
+        (
+            "clusters-dev",
+            ExtentLayout::Clusters,
+            9,
+            harness::Store::StaggeredPacks(2),
+        ),
+    ] {
+        let dir = out.join(format!("{name}.d"));
+        fs::create_dir_all(&dir).unwrap();
+        let built = harness::build(&w, &dir, layout, bits, store).unwrap();
+        report(name, &w, &built.descriptor);
+    }
+    let chunks = vec![
+        bytes(1000, 11, 0),
+        bytes(3000, 12, 0),
+        bytes(20_000, 13, 1),
+        bytes(100, 14, 0),
+    ];
+    let files = vec![
+        ("a", 200_000, vec![(0, 0), (65_536, 1), (68_536, 2)]),
+        ("b", 70_000, vec![(0, 1), (3096, 0), (8192, 2)]),
+        ("c", 10_000, vec![(9_000, 0)]),
+        ("d", 30_000, vec![(1000, 3), (4000, 2)]),
+    ];
+    let mw = model_images::with_files(chunks, files.clone());
+    let dir = out.join("model.d");
+    fs::create_dir_all(dir.join("expected")).unwrap();
+    harness::build(
+        &mw,
+        &dir,
+        ExtentLayout::Clusters,
+        9,
+        harness::Store::Primary,
+    )
+    .unwrap();
+    for (name, size, xs) in &files {
+        fs::write(
+            dir.join("expected").join(name),
+            model_images::expected(&mw, *size, xs, 0, *size as usize),
+        )
+        .unwrap();
+    }
+}
