@@ -1623,3 +1623,50 @@ fn export_images_for_other_kernels() {
         .unwrap();
     }
 }
+
+/// `chunkfs descriptor`'s shape: a standalone descriptor file whose one extra device is an
+/// image holding the frames (as a `.cfs` is), mounted with `device=`.
+#[test]
+fn standalone_descriptor_over_an_image_file() {
+    use chunkfs_format::translate::{
+        ChunkLocation, ExtraDevice, device_options, standalone_layout,
+    };
+    for (layout, bits) in [(ExtentLayout::Bit48, 12u8), (ExtentLayout::Clusters, 9)] {
+        require_kernel!(layout == ExtentLayout::Bit48);
+        let tmp = scratch();
+        let (src, w) = corner_tree(tmp.path());
+        let built = harness::build(&w, tmp.path(), layout, bits, harness::Store::Primary).unwrap();
+        let image_len = fs::metadata(&built.primary).unwrap().len();
+        let locs: Vec<ChunkLocation> = built
+            .locs
+            .iter()
+            .map(|l| ChunkLocation { device: 1, ..*l })
+            .collect();
+        let l = standalone_layout(
+            bits,
+            layout,
+            vec![ExtraDevice {
+                tag: b"image.cfs".to_vec(),
+                len: image_len,
+            }],
+        );
+        let d = translate(&w.image, &locs, &l).unwrap();
+        let desc = tmp.path().join("image.erofs");
+        let mut f = fs::File::create(&desc).unwrap();
+        let len = d.write_standalone(&mut f).unwrap();
+        drop(f);
+        assert_eq!(fs::metadata(&desc).unwrap().len(), len);
+        assert_eq!(
+            device_options(&[&built.primary]),
+            format!("device={}", built.primary.display())
+        );
+        // Frames in the primary device cannot go into a standalone file.
+        assert!(built.descriptor.write_standalone(&mut Vec::new()).is_err());
+        let mnt = tmp.path().join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let m = Mounted::erofs(&desc, &mnt, std::slice::from_ref(&built.primary))
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{layout:?} standalone descriptor: {len} bytes for a {image_len}-byte image");
+        assert_same(&src, &m.dir);
+    }
+}

@@ -124,6 +124,49 @@ pub enum Error {
     },
 }
 
+/// Why [`Descriptor::write_standalone`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StandaloneError {
+    /// Some frames are in the primary device, which a standalone file does not contain.
+    #[error(
+        "chunk frames are placed in the primary device; a standalone descriptor needs them on extra devices"
+    )]
+    FramesInPrimary,
+    /// The superblock area could not be built.
+    #[error(transparent)]
+    Translate(Error),
+    /// Writing failed.
+    #[error("cannot write the descriptor: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// The layout of a standalone descriptor file (primary device = the descriptor only): the
+/// metadata area right after the head area, every frame on one of `devices`.
+pub fn standalone_layout(
+    block_size_bits: u8,
+    extents: ExtentLayout,
+    devices: Vec<ExtraDevice>,
+) -> Layout {
+    let meta_offset =
+        superblock::head_end(devices.len()).next_multiple_of(1u64 << block_size_bits.min(12));
+    Layout {
+        block_size_bits,
+        extents,
+        meta_offset,
+        devices,
+    }
+}
+
+/// The `device=` mount options for these device paths, in device-table order.
+pub fn device_options<P: AsRef<std::path::Path>>(paths: &[P]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("device={}", p.as_ref().display()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Index used in [`Error::Inode`] for the packed inode (it has no index in the image).
 pub const PACKED_INODE: u32 = u32::MAX;
 
@@ -135,6 +178,7 @@ pub struct Descriptor {
     meta_offset: u64,
     head: superblock::Head,
     primary_data_end: u64,
+    primary_frames: bool,
     stats: Stats,
     dump: dump::Summary,
 }
@@ -208,6 +252,33 @@ impl Descriptor {
     /// Counts and sizes of what was emitted.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Writes a standalone descriptor file: zeros, the superblock area, the metadata area and
+    /// zero padding to a multiple of 4096 ([`min_primary_len`](Self::min_primary_len) bytes).
+    /// Only for layouts whose frames all live on extra devices (see [`standalone_layout`]).
+    pub fn write_standalone(&self, w: &mut impl std::io::Write) -> Result<u64, StandaloneError> {
+        if self.primary_frames {
+            return Err(StandaloneError::FramesInPrimary);
+        }
+        let len = self.min_primary_len();
+        let head = self
+            .superblock_area(len)
+            .map_err(StandaloneError::Translate)?;
+        let zeros = [0u8; 4096];
+        let mut put = |bytes: &[u8]| w.write_all(bytes).map_err(StandaloneError::Io);
+        put(&zeros[..1024])?;
+        put(&head)?;
+        let mut at = 1024 + head.len() as u64;
+        while at < self.meta_offset {
+            let n = (self.meta_offset - at).min(4096) as usize;
+            put(&zeros[..n])?;
+            at += n as u64;
+        }
+        put(&self.meta)?;
+        at += self.meta.len() as u64;
+        put(&zeros[..(len - at) as usize])?;
+        Ok(len)
     }
 
     /// A readable listing of the superblock and every inode as written (the writer's own view;

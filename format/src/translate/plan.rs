@@ -348,6 +348,7 @@ pub(super) fn build(
     }
 
     // Device addresses, now that the primary device's data end is known.
+    let primary_frames = frames.iter().any(|f| f.device == 0);
     let frames_end = frames
         .iter()
         .filter(|f| f.device == 0)
@@ -414,6 +415,7 @@ pub(super) fn build(
         meta_offset: layout.meta_offset,
         head,
         primary_data_end,
+        primary_frames,
         stats,
         dump: Summary::new(nodes),
     })

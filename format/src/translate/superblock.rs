@@ -20,6 +20,16 @@ const SB_LEN: usize = 128;
 /// zstd windows are at most 1 MiB (docs/format.md §4): windowlog 20, stored minus 10.
 const ZSTD_WINDOWLOG: u8 = 20 - 10;
 
+/// End of the head area with `devices` extra devices: 4096, or past a large device table.
+pub(super) fn head_end(devices: usize) -> u64 {
+    let n = devices as u64;
+    if n == 0 {
+        4096
+    } else {
+        (DEVT_OFFSET + n * DEVT_SLOT).next_multiple_of(4096)
+    }
+}
+
 /// The layout's head-area requirements, checked before anything else is built.
 #[derive(Clone, Debug)]
 pub(super) struct HeadParams {
