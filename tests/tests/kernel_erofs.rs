@@ -1555,7 +1555,8 @@ fn real_rootfs_both_layouts() {
     }
 }
 
-/// Writes the corner tree and its images to `CHUNKFS_EXPORT` for checks on other kernels (e.g.
+/// Writes the corner tree (or `CHUNKFS_ROOTFS`) and its images to `CHUNKFS_EXPORT` for checks on
+/// other kernels or timing (e.g.
 /// Debian's 6.12 in QEMU): `src/`, `clusters.cfs`, `clusters-desc.img` + `pack1`/`pack2`
 /// (staggered), `model.cfs` (sub-block chunks and holes, expected bytes in `model/`), and
 /// `bit48.cfs` (which kernels before 6.15 must refuse).
@@ -1567,7 +1568,8 @@ fn export_images_for_other_kernels() {
         return;
     };
     fs::create_dir_all(&out).unwrap();
-    let src = out.join("src");
+    // The corner tree, or a real tree from CHUNKFS_ROOTFS.
+    let src = std::env::var_os("CHUNKFS_ROOTFS").map_or_else(|| out.join("src"), PathBuf::from);
     if !src.exists() {
         make_corner_tree(&src);
     }
