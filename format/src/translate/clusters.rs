@@ -96,6 +96,13 @@ pub(super) fn plan(
     size: u64,
     geo: Geo,
 ) -> Result<ClusterPlan, String> {
+    // Even at the largest lcluster the index must fit the metadata area; checked before holes
+    // are cut into pieces, so a huge sparse file cannot make us allocate per MiB of hole.
+    if size / (64 * 1024) > super::plan::META_MAX / 8 {
+        return Err(format!(
+            "a {size}-byte file needs more lcluster indexes than the metadata area may hold"
+        ));
+    }
     let ps = pieces(segs);
     // 6.12 reads 3 bits of h_clusterbits; `clusterofs` is 16 bits.
     let max_bits = (geo.blkbits + 7).min(16);

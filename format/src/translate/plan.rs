@@ -182,8 +182,8 @@ pub(super) fn round_up(v: u64, to: u64) -> Result<u64, Error> {
         .ok_or_else(|| Error::TooLarge("a metadata offset overflows 64 bits".into()))
 }
 
-/// Largest metadata area we build in memory.
-const META_MAX: u64 = 16 << 30;
+/// Largest metadata area we build in memory (a tree of a million inodes needs about 150 MB).
+pub(super) const META_MAX: u64 = 4 << 30;
 
 pub(super) fn build(
     image: &Image,

@@ -344,3 +344,43 @@ fn extra_devices_get_disjoint_aligned_ranges() {
         Err(Error::Chunk { chunk: 1, .. })
     ));
 }
+
+#[test]
+fn huge_sparse_file_is_refused_in_the_cluster_layout_without_allocating() {
+    let mut img = sample();
+    img.inodes[1].kind = InodeKind::File(FileData {
+        size: 1 << 60,
+        layout: FileLayout::Extents(vec![Extent {
+            offset: 0,
+            chunk: 0,
+        }]),
+    });
+    let layout = Layout {
+        block_size_bits: 9,
+        extents: ExtentLayout::Clusters,
+        meta_offset: 1 << 20,
+        devices: vec![],
+    };
+    assert!(matches!(
+        translate(&img, &locations(true), &layout),
+        Err(Error::Inode { inode: 1, .. })
+    ));
+    // The 48-bit layout needs one record for the hole, whatever its length.
+    let d = translate(&img, &locations(false), &bit48()).unwrap();
+    assert_eq!(d.stats().extent_records, 2 + 1);
+}
+
+#[test]
+fn dump_lists_superblock_and_every_inode() {
+    let img = sample();
+    let d = translate(&img, &locations(false), &bit48()).unwrap();
+    let text = d.dump(&img);
+    assert!(text.contains("48bit"), "{text}");
+    assert!(text.contains("root nid        1"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("inode ")).count(),
+        img.inodes.len()
+    );
+    assert!(text.lines().any(|l| l.starts_with("packed ")), "{text}");
+    assert!(text.contains("fragment at 10"), "{text}");
+}
