@@ -1022,10 +1022,11 @@ fn is_mounted(dir: &Path) -> bool {
 fn report(name: &str, w: &harness::Walked, d: &Descriptor) {
     let s = d.stats();
     eprintln!(
-        "{name}: {} inodes, {} chunks; meta {} bytes; {} compact / {} extended; {} extent records; {} lcluster indexes; {} fragments",
+        "{name}: {} inodes, {} chunks; meta {} bytes ({} padding); {} compact / {} extended; {} extent records; {} lcluster indexes; {} fragments",
         w.image.inodes.len(),
         w.image.chunks.len(),
         s.meta_bytes,
+        s.padding_bytes,
         s.inodes_compact,
         s.inodes_extended,
         s.extent_records,

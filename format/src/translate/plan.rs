@@ -45,6 +45,8 @@ pub struct Stats {
     pub packed_nid: u64,
     /// Length of the metadata area in bytes.
     pub meta_bytes: u64,
+    /// Bytes of the metadata area that hold nothing (alignment and records kept within a block).
+    pub padding_bytes: u64,
     /// The lcluster size chosen for the most file bytes (cluster layout), as log2.
     pub lcluster_bits_hist: [u64; 8],
 }
@@ -329,6 +331,16 @@ pub(super) fn build(
         place(&mut area, &mut nodes, last, &mut placed)?;
     }
     let meta_len = area.len();
+    let used: u64 = nodes
+        .iter()
+        .map(|n| n.record_len + n.data_blocks(blksz) * blksz)
+        .sum::<u64>()
+        + if zero_block.is_some() {
+            blksz
+        } else {
+            ISLOT_SIZE as u64
+        };
+    stats.padding_bytes = meta_len.saturating_sub(used);
     if meta_len > META_MAX {
         return Err(Error::TooLarge(format!(
             "the metadata area would be {meta_len} bytes"
