@@ -5,3 +5,6 @@
 pub mod digest;
 pub mod model;
 pub mod translate;
+pub mod compress;
+pub mod chunk;
+pub mod schema;
