@@ -8,3 +8,4 @@ pub mod translate;
 pub mod compress;
 pub mod chunk;
 pub mod schema;
+pub mod build;
