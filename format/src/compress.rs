@@ -5,14 +5,16 @@
 //! When zstd does not make a chunk smaller, the frame is built by hand from raw blocks: the same
 //! header and checksum around the plain bytes.
 
-use crate::model::limits::CHUNK_MAX;
-
 /// zstd level used when the user does not choose one (docs/format.md §4.2 gives the measurements).
 pub const DEFAULT_LEVEL: i32 = 12;
 /// Lowest accepted level (zstd's negative "fast" levels are allowed).
 pub const LEVEL_MIN: i32 = -7;
 /// Highest accepted level.
 pub const LEVEL_MAX: i32 = 22;
+/// Largest frame in bytes (the kernel's limit on a compressed extent).
+pub const FRAME_MAX: u32 = 1 << 20;
+/// Largest chunk that fits in a frame even when stored raw.
+pub const CHUNK_FRAME_MAX: u32 = FRAME_MAX - 4096;
 /// log2 of the largest window a chunk frame may declare (1 MiB, the kernel's limit).
 pub const WINDOW_LOG_MAX: u32 = 20;
 
@@ -27,8 +29,8 @@ pub enum Error {
     /// The compression level is outside [`LEVEL_MIN`]..=[`LEVEL_MAX`].
     #[error("compression level {0} is outside {LEVEL_MIN}..={LEVEL_MAX}")]
     BadLevel(i32),
-    /// A chunk to encode is empty or larger than the chunk limit.
-    #[error("chunk of {0} bytes is outside 1..={CHUNK_MAX}")]
+    /// A chunk to encode is empty or too large for a frame.
+    #[error("chunk of {0} bytes is outside 1..={CHUNK_FRAME_MAX}")]
     BadChunkSize(usize),
     /// zstd itself failed.
     #[error("zstd: {0}")]
@@ -79,7 +81,7 @@ impl Encoder {
         ctx.set_parameter(CParameter::ContentSizeFlag(true))
             .map_err(Error::Zstd)?;
         // zstd shrinks the window to the (known) source size anyway; the cap keeps the 1 MiB
-        // promise even if CHUNK_MAX grows.
+        // promise whatever the chunk size.
         ctx.set_parameter(CParameter::WindowLog(WINDOW_LOG_MAX))
             .map_err(Error::Zstd)?;
         Ok(Self { ctx })
@@ -87,7 +89,7 @@ impl Encoder {
 
     /// The frame of `chunk`: zstd-compressed, or raw blocks when that is not larger.
     pub fn encode(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Error> {
-        if chunk.is_empty() || chunk.len() > CHUNK_MAX as usize {
+        if chunk.is_empty() || chunk.len() > CHUNK_FRAME_MAX as usize {
             return Err(Error::BadChunkSize(chunk.len()));
         }
         let raw_len = raw_frame_len(chunk.len());
@@ -297,7 +299,16 @@ mod tests {
     fn incompressible_chunks_become_raw_frames_zstd_accepts() {
         let mut enc = Encoder::new(3).unwrap();
         let mut dec = Decoder::new().unwrap();
-        for len in [1usize, 255, 256, 65_791, 65_792, 131_072, 131_073, 1 << 20] {
+        for len in [
+            1usize,
+            255,
+            256,
+            65_791,
+            65_792,
+            131_072,
+            131_073,
+            CHUNK_FRAME_MAX as usize,
+        ] {
             let data = noise(len, len as u64);
             let frame = enc.encode(&data).unwrap();
             assert_eq!(frame.len(), raw_frame_len(len), "len {len}");

@@ -253,6 +253,11 @@ impl<S: ChunkSink> Builder<S> {
         })
     }
 
+    /// The options in force.
+    pub fn options(&self) -> &BuildOptions {
+        &self.options
+    }
+
     /// Live counters.
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
@@ -596,7 +601,7 @@ mod tests {
     #[test]
     fn known_chunks_are_not_written() {
         let data = noise(200_000, 4);
-        let (first, _) = build(2, &[data.clone()]);
+        let (first, _) = build(2, std::slice::from_ref(&data));
         let known: std::collections::HashSet<Digest> =
             first.chunks.iter().map(|c| c.digest).collect();
         let mut b = Builder::new(

@@ -32,7 +32,7 @@ impl ChunkParams {
         let (min, avg, max) = (self.min as usize, self.avg as usize, self.max as usize);
         let ok = (v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX).contains(&min)
             && (v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&avg)
-            && (v2020::MAXIMUM_MIN..=crate::model::limits::CHUNK_MAX as usize).contains(&max)
+            && (v2020::MAXIMUM_MIN..=crate::compress::CHUNK_FRAME_MAX as usize).contains(&max)
             && min < avg
             && avg < max
             && min % 2 == 0
@@ -42,7 +42,7 @@ impl ChunkParams {
             Ok(())
         } else {
             Err(format!(
-                "chunk sizes {min}/{avg}/{max} must be even, increasing, min >= 64, avg >= 256, max <= 1 MiB"
+                "chunk sizes {min}/{avg}/{max} must be even, increasing, min >= 64, avg >= 256, max <= 1 MiB - 4 KiB"
             ))
         }
     }

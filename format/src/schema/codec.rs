@@ -163,14 +163,18 @@ fn encode_as(image: &Image, version: u32, incompat: u64) -> Result<Vec<u8>, Erro
 
 /// Encodes `image` as a metadata blob: canonical Cap'n Proto in one zstd frame.
 pub fn encode_blob(image: &Image) -> Result<Vec<u8>, Error> {
-    let raw = encode(image)?;
+    compress(&encode(image)?)
+}
+
+/// Compresses canonical Cap'n Proto bytes into a metadata blob.
+pub fn compress(raw: &[u8]) -> Result<Vec<u8>, Error> {
     let mut ctx = zstd::bulk::Compressor::new(METADATA_LEVEL).map_err(Error::Zstd)?;
     use zstd::zstd_safe::CParameter;
     ctx.set_parameter(CParameter::ChecksumFlag(true))
         .map_err(Error::Zstd)?;
     ctx.set_parameter(CParameter::ContentSizeFlag(true))
         .map_err(Error::Zstd)?;
-    ctx.compress(&raw).map_err(Error::Zstd)
+    ctx.compress(raw).map_err(Error::Zstd)
 }
 
 /// Decodes a metadata blob. The result still needs [`Image::validate`].
