@@ -6,7 +6,7 @@
 //! header and checksum around the plain bytes.
 
 /// zstd level used when the user does not choose one (docs/format.md §4.2 gives the measurements).
-pub const DEFAULT_LEVEL: i32 = 12;
+pub const DEFAULT_LEVEL: i32 = 9;
 /// Lowest accepted level (zstd's negative "fast" levels are allowed).
 pub const LEVEL_MIN: i32 = -7;
 /// Highest accepted level.

@@ -86,7 +86,8 @@ impl From<chunkfs_format::unpack::Error> for Error {
     fn from(e: chunkfs_format::unpack::Error) -> Self {
         use chunkfs_format::unpack::ErrorKind as K;
         let code = match &e.kind {
-            K::Io { .. } | K::NotEmpty => EXIT_IO,
+            K::Io { .. } => EXIT_IO,
+            K::NotEmpty => EXIT_USAGE,
             _ => EXIT_CORRUPT,
         };
         Self {
