@@ -16,16 +16,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod digest;
-pub mod model;
-pub mod translate;
-pub mod compress;
-pub mod chunk;
-pub mod schema;
 pub mod build;
-pub mod scan;
 pub mod cfs;
+pub mod chunk;
+pub mod compress;
+pub mod digest;
 pub mod index;
+pub mod inspect;
+pub mod model;
+pub mod scan;
+pub mod schema;
+pub mod translate;
 pub mod unpack;
 pub mod verify;
-pub mod inspect;
