@@ -1673,3 +1673,26 @@ fn standalone_descriptor_over_an_image_file() {
         assert_same(&src, &m.dir);
     }
 }
+
+/// A `.cfs` written by `chunkfs pack` (set `CHUNKFS_CFS`, and `CHUNKFS_ROOTFS` to the tree it was
+/// packed from), mounted as it is with `mount(2)` and compared with its source.
+#[test]
+#[ignore = "needs CHUNKFS_CFS=<image.cfs> and CHUNKFS_ROOTFS=<its source tree>"]
+fn packed_cfs_mounts_as_it_is() {
+    let (Some(cfs), Some(root)) = (
+        std::env::var_os("CHUNKFS_CFS"),
+        std::env::var_os("CHUNKFS_ROOTFS"),
+    ) else {
+        eprintln!("SKIP: CHUNKFS_CFS or CHUNKFS_ROOTFS is not set");
+        return;
+    };
+    let need_48bit = fs::read(&cfs)
+        .map(|b| b.get(1024 + 80).is_some_and(|&x| x & 0x80 != 0))
+        .unwrap_or(false);
+    require_kernel!(need_48bit);
+    let tmp = scratch();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let m = Mounted::erofs(Path::new(&cfs), &mnt, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_same(Path::new(&root), &m.dir);
+}
