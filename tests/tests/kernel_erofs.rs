@@ -582,8 +582,20 @@ fn write_sparse(p: &Path, size: u64, pieces: &[(u64, usize)]) {
     f.set_len(size).unwrap();
 }
 
-/// Every kind of entry a root filesystem has, and the corners of each.
-fn make_corner_tree(root: &Path) {
+/// The shared every-corner tree (`chunkfs_tests::tree`), plus, under `more/`, what the
+/// translation adds corners for: many small files (fragments), a directory of thousands of
+/// entries, deep nesting, large device numbers, a POSIX ACL and an SELinux label, sub-block and
+/// sparse files with leading and trailing holes, far-future times.
+fn make_corner_tree(dir: &Path) {
+    let made = chunkfs_tests::tree::make_every_corner_tree(dir).unwrap();
+    assert!(made.root_parts, "{:?}", made.skipped);
+    let top = fs::symlink_metadata(dir).unwrap();
+    make_more_corners(&dir.join("more"));
+    // Adding `more/` touched the top directory's mtime: put the shared tree's back.
+    set_times(dir, top.mtime(), top.mtime_nsec());
+}
+
+fn make_more_corners(root: &Path) {
     fs::create_dir_all(root).unwrap();
     let d = |p: &str| {
         let q = root.join(p);
@@ -979,7 +991,15 @@ fn read_full_checked(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(n)
 }
 
+/// Both comparators: the shared one (`chunkfs_tests::tree::compare_trees`, with sparseness) and
+/// this file's stricter one (directory link counts and listings too).
 fn assert_same(src: &Path, mnt: &Path) {
+    if let Err(d) = chunkfs_tests::tree::compare_trees(src, mnt) {
+        panic!(
+            "shared comparator:\n{}",
+            d.lines().take(25).collect::<Vec<_>>().join("\n")
+        );
+    }
     let diffs = compare_trees(src, mnt);
     assert!(
         diffs.is_empty(),

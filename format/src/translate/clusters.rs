@@ -147,7 +147,7 @@ fn nonhead(d0: u64, d1: u64) -> Result<LclusterIndex, String> {
 }
 
 /// Writes the map header and indexes of an inode at `iloc` whose core and xattrs take `x`
-/// bytes; returns the blocks its chunk frames occupy.
+/// bytes; returns the blocks of its non-hole data (for `st_blocks`).
 pub(super) fn encode(
     ctx: &Ctx,
     segs: &[Segment],
@@ -174,14 +174,14 @@ pub(super) fn encode(
     let ps = pieces(segs);
     let size = ps.last().map_or(0, |p| p.start + p.len);
     let (k, r) = (size >> bits, size & lmask);
-    let mut stored_blocks = 0u64;
+    let mut data = 0u64;
     for (i, p) in ps.iter().enumerate() {
         let head = p.start >> bits;
         let n = blocks(p, ctx.frames);
         let (pblk, partial) = match p.chunk {
             Some(c) => {
                 let f = &ctx.frames[c as usize];
-                stored_blocks += u64::from(n);
+                data += p.len;
                 (ctx.frame_addr(f) / geo.blksz, false)
             }
             // `plan` ran with holes present, so the zero block exists.
@@ -215,7 +215,7 @@ pub(super) fn encode(
             put(k, index(Z_LCLUSTER_TYPE_PLAIN, r as u16, [0; 4]));
         }
     }
-    Ok(stored_blocks)
+    Ok(data.div_ceil(geo.blksz))
 }
 
 #[cfg(test)]

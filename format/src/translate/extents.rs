@@ -66,7 +66,7 @@ pub(super) fn record_size(file_size: u64) -> u64 {
 }
 
 /// Writes the map header and records of an inode at `iloc` whose core and xattrs take `x`
-/// bytes; returns the blocks its frames occupy (for `st_blocks`).
+/// bytes; returns the blocks of its non-hole data (for `st_blocks`, docs/descriptor.md §4).
 pub(super) fn encode(
     ctx: &Ctx,
     segs: &[Segment],
@@ -87,7 +87,7 @@ pub(super) fn encode(
     header.clusterbits = hi[1];
     meta[h as usize..h as usize + 8].copy_from_slice(header.as_bytes());
     let mut at = (h + 8).next_multiple_of(recsz) as usize;
-    let mut stored = 0u64;
+    let mut data = 0u64;
     for s in segs {
         if s.start == 0 && s.chunk.is_none() {
             continue;
@@ -99,14 +99,14 @@ pub(super) fn encode(
             let pstart = ctx.frame_addr(f);
             rec[0..4].copy_from_slice(&plen.to_le_bytes());
             rec[4..12].copy_from_slice(&pstart.to_le_bytes());
-            stored += u64::from(f.stored_len);
+            data += s.len;
         }
         // A hole keeps plen and pstart zero.
         rec[12..20].copy_from_slice(&s.start.to_le_bytes());
         meta[at..at + recsz as usize].copy_from_slice(&rec[..recsz as usize]);
         at += recsz as usize;
     }
-    stored.div_ceil(ctx.geo.blksz)
+    data.div_ceil(ctx.geo.blksz)
 }
 
 #[cfg(test)]
