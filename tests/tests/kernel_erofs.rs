@@ -1716,3 +1716,64 @@ fn packed_cfs_mounts_as_it_is() {
     let m = Mounted::erofs(Path::new(&cfs), &mnt, &[]).unwrap_or_else(|e| panic!("{e}"));
     assert_same(Path::new(&root), &m.dir);
 }
+
+/// The real packer's frames (FastCDC chunks, the packer's zstd settings, `--align 512` or not)
+/// under a standalone descriptor, as `chunkfs descriptor` writes it: mounted and compared.
+#[test]
+fn packer_images_under_a_standalone_descriptor() {
+    use chunkfs_format::cfs::read::Cfs;
+    use chunkfs_format::cfs::write::{PackOptions, pack_dir};
+    use chunkfs_format::translate::{ChunkLocation, ExtraDevice, standalone_layout};
+    require_kernel!(true);
+    let tmp = scratch();
+    let src = tmp.path().join("src");
+    make_corner_tree(&src);
+    for (align512, layouts) in [
+        (false, vec![(ExtentLayout::Bit48, 12u8)]),
+        (
+            true,
+            vec![(ExtentLayout::Clusters, 9), (ExtentLayout::Bit48, 12)],
+        ),
+    ] {
+        let image = tmp.path().join(format!("image-{align512}.cfs"));
+        pack_dir(
+            &src,
+            &image,
+            &PackOptions {
+                align512,
+                ..PackOptions::default()
+            },
+            |_| {},
+        )
+        .unwrap();
+        let cfs = Cfs::open(&image).unwrap();
+        let locs: Vec<ChunkLocation> = cfs
+            .locations()
+            .into_iter()
+            .map(|l| ChunkLocation { device: 1, ..l })
+            .collect();
+        for (layout, bits) in layouts {
+            let l = standalone_layout(
+                bits,
+                layout,
+                vec![ExtraDevice {
+                    tag: cfs.header().metadata_digest.to_hex().into_bytes(),
+                    len: cfs.bytes().len() as u64,
+                }],
+            );
+            let d = translate(cfs.image(), &locs, &l).unwrap();
+            let desc = tmp.path().join("image.erofs");
+            d.write_standalone(&mut fs::File::create(&desc).unwrap())
+                .unwrap();
+            let mnt = tmp.path().join("mnt");
+            fs::create_dir_all(&mnt).unwrap();
+            let m = Mounted::erofs(&desc, &mnt, std::slice::from_ref(&image))
+                .unwrap_or_else(|e| panic!("{e}"));
+            eprintln!(
+                "packer image (align512 {align512}) under {layout:?}: {} inodes",
+                cfs.image().inodes.len()
+            );
+            assert_same(&src, &m.dir);
+        }
+    }
+}

@@ -249,6 +249,11 @@ impl Descriptor {
         self.head.device_base(device)
     }
 
+    /// The extent encoding the descriptor uses.
+    pub fn extent_layout(&self) -> ExtentLayout {
+        self.head.layout()
+    }
+
     /// Counts and sizes of what was emitted.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -171,6 +171,10 @@ impl Head {
         self.params.end
     }
 
+    pub fn layout(&self) -> ExtentLayout {
+        self.geo.layout
+    }
+
     pub fn superblock(&self) -> &SuperBlock {
         &self.sb
     }

@@ -33,6 +33,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Check every digest and structure of an image.
     Verify(cmd::verify::Args),
+    /// Write an image's EROFS descriptor as a standalone file, or print it.
+    Descriptor(cmd::descriptor::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Unpack(a) => cmd::unpack::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Descriptor(a) => cmd::descriptor::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

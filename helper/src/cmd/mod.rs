@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
+pub mod descriptor;
 pub mod inspect;
 pub mod pack;
 pub mod unpack;

@@ -1,0 +1,132 @@
+//! `chunkfs descriptor` through the binary: output file, options, dump and clean failures. The
+//! kernel mount of what it writes is tested in `tests/tests/kernel_erofs.rs`.
+#![allow(clippy::unwrap_used)] // helpers of tests: a panic is how a test fails
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chunkfs");
+
+fn chunkfs(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(BIN)
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(out: Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn packed(dir: &Path, align: bool) -> std::path::PathBuf {
+    let src = dir.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/file"), "hello descriptor\n".repeat(5000)).unwrap();
+    fs::write(src.join("small"), b"small").unwrap();
+    std::os::unix::fs::symlink("d/file", src.join("link")).unwrap();
+    let image = dir.join(if align { "a.cfs" } else { "i.cfs" });
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack"];
+    if align {
+        args.extend([&"--align" as &dyn AsRef<std::ffi::OsStr>, &"512"]);
+    }
+    args.extend([&src as &dyn AsRef<std::ffi::OsStr>, &image]);
+    ok(chunkfs(&args));
+    image
+}
+
+#[test]
+fn writes_a_standalone_descriptor_and_prints_its_device_option() {
+    let tmp = chunkfs_tests::scratch_dir("descriptor-write");
+    let image = packed(&tmp, false);
+    let out = tmp.join("image.erofs");
+    let text = ok(chunkfs(&[&"descriptor", &image, &out]));
+    let abs = fs::canonicalize(&image).unwrap();
+    assert!(
+        text.contains(&format!("device={}", abs.display())),
+        "{text}"
+    );
+    assert!(text.contains("48-bit"), "{text}");
+    let bytes = fs::read(&out).unwrap();
+    assert_eq!(bytes.len() % 4096, 0);
+    assert_eq!(&bytes[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
+    // Deterministic: a second run writes the same bytes.
+    ok(chunkfs(&[&"descriptor", &image, &out]));
+    assert_eq!(fs::read(&out).unwrap(), bytes);
+    let names: Vec<String> = fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains(".tmp-")),
+        "left a temporary file: {names:?}"
+    );
+}
+
+#[test]
+fn dumps_and_chooses_the_layout_from_the_image() {
+    let tmp = chunkfs_tests::scratch_dir("descriptor-dump");
+    let image = packed(&tmp, true);
+    let dump = ok(chunkfs(&[&"descriptor", &"--dump", &image]));
+    assert!(dump.contains("compr_cfgs+big_pcluster"), "{dump}");
+    assert_eq!(
+        dump.lines().filter(|l| l.starts_with("inode ")).count(),
+        5,
+        "{dump}"
+    );
+    let out = tmp.join("b48.erofs");
+    let text = ok(chunkfs(&[
+        &"descriptor",
+        &"--extents",
+        &"48bit",
+        &image,
+        &out,
+    ]));
+    assert!(text.contains("48-bit"), "{text}");
+    let _ = fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn refuses_cleanly() {
+    let tmp = chunkfs_tests::scratch_dir("descriptor-refuse");
+    let image = packed(&tmp, false);
+    fails(chunkfs(&[&"descriptor", &image]), 2, "--dump");
+    fails(
+        chunkfs(&[
+            &"descriptor",
+            &"--extents",
+            &"clusters",
+            &image,
+            &tmp.join("x"),
+        ]),
+        2,
+        "--align 512",
+    );
+    fails(
+        chunkfs(&[&"descriptor", &tmp.join("missing.cfs"), &tmp.join("x")]),
+        3,
+        "missing.cfs",
+    );
+    let junk = tmp.join("junk.cfs");
+    fs::write(&junk, vec![7u8; 8192]).unwrap();
+    fails(
+        chunkfs(&[&"descriptor", &junk, &tmp.join("x")]),
+        1,
+        "junk.cfs",
+    );
+    assert!(!tmp.join("x").exists());
+    let _ = fs::remove_dir_all(&tmp);
+}
