@@ -111,7 +111,6 @@ pub(super) fn encode(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

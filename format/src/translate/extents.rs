@@ -110,7 +110,6 @@ pub(super) fn encode(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::digest::Digest;

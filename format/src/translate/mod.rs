@@ -312,5 +312,4 @@ pub fn translate(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests;

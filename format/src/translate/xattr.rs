@@ -79,7 +79,6 @@ pub(super) fn encode(xattrs: &[Xattr], out: &mut [u8]) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

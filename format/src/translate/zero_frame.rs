@@ -44,7 +44,6 @@ pub(super) fn write(meta: &mut [u8], block: u64, blksz: u64) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
