@@ -1,2 +1,6 @@
 //! Shared code of the `chunkfs` and `mount.chunkfs` binaries: subcommands, progress reporting
 //! and mount orchestration. The binaries themselves only parse arguments and report errors.
+
+pub mod cmd;
+pub mod init;
+pub mod initramfs;

@@ -1,0 +1,3 @@
+//! One module per subcommand of the `chunkfs` binary.
+
+pub mod initramfs;
