@@ -3,7 +3,8 @@
 # configuration: a private apt state/cache/sources under the cache dir, `apt-get download`,
 # `dpkg-deb -x`.
 #
-#   boot-kernel.sh SUITE CACHE_DIR      prints the extracted kernel's root dir (…/SUITE/root)
+#   boot-kernel.sh SUITE CACHE_DIR      prints the extracted kernel's root dir (…/SUITE/root),
+#                                       with boot/vmlinuz-RELEASE and lib/modules/RELEASE
 #
 # SUITE is `bookworm` (Linux 6.1) or `bookworm-backports` (Linux 6.12). The result is reused
 # while it exists; delete CACHE_DIR/SUITE to refresh.
@@ -32,6 +33,7 @@ apt_opts=(
     -o "Dir::Etc::preferencesparts=$dir/apt/etc/preferences.d"
     -o "APT::Default-Release=$suite"
     -o "Debug::NoLocking=1"
+    -o "APT::Sandbox::User=root"
 )
 apt-get "${apt_opts[@]}" -qq update >&2
 
@@ -48,5 +50,10 @@ for deb in "$dir"/debs/*.deb; do
     dpkg-deb -x "$deb" "$root"
 done
 ls "$root"/boot/vmlinuz-* >/dev/null
+# The package ships no modules.dep (its postinst runs depmod); `chunkfs initramfs` needs it.
+command -v depmod >/dev/null || PATH=$PATH:/sbin:/usr/sbin
+command -v depmod >/dev/null || { echo "boot-kernel: depmod missing (apt-get install kmod)" >&2; exit 1; }
+release=$(basename "$root"/lib/modules/*)
+depmod -b "$root" "$release"
 touch "$dir/ok"
 echo "$root"

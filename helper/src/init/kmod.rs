@@ -71,10 +71,17 @@ pub fn load_listed(
         return Ok(outcome);
     }
     let dir = modules_root.join(release);
-    for rel in lines.filter(|line| !line.is_empty()) {
+    for line in lines.filter(|line| !line.is_empty()) {
+        let (rel, optional) = match line.strip_prefix("? ") {
+            Some(rel) => (rel, true),
+            None => (line, false),
+        };
         match load_one(&dir.join(rel)) {
             Ok(()) => outcome.loaded += 1,
             Err(Errno::EEXIST) => outcome.present += 1,
+            Err(errno) if optional => {
+                console::debug(format_args!("optional module {rel}: {errno}"))
+            }
             Err(errno) => outcome.failed.push((rel.to_owned(), errno)),
         }
         console::debug(format_args!("module {rel}"));

@@ -37,7 +37,8 @@ use cpio::Kind;
 /// Where the init finds an image embedded in the initramfs (`chunkfs.root=embedded`).
 pub const EMBEDDED_IMAGE: &str = "chunkfs/root.cfs";
 /// The file listing the modules to load, in order, relative to the initramfs root. One path
-/// per line, relative to `lib/modules/RELEASE/`; the first line is `release RELEASE`.
+/// per line, relative to `lib/modules/RELEASE/`, prefixed by `? ` when a load failure is
+/// expected (soft dependencies); the first line is `release RELEASE`.
 pub const MODULE_LIST: &str = "etc/chunkfs/modules";
 /// Modules an initramfs gets unless told otherwise: what a chunkfs root can need (FUSE for the
 /// reader, EROFS for the kernel path, overlay for `chunkfs.overlay`, loop for images in files)
@@ -255,6 +256,9 @@ fn add_modules(
         let path = format!("{base}/{rel}");
         add_parents(tree, &path);
         tree.insert(path, Content::File { data, perm: 0o644 });
+        if selection.optional.contains(rel) {
+            list.push_str("? ");
+        }
         list.push_str(rel);
         list.push('\n');
     }

@@ -1,7 +1,9 @@
 //! Choosing kernel modules for the initramfs: a name is looked up in the kernel's
 //! `modules.dep` (written by `depmod`), its dependencies are resolved depth first, and the
 //! result is a load order in which every module comes after all it needs. Names listed in
-//! `modules.builtin` need nothing.
+//! `modules.builtin` need nothing. Soft dependencies (`modules.softdep` `pre:`, e.g. erofs's
+//! libcrc32c wants a `crc32c` implementation, found through `modules.alias`) are included
+//! too, marked optional: without modprobe in the initramfs nobody would load them on demand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -64,6 +66,9 @@ pub enum Need {
 pub struct Selection {
     /// Module files relative to the module directory, in load order.
     pub load_order: Vec<String>,
+    /// The subset of `load_order` that only soft dependencies asked for (load failures of
+    /// these are expected, e.g. a CPU-specific crc32c).
+    pub optional: BTreeSet<String>,
     /// Requested names that are built into the kernel.
     pub builtin: Vec<String>,
     /// Requested names with [`Need::IfPresent`] that the kernel does not have.
@@ -99,17 +104,24 @@ pub fn resolve(dir: &Path, wanted: &[(String, Need)]) -> Result<Selection, Error
             });
         }
     };
-    let by_name: BTreeMap<String, &str> = deps
+    let by_name: BTreeMap<String, String> = deps
         .keys()
-        .map(|path| (name_of_path(path), path.as_str()))
+        .map(|path| (name_of_path(path), path.clone()))
         .collect();
+    let index = Index {
+        dir,
+        softdeps: parse_softdeps(&read_optional(&dir.join("modules.softdep"))?),
+        aliases: parse_aliases(&read_optional(&dir.join("modules.alias"))?),
+        deps,
+        by_name,
+    };
 
     let mut selection = Selection::default();
     let mut done = BTreeSet::new();
     for (name, need) in wanted {
         let name = canonical_name(name);
-        if let Some(path) = by_name.get(&name) {
-            visit(dir, &deps, path, &mut done, &mut selection.load_order)?;
+        if let Some(path) = index.by_name.get(&name) {
+            index.visit(path, false, &mut done, &mut selection)?;
         } else if builtin.contains(&name) {
             selection.builtin.push(name);
         } else if *need == Need::IfPresent {
@@ -124,38 +136,130 @@ pub fn resolve(dir: &Path, wanted: &[(String, Need)]) -> Result<Selection, Error
     Ok(selection)
 }
 
-/// Appends `path` after its dependencies. `modules.dep` lists the whole transitive closure of
-/// each module, but in no order we rely on: each dependency is visited through its own line.
-/// `done` also stops cycles, which `depmod` refuses to write anyway.
-fn visit(
-    dir: &Path,
-    deps: &BTreeMap<String, Vec<String>>,
-    path: &str,
-    done: &mut BTreeSet<String>,
-    order: &mut Vec<String>,
-) -> Result<(), Error> {
-    if !done.insert(path.to_owned()) {
-        return Ok(());
-    }
-    let Some(needs) = deps.get(path) else {
-        return Err(Error::DanglingDep {
-            dir: dir.to_owned(),
-            module: path.to_owned(),
-            dep: path.to_owned(),
-        });
-    };
-    for dep in needs {
-        if !deps.contains_key(dep) {
-            return Err(Error::DanglingDep {
-                dir: dir.to_owned(),
-                module: path.to_owned(),
-                dep: dep.clone(),
-            });
+struct Index<'a> {
+    dir: &'a Path,
+    deps: BTreeMap<String, Vec<String>>,
+    by_name: BTreeMap<String, String>,
+    softdeps: BTreeMap<String, Vec<String>>,
+    aliases: BTreeMap<String, Vec<String>>,
+}
+
+impl Index<'_> {
+    /// Appends `path` after its soft and hard dependencies. `modules.dep` lists the whole
+    /// transitive closure of each module, but in no order we rely on: each dependency is
+    /// visited through its own line. `done` also stops cycles.
+    fn visit(
+        &self,
+        path: &str,
+        optional: bool,
+        done: &mut BTreeSet<String>,
+        selection: &mut Selection,
+    ) -> Result<(), Error> {
+        if !done.insert(path.to_owned()) {
+            if !optional {
+                selection.optional.remove(path);
+            }
+            return Ok(());
         }
-        visit(dir, deps, dep, done, order)?;
+        let dangling = |dep: &str| Error::DanglingDep {
+            dir: self.dir.to_owned(),
+            module: path.to_owned(),
+            dep: dep.to_owned(),
+        };
+        let needs = self.deps.get(path).ok_or_else(|| dangling(path))?;
+        for soft in self.softdeps.get(&name_of_path(path)).into_iter().flatten() {
+            for target in self.candidates(soft) {
+                self.visit(&target, true, done, selection)?;
+            }
+        }
+        for dep in needs {
+            if !self.deps.contains_key(dep) {
+                return Err(dangling(dep));
+            }
+            self.visit(dep, optional, done, selection)?;
+        }
+        selection.load_order.push(path.to_owned());
+        if optional {
+            selection.optional.insert(path.to_owned());
+        }
+        Ok(())
     }
-    order.push(path.to_owned());
-    Ok(())
+
+    /// Module files for a soft dependency, which names a module or an alias.
+    fn candidates(&self, name: &str) -> Vec<String> {
+        if let Some(path) = self.by_name.get(&canonical_name(name)) {
+            return vec![path.clone()];
+        }
+        let names = self
+            .aliases
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| self.by_name.get(n).cloned())
+            .collect()
+    }
+}
+
+/// `softdep MODULE pre: A B post: C`: the `pre:` names of each module.
+fn parse_softdeps(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut softdeps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("softdep") {
+            continue;
+        }
+        let Some(module) = words.next() else { continue };
+        let mut in_pre = false;
+        for word in words {
+            match word {
+                "pre:" => in_pre = true,
+                "post:" => in_pre = false,
+                name if in_pre => softdeps
+                    .entry(canonical_name(module))
+                    .or_default()
+                    .push(name.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    softdeps
+}
+
+/// `alias NAME MODULE`, exact names only (wildcard aliases are for hardware ids).
+fn parse_aliases(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("alias"), Some(alias), Some(module)) =
+            (words.next(), words.next(), words.next())
+        {
+            if !alias.contains(['*', '?', '[']) {
+                aliases
+                    .entry(alias.to_owned())
+                    .or_default()
+                    .push(canonical_name(module));
+            }
+        }
+    }
+    for modules in aliases.values_mut() {
+        modules.sort();
+        modules.dedup();
+    }
+    aliases
+}
+
+fn read_optional(path: &Path) -> Result<String, Error> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(Error::Read {
+            path: path.to_owned(),
+            source,
+            hint: "",
+        }),
+    }
 }
 
 fn parse_dep(path: &Path, text: &str) -> Result<BTreeMap<String, Vec<String>>, Error> {
@@ -199,7 +303,19 @@ mod tests {
              kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
              kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
              kernel/drivers/virtio/virtio_ring.ko:\n\
-             kernel/fs/broken.ko: kernel/fs/nowhere.ko\n",
+             kernel/fs/broken.ko: kernel/fs/nowhere.ko\n\
+             kernel/fs/ext4/ext4.ko:\n\
+             kernel/arch/x86/crypto/crc32c-intel.ko:\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("modules.softdep"),
+            "# comment\nsoftdep ext4 pre: crypto-crc32c post: foo\nsoftdep libcrc32c pre: crc32c\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("modules.alias"),
+            "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias crc32c crc32c_generic\nalias pci:v*d* virtio_pci\n",
         )
         .unwrap();
         fs::write(
@@ -233,6 +349,29 @@ mod tests {
                 "kernel/fs/erofs/erofs.ko.xz",
             ]
         );
+    }
+
+    #[test]
+    fn soft_dependencies_are_optional_and_first() {
+        let dir = fixture();
+        let got = resolve(dir.path(), &want(&["ext4", "erofs"], Need::Required)).unwrap();
+        assert_eq!(
+            got.load_order,
+            [
+                "kernel/crypto/crc32c-generic.ko.xz",
+                "kernel/arch/x86/crypto/crc32c-intel.ko",
+                "kernel/fs/ext4/ext4.ko",
+                "kernel/lib/libcrc32c.ko.xz",
+                "kernel/fs/erofs/erofs.ko.xz",
+            ]
+        );
+        // crc32c-generic is also a hard dependency of libcrc32c in this fixture, but it was
+        // first reached as a soft one; crc32c-intel is only ever soft.
+        assert!(
+            got.optional
+                .contains("kernel/arch/x86/crypto/crc32c-intel.ko")
+        );
+        assert!(!got.optional.contains("kernel/fs/ext4/ext4.ko"));
     }
 
     #[test]
