@@ -18,6 +18,8 @@ Kernel command line understood by the init:
   chunkfs.root=/dev/vdb1:/a/b.cfs   a .cfs file on a partition (mounted read-only first)
   chunkfs.root=embedded             the image embedded with --embed (the default when present)
   chunkfs.digest=sha256:HEX         refuse to boot an image whose digest differs
+  chunkfs.verify=auto|metadata|full also check every chunk before mounting (auto: when
+                                    the kernel serves the root, which checks nothing itself)
   chunkfs.overlay=tmpfs             a writable tmpfs over the read-only root
   chunkfs.reader=auto|kernel|fuse   who serves the root (auto: the kernel when it can)
   chunkfs.fstype=chunkfs|erofs|squashfs   boot a plain image instead (tests, comparisons)

@@ -53,6 +53,19 @@ pub enum ReaderChoice {
     Fuse,
 }
 
+/// How much of a chunkfs image is checked against the pinned digest before it is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// The kernel path checks nothing itself, so every chunk is checked before the mount
+    /// when the kernel serves the root; the FUSE reader checks each chunk as it reads it, so
+    /// the metadata is enough there.
+    Auto,
+    /// Only the metadata (and so the chunk digests it lists) against the pinned digest.
+    Metadata,
+    /// Also every chunk frame against its digest, before mounting.
+    Full,
+}
+
 /// What to do when the boot cannot go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnError {
@@ -83,6 +96,8 @@ pub struct Cmdline {
     pub root: Option<RootSpec>,
     /// `chunkfs.digest`.
     pub digest: Option<Sha256>,
+    /// `chunkfs.verify`.
+    pub verify: Verify,
     /// `chunkfs.overlay=tmpfs`.
     pub overlay: bool,
     /// `chunkfs.reader`.
@@ -114,6 +129,7 @@ impl Default for Cmdline {
         Self {
             root: None,
             digest: None,
+            verify: Verify::Auto,
             overlay: false,
             reader: ReaderChoice::Auto,
             fstype: FsType::Chunkfs,
@@ -163,6 +179,14 @@ impl Cmdline {
                         "tmpfs" => true,
                         "none" => false,
                         _ => return Err(bad("expected tmpfs or none")),
+                    }
+                }
+                "chunkfs.verify" => {
+                    cmdline.verify = match need()? {
+                        "auto" => Verify::Auto,
+                        "metadata" => Verify::Metadata,
+                        "full" => Verify::Full,
+                        _ => return Err(bad("expected auto, metadata or full")),
                     }
                 }
                 "chunkfs.reader" => {
@@ -282,7 +306,7 @@ mod tests {
         let digest = "ab".repeat(32);
         let text = format!(
             "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet chunkfs.root=/dev/vdb1:/images/root.cfs \
-             chunkfs.digest=sha256:{digest} chunkfs.overlay=tmpfs chunkfs.reader=fuse \
+             chunkfs.digest=sha256:{digest} chunkfs.overlay=tmpfs chunkfs.reader=fuse chunkfs.verify=full \
              init=/bin/other chunkfs.timeout=5 chunkfs.onerror=poweroff chunkfs.debug\n"
         );
         let got = Cmdline::parse(&text).unwrap();
@@ -294,6 +318,7 @@ mod tests {
                     path: "/images/root.cfs".into()
                 }),
                 digest: Some(Sha256([0xab; 32])),
+                verify: Verify::Full,
                 overlay: true,
                 reader: ReaderChoice::Fuse,
                 fstype: FsType::Chunkfs,
@@ -334,6 +359,7 @@ mod tests {
             "chunkfs.digest=md5:00",
             "chunkfs.overlay=ext4",
             "chunkfs.reader=magic",
+            "chunkfs.verify=some",
             "chunkfs.timeout=soon",
             "chunkfs.init=sbin/init",
             "chunkfs.rooot=/dev/vda",
