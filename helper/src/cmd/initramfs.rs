@@ -37,7 +37,7 @@ pub struct Args {
     /// A module to include with its dependencies (repeatable); it must exist or be built in.
     #[arg(long = "module", value_name = "NAME")]
     pub modules: Vec<String>,
-    /// Do not add the default modules (fuse, erofs, overlay, loop, squashfs and disk drivers).
+    /// Do not add the default modules (fuse, erofs, overlay, loop, virtio_pci, virtio_blk, ext4).
     #[arg(long)]
     pub no_default_modules: bool,
     /// The statically linked chunkfs binary to use as /init [default: this program].

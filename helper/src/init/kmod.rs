@@ -77,14 +77,16 @@ pub fn load_listed(
             None => (line, false),
         };
         match load_one(&dir.join(rel)) {
-            Ok(()) => outcome.loaded += 1,
+            Ok(()) => {
+                outcome.loaded += 1;
+                console::debug(format_args!("module {rel}"));
+            }
             Err(Errno::EEXIST) => outcome.present += 1,
             Err(errno) if optional => {
                 console::debug(format_args!("optional module {rel}: {errno}"))
             }
             Err(errno) => outcome.failed.push((rel.to_owned(), errno)),
         }
-        console::debug(format_args!("module {rel}"));
     }
     Ok(outcome)
 }
