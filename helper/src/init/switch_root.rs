@@ -172,3 +172,35 @@ fn remove_children(dir: &Path, dev: u64, keep: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    /// An absolute symlink must resolve inside the new root, not in the initramfs: here it
+    /// points at a path that exists only inside the fake root.
+    #[test]
+    fn init_is_resolved_inside_the_new_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("sbin")).unwrap();
+        fs::create_dir_all(r.join("lib/chunkfs-test-only")).unwrap();
+        let real = r.join("lib/chunkfs-test-only/init");
+        fs::write(&real, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("/lib/chunkfs-test-only/init", r.join("sbin/init")).unwrap();
+        check_init(r, Path::new("/sbin/init")).unwrap();
+
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_init(r, Path::new("/sbin/init")).unwrap_err();
+        assert!(err.to_string().contains("no execute permission"), "{err}");
+
+        let err = check_init(r, Path::new("/bin/missing")).unwrap_err();
+        assert!(err.to_string().contains("/bin/missing"), "{err}");
+
+        let err = check_init(r, Path::new("/lib")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+}
