@@ -4,3 +4,4 @@ pub mod inspect;
 pub mod pack;
 pub mod unpack;
 pub mod verify;
+pub mod initramfs;
