@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
 pub mod descriptor;
+pub mod initramfs;
 pub mod inspect;
 pub mod pack;
 pub mod unpack;
