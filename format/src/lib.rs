@@ -4,4 +4,5 @@
 
 pub mod digest;
 pub mod model;
+pub mod oci;
 pub mod translate;

@@ -64,10 +64,16 @@ impl core::fmt::Display for AbiError {
         match *self {
             Self::Truncated { what } => write!(f, "{what} is truncated"),
             Self::BadMagic { what } => write!(f, "{what} has a bad magic number"),
-            Self::UnknownVersion { what, version } => write!(f, "{what} has unknown version {version}"),
+            Self::UnknownVersion { what, version } => {
+                write!(f, "{what} has unknown version {version}")
+            }
             Self::UnknownIncompat(bits) => write!(f, "unknown incompatible feature bits {bits:#x}"),
-            Self::OutOfRange { table, index } => write!(f, "{table} reference {index} is out of range"),
-            Self::Unsorted { table, index } => write!(f, "{table} entry {index} is out of order or overlaps"),
+            Self::OutOfRange { table, index } => {
+                write!(f, "{table} reference {index} is out of range")
+            }
+            Self::Unsorted { table, index } => {
+                write!(f, "{table} entry {index} is out of order or overlaps")
+            }
             Self::BadField { field, value } => write!(f, "{field} has invalid value {value}"),
         }
     }
