@@ -5,4 +5,5 @@
 pub mod digest;
 pub mod model;
 pub mod oci;
+pub mod tar;
 pub mod translate;
