@@ -24,9 +24,11 @@ pub mod gc;
 pub mod layout;
 pub mod lock;
 pub mod pack;
+pub mod read;
 pub mod reference;
 pub mod select;
 pub mod spec;
+pub mod write;
 
 /// Media types chunkfs writes (docs/format.md §7.2).
 pub mod media_type {

@@ -298,7 +298,8 @@ pub struct PackSink {
     layout: Layout,
     align512: bool,
     current: Option<PackWriter>,
-    done: Vec<PackInfo>,
+    current_digests: Vec<Digest>,
+    done: Vec<(PackInfo, Vec<Digest>)>,
 }
 
 impl PackSink {
@@ -308,37 +309,46 @@ impl PackSink {
             layout: layout.clone(),
             align512,
             current: None,
+            current_digests: Vec::new(),
             done: Vec::new(),
         }
     }
 
-    /// Appends the next new chunk's frame (chunks must arrive in chunk-number order).
+    /// Appends the next new chunk's frame (chunks must arrive in chunk-number order); returns
+    /// its offset in its pack.
     pub fn write_frame(
         &mut self,
         digest: &Digest,
         raw_len: u32,
         frame: &[u8],
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let pack = match &mut self.current {
             Some(p) => p,
             None => self
                 .current
                 .insert(PackWriter::new(&self.layout, self.align512)?),
         };
-        pack.add_frame(digest, raw_len, frame)?;
-        if should_cut(pack.frames_len(), digest) {
-            if let Some(p) = self.current.take() {
-                self.done.push(p.finish()?);
-            }
+        let offset = pack.add_frame(digest, raw_len, frame)?;
+        let cut = should_cut(pack.frames_len(), digest);
+        self.current_digests.push(*digest);
+        if cut {
+            self.close()?;
+        }
+        Ok(offset)
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        if let Some(p) = self.current.take() {
+            let info = p.finish()?;
+            self.done
+                .push((info, std::mem::take(&mut self.current_digests)));
         }
         Ok(())
     }
 
-    /// Closes the last pack; returns every pack written, in order.
-    pub fn finish(mut self) -> Result<Vec<PackInfo>, Error> {
-        if let Some(p) = self.current.take() {
-            self.done.push(p.finish()?);
-        }
+    /// Closes the last pack; returns every pack written, in order, with its chunks' digests.
+    pub fn finish(mut self) -> Result<Vec<(PackInfo, Vec<Digest>)>, Error> {
+        self.close()?;
         Ok(self.done)
     }
 }
@@ -596,7 +606,8 @@ mod tests {
         assert!(sink.write_frame(&Digest([1; 32]), 10, &[]).is_err());
         let packs = sink.finish().unwrap();
         assert_eq!(packs.len(), 1);
-        assert_eq!(packs[0].chunks, 10);
-        assert!(packs[0].new);
+        assert_eq!(packs[0].0.chunks, 10);
+        assert_eq!(packs[0].1.len(), 10);
+        assert!(packs[0].0.new);
     }
 }
