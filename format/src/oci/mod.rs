@@ -28,6 +28,7 @@ pub mod read;
 pub mod reference;
 pub mod select;
 pub mod spec;
+pub mod tar_image;
 pub mod write;
 
 /// Media types chunkfs writes (docs/format.md §7.2).
