@@ -20,6 +20,7 @@
 //! assert!(matches!(r, Reference::Oci { tag: Some(t), .. } if t == "v1"));
 //! ```
 
+pub mod convert;
 pub mod gc;
 pub mod layout;
 pub mod lock;

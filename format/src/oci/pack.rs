@@ -353,6 +353,27 @@ impl PackSink {
     }
 }
 
+/// The builder's sink: new chunks go into new packs. The returned location is provisional
+/// (device 0, the offset inside its pack): a chunk's device in an image is its pack's layer
+/// position, known only when the manifest is written, and readers recompute locations from the
+/// manifest ([`crate::oci::read`]).
+impl crate::build::ChunkSink for PackSink {
+    fn write_frame(
+        &mut self,
+        _idx: crate::model::ChunkIdx,
+        chunk: &crate::model::ChunkInfo,
+        frame: &[u8],
+    ) -> io::Result<crate::translate::ChunkLocation> {
+        let offset = PackSink::write_frame(self, &chunk.digest, chunk.size, frame)
+            .map_err(io::Error::other)?;
+        Ok(crate::translate::ChunkLocation {
+            device: 0,
+            offset,
+            stored_len: frame.len() as u32,
+        })
+    }
+}
+
 /// One frame listed in a pack's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackEntry {

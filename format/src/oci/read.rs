@@ -19,7 +19,7 @@ use crate::oci::media_type;
 use crate::oci::pack::{self, PackIndex};
 use crate::oci::select::{self, Selected};
 use crate::oci::spec::Descriptor;
-use crate::translate::ChunkLocation;
+use crate::translate::{ChunkLocation, ExtraDevice};
 
 /// Largest config blob read.
 pub const CONFIG_MAX: u64 = 1 << 20;
@@ -127,10 +127,22 @@ pub struct OciImage {
     pub align512: bool,
     /// The pack files, open, in layer order.
     files: Vec<File>,
-    _lock: LayoutLock,
+    _lock: Option<LayoutLock>,
 }
 
 impl OciImage {
+    /// The extra devices of the image's EROFS descriptor (`translate::Layout::devices`): one per
+    /// pack, in layer order, tagged with the pack's digest in hex (64 bytes).
+    pub fn extra_devices(&self) -> Vec<ExtraDevice> {
+        self.packs
+            .iter()
+            .map(|p| ExtraDevice {
+                tag: p.digest.to_hex().into_bytes(),
+                len: p.size,
+            })
+            .collect()
+    }
+
     /// The bytes of chunk `idx`'s frame, read from its pack (not decompressed, not checked).
     pub fn read_frame(&self, idx: usize) -> Result<Vec<u8>, pack::Error> {
         let loc = self.locations.get(idx).copied();
@@ -154,6 +166,21 @@ impl OciImage {
     }
 }
 
+/// Opens the chunkfs image tagged `tag` (or the only image) in the layout `dir`.
+pub fn open_image(dir: &Path, tag: Option<&str>) -> Result<OciImage, Error> {
+    open_image_with(dir, tag, decode_metadata)
+}
+
+/// [`open_image`] for a caller that already holds the layout's exclusive lock (copying an
+/// image to another tag of the same layout).
+pub(crate) fn open_image_locked(dir: &Path, tag: Option<&str>) -> Result<OciImage, Error> {
+    open_inner(dir, tag, decode_metadata, false)
+}
+
+fn decode_metadata(blob: &[u8]) -> Result<Image, String> {
+    crate::schema::codec::decode_blob(blob).map_err(|e| e.to_string())
+}
+
 /// Opens the chunkfs image tagged `tag` (or the only image) in the layout `dir`, decoding the
 /// metadata blob with `decode`.
 pub fn open_image_with(
@@ -161,8 +188,21 @@ pub fn open_image_with(
     tag: Option<&str>,
     decode: impl FnOnce(&[u8]) -> Result<Image, String>,
 ) -> Result<OciImage, Error> {
+    open_inner(dir, tag, decode, true)
+}
+
+fn open_inner(
+    dir: &Path,
+    tag: Option<&str>,
+    decode: impl FnOnce(&[u8]) -> Result<Image, String>,
+    take_lock: bool,
+) -> Result<OciImage, Error> {
     let layout = Layout::open(dir)?;
-    let lock = LayoutLock::shared(dir)?;
+    let lock = if take_lock {
+        Some(LayoutLock::shared(dir)?)
+    } else {
+        None
+    };
     let sel = select::select(&layout, tag, None)?;
     let d = || dir.to_owned();
     if !sel.is_chunkfs() {

@@ -148,12 +148,12 @@ pub fn open_tar_image(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::oci::spec::{Index, Manifest, Platform, RootFs};
     use std::io::Write;
 
-    fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(crate) fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (p, data) in files {
             let mut h = tar::Header::new_ustar();
@@ -166,7 +166,12 @@ mod tests {
     }
 
     /// Stores an image (docker or OCI flavour) and returns its manifest descriptor.
-    fn store(layout: &Layout, docker: bool, arch: &str, layers: &[Vec<u8>]) -> Descriptor {
+    pub(crate) fn store(
+        layout: &Layout,
+        docker: bool,
+        arch: &str,
+        layers: &[Vec<u8>],
+    ) -> Descriptor {
         let (layer_type, manifest_type, config_type) = if docker {
             (
                 "application/vnd.docker.image.rootfs.diff.tar.gzip",
