@@ -33,6 +33,10 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Check every digest and structure of an image.
     Verify(cmd::verify::Args),
+    /// Remove the blobs of an OCI layout that no tag reaches.
+    Gc(cmd::gc::Args),
+    /// Untag an image in an OCI layout.
+    Rm(cmd::rm::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,8 @@ fn main() -> ExitCode {
         Command::Unpack(a) => cmd::unpack::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Gc(a) => cmd::gc::run(a),
+        Command::Rm(a) => cmd::rm::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,9 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
+pub mod gc;
 pub mod inspect;
+pub mod oci_pack;
 pub mod pack;
+pub mod rm;
 pub mod unpack;
 pub mod verify;
