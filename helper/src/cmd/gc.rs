@@ -31,13 +31,25 @@ pub struct Args {
 
 /// Runs `chunkfs gc`.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let dir = match args.layout.to_str().map(|s| Reference::parse(s, Role::Source)) {
+    let dir = match args
+        .layout
+        .to_str()
+        .map(|s| Reference::parse(s, Role::Source))
+    {
         Some(Reference::Oci { dir, tag: None }) => dir,
-        Some(Reference::Oci { tag: Some(_), .. }) => return Err(Error::usage("gc takes a layout directory, not a tag (use chunkfs rm LAYOUT:TAG to untag)")),
+        Some(Reference::Oci { tag: Some(_), .. }) => {
+            return Err(Error::usage(
+                "gc takes a layout directory, not a tag (use chunkfs rm LAYOUT:TAG to untag)",
+            ));
+        }
         _ => args.layout.clone(),
     };
     let report = gc::gc(&dir, args.dry_run).map_err(gc_error)?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     if args.dry_run {
         for (digest, len) in &report.removed {
             println!("{verb} {digest} ({})", HumanBytes(*len));
@@ -61,5 +73,8 @@ pub(crate) fn gc_error(e: gc::Error) -> Error {
         gc::Error::NoSuchTag { .. } => crate::error::EXIT_USAGE,
         _ => super::oci_pack::exit_code(&e),
     };
-    Error { message: e.to_string(), exit_code: code }
+    Error {
+        message: e.to_string(),
+        exit_code: code,
+    }
 }

@@ -26,7 +26,10 @@ fn classify(path: &Path, role: Role) -> Reference {
 /// True if SRC or DEST names an OCI layout.
 pub fn wants(args: &Args) -> bool {
     matches!(classify(&args.src, Role::Source), Reference::Oci { .. })
-        || matches!(classify(&args.dest, Role::Destination), Reference::Oci { .. })
+        || matches!(
+            classify(&args.dest, Role::Destination),
+            Reference::Oci { .. }
+        )
 }
 
 /// Runs `chunkfs pack` with a layout on either side.
@@ -41,7 +44,11 @@ pub fn run(args: &Args) -> Result<(), Error> {
         align512: args.align.is_some(),
     };
     let platform = match &args.platform {
-        Some(p) => Some(PlatformSpec::parse(p).ok_or_else(|| Error::usage(format!("--platform {p:?}: expected OS/ARCH or OS/ARCH/VARIANT")))?),
+        Some(p) => Some(PlatformSpec::parse(p).ok_or_else(|| {
+            Error::usage(format!(
+                "--platform {p:?}: expected OS/ARCH or OS/ARCH/VARIANT"
+            ))
+        })?),
         None => None,
     };
     let src_ref = classify(&args.src, Role::Source);
@@ -49,24 +56,46 @@ pub fn run(args: &Args) -> Result<(), Error> {
     let src = match &src_ref {
         Reference::Dir(d) => Source::Dir(d),
         Reference::File(f) => Source::Cfs(f),
-        Reference::Oci { dir, tag } => Source::Layout { dir, tag: tag.as_deref(), platform: platform.as_ref() },
+        Reference::Oci { dir, tag } => Source::Layout {
+            dir,
+            tag: tag.as_deref(),
+            platform: platform.as_ref(),
+        },
     };
     if platform.is_some() && !matches!(src, Source::Layout { .. }) {
-        return Err(Error::usage("--platform applies only to a container image in an OCI layout"));
+        return Err(Error::usage(
+            "--platform applies only to a container image in an OCI layout",
+        ));
     }
     let dest = match &dest_ref {
-        Reference::Oci { dir, tag: Some(tag) } => Dest::Layout { dir, tag },
+        Reference::Oci {
+            dir,
+            tag: Some(tag),
+        } => Dest::Layout { dir, tag },
         Reference::Oci { dir, tag: None } => {
-            return Err(Error::usage(format!("{}: a layout destination needs a tag: {}:TAG", dir.display(), dir.display())));
+            return Err(Error::usage(format!(
+                "{}: a layout destination needs a tag: {}:TAG",
+                dir.display(),
+                dir.display()
+            )));
         }
         Reference::File(f) => Dest::Cfs(f),
-        Reference::Dir(d) => return Err(Error::usage(format!("{}: is a directory; the destination is a .cfs file or LAYOUT:TAG", d.display()))),
+        Reference::Dir(d) => {
+            return Err(Error::usage(format!(
+                "{}: is a directory; the destination is a .cfs file or LAYOUT:TAG",
+                d.display()
+            )));
+        }
     };
     if let (Source::Dir(_), Dest::Cfs(_)) | (Source::Cfs(_), Dest::Cfs(_)) = (src, dest) {
-        return Err(Error::usage(format!("{}: not an OCI layout reference", args.src.display())));
+        return Err(Error::usage(format!(
+            "{}: not an OCI layout reference",
+            args.src.display()
+        )));
     }
     let mut bar = None;
-    let outcome = convert::convert(src, dest, &options, |p| bar = Progress::for_build(p)).map_err(convert_error)?;
+    let outcome = convert::convert(src, dest, &options, |p| bar = Progress::for_build(p))
+        .map_err(convert_error)?;
     drop(bar);
     report(&dest_ref, &outcome);
     Ok(())
@@ -104,16 +133,29 @@ fn report(dest: &Reference, o: &Outcome) {
 fn convert_error(e: convert::Error) -> Error {
     use chunkfs_format::oci::{read, select, tar_image, write};
     let select_usage = |s: &select::Error| {
-        matches!(s, select::Error::NoSuchTag { .. } | select::Error::Ambiguous { .. } | select::Error::NoPlatform { .. } | select::Error::Empty { .. })
+        matches!(
+            s,
+            select::Error::NoSuchTag { .. }
+                | select::Error::Ambiguous { .. }
+                | select::Error::NoPlatform { .. }
+                | select::Error::Empty { .. }
+        )
     };
     let usage = match &e {
-        convert::Error::Select(s) | convert::Error::Read(read::Error::Select(s)) | convert::Error::TarImage(tar_image::Error::Select(s)) => select_usage(s),
-        convert::Error::Write(write::Error::BadTag { .. }) | convert::Error::Unsupported { .. } => true,
+        convert::Error::Select(s)
+        | convert::Error::Read(read::Error::Select(s))
+        | convert::Error::TarImage(tar_image::Error::Select(s)) => select_usage(s),
+        convert::Error::Write(write::Error::BadTag { .. }) | convert::Error::Unsupported { .. } => {
+            true
+        }
         convert::Error::Read(read::Error::NotChunkfs { .. }) => true,
         _ => false,
     };
     let code = if usage { EXIT_USAGE } else { exit_code(&e) };
-    Error { message: e.to_string(), exit_code: code }
+    Error {
+        message: e.to_string(),
+        exit_code: code,
+    }
 }
 
 /// EXIT_IO if an `io::Error` other than a decoding complaint is in the error's chain.
@@ -121,7 +163,12 @@ pub(crate) fn exit_code(e: &(dyn std::error::Error + 'static)) -> i32 {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if !matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::Other) {
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::Other
+            ) {
                 return EXIT_IO;
             }
         }

@@ -21,10 +21,21 @@ pub struct Args {
 
 /// Runs `chunkfs rm`.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let Reference::Oci { dir, tag: Some(tag) } = Reference::parse(&args.reference, Role::Source) else {
-        return Err(Error::usage(format!("{}: expected LAYOUT:TAG", args.reference)));
+    let Reference::Oci {
+        dir,
+        tag: Some(tag),
+    } = Reference::parse(&args.reference, Role::Source)
+    else {
+        return Err(Error::usage(format!(
+            "{}: expected LAYOUT:TAG",
+            args.reference
+        )));
     };
     let n = gc::remove_tag(&dir, &tag).map_err(super::gc::gc_error)?;
-    println!("{}: removed tag {tag} ({n} index entries); `chunkfs gc {}` frees its blobs", dir.display(), dir.display());
+    println!(
+        "{}: removed tag {tag} ({n} index entries); `chunkfs gc {}` frees its blobs",
+        dir.display(),
+        dir.display()
+    );
     Ok(())
 }
