@@ -6,6 +6,9 @@
 //! installs them); a missing tool fails the test rather than skipping it. Trees are compared
 //! after `chunkfs` turns the image into a `.cfs` and unpacks it.
 
+// Fixtures outside #[test] functions too: a panic is how these tests fail.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
