@@ -721,6 +721,72 @@ mod tests {
     }
 
     #[test]
+    fn barely_used_packs_are_not_reused() {
+        let tmp = crate::oci::test_dir();
+        let (t1, t2, l) = (
+            tmp.path().join("t1"),
+            tmp.path().join("t2"),
+            tmp.path().join("l"),
+        );
+        make_tree(&t1, 0);
+        // t2 shares only the first ~300 kB of t1's 2 MB file.
+        std::fs::create_dir_all(&t2).unwrap();
+        std::fs::write(t2.join("prefix"), &noise(2_000_000, 2)[..300_000]).unwrap();
+        convert(
+            Source::Dir(&t1),
+            Dest::Layout { dir: &l, tag: "a" },
+            &opts(false),
+            |_| {},
+        )
+        .unwrap();
+        let b = convert(
+            Source::Dir(&t2),
+            Dest::Layout { dir: &l, tag: "b" },
+            &opts(false),
+            |_| {},
+        )
+        .unwrap();
+        let c = b.layout.unwrap();
+        assert_eq!(c.packs, c.new_packs, "b must not pull a's pack");
+        let img = read::open_image(&l, Some("b")).unwrap();
+        let a = read::open_image(&l, Some("a")).unwrap();
+        let a_packs: Vec<_> = a.packs.iter().map(|p| p.digest).collect();
+        let shared = img
+            .image
+            .chunks
+            .iter()
+            .filter(|c| a.image.chunks.iter().any(|x| x.digest == c.digest))
+            .count();
+        assert!(
+            shared > 0,
+            "the trees share no chunk; the test proves nothing"
+        );
+        drop(a);
+        assert!(img.packs.iter().all(|p| !a_packs.contains(&p.digest)));
+        let out = tmp.path().join("out");
+        let cfs = tmp.path().join("b.cfs");
+        drop(img);
+        convert(
+            Source::Layout {
+                dir: &l,
+                tag: Some("b"),
+                platform: None,
+            },
+            Dest::Cfs(&cfs),
+            &opts(false),
+            |_| {},
+        )
+        .unwrap();
+        let img = Cfs::open(&cfs).unwrap();
+        let mut chunks = img.chunks().unwrap();
+        crate::unpack::unpack(img.image(), &mut chunks, &out).unwrap();
+        assert_eq!(
+            std::fs::read(out.join("prefix")).unwrap(),
+            std::fs::read(t2.join("prefix")).unwrap()
+        );
+    }
+
+    #[test]
     fn corrupt_frames_are_not_copied() {
         let tmp = crate::oci::test_dir();
         let tree = tmp.path().join("tree");

@@ -45,9 +45,10 @@ pub const BLOB_ALIGN: u64 = 4096;
 pub const PACK_MIN: u64 = 16 << 20;
 /// A pack is always cut once it holds this many bytes of frames.
 pub const PACK_MAX: u64 = 64 << 20;
-/// Past [`PACK_MIN`], a chunk ends its pack when its digest's first 8 bytes (little-endian) are
-/// divisible by this: about one chunk in 512, i.e. ~15 MiB more at typical 30 KiB frames.
-pub const CUT_DIVISOR: u64 = 512;
+/// Past [`PACK_MIN`], a chunk of `len` stored bytes ends its pack with probability
+/// `len / CUT_SPAN` (decided by its digest), so packs grow by ~16 MiB on average past the minimum,
+/// whatever the frame sizes: ~32 MiB packs.
+pub const CUT_SPAN: u64 = 16 << 20;
 /// Largest stored frame (docs/format.md §4).
 pub const FRAME_MAX: u32 = 1 << 20;
 /// Largest pack index read, in bytes (about four million chunks).
@@ -86,14 +87,17 @@ pub enum Error {
     },
 }
 
-/// True if a pack holding `pack_len` bytes of frames ends after the chunk `digest`.
-pub fn should_cut(pack_len: u64, digest: &Digest) -> bool {
+/// True if a pack holding `pack_len` bytes of frames ends after the chunk `digest`, whose frame
+/// is `frame_len` bytes: past [`PACK_MIN`], when the digest's first 8 bytes (little-endian), as
+/// a fraction of 2^64, fall below `frame_len / CUT_SPAN`; always at [`PACK_MAX`].
+pub fn should_cut(pack_len: u64, digest: &Digest, frame_len: u64) -> bool {
     if pack_len >= PACK_MAX {
         return true;
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.0[..8]);
-    pack_len >= PACK_MIN && u64::from_le_bytes(first) % CUT_DIVISOR == 0
+    let threshold = (u128::from(frame_len) << 64) / u128::from(CUT_SPAN);
+    pack_len >= PACK_MIN && u128::from(u64::from_le_bytes(first)) < threshold
 }
 
 /// Where a frame of `len` bytes goes when the previous frame ended at `pos` (docs/format.md §4):
@@ -329,7 +333,7 @@ impl PackSink {
                 .insert(PackWriter::new(&self.layout, self.align512)?),
         };
         let offset = pack.add_frame(digest, raw_len, frame)?;
-        let cut = should_cut(pack.frames_len(), digest);
+        let cut = should_cut(pack.frames_len(), digest, frame.len() as u64);
         self.current_digests.push(*digest);
         if cut {
             self.close()?;
@@ -605,14 +609,31 @@ mod tests {
 
     #[test]
     fn sink_cuts_deterministically_by_content() {
-        // Small stand-in sizes are not possible with fixed constants, so check the rule itself.
-        let d0 = Digest([0; 32]);
-        let mut d1 = Digest([0; 32]);
-        d1.0[0] = 1;
-        assert!(!should_cut(PACK_MIN - 1, &d0));
-        assert!(should_cut(PACK_MIN, &d0));
-        assert!(!should_cut(PACK_MIN, &d1));
-        assert!(should_cut(PACK_MAX, &d1));
+        let low = Digest([0; 32]);
+        let mut high = Digest([0xff; 32]);
+        assert!(!should_cut(PACK_MIN - 1, &low, 30_000));
+        assert!(should_cut(PACK_MIN, &low, 30_000));
+        assert!(!should_cut(PACK_MIN, &high, 30_000));
+        assert!(should_cut(PACK_MAX, &high, 30_000));
+        // A digest at 1/1000 of the range cuts after a 20 KiB frame but not after a 10 KiB one.
+        high.0[..8].copy_from_slice(&(u64::MAX / 1000).to_le_bytes());
+        assert!(should_cut(PACK_MIN, &high, 20_000));
+        assert!(!should_cut(PACK_MIN, &high, 10_000));
+        // On random digests the mean extra length past the minimum is about CUT_SPAN.
+        let (mut extra, mut packs, mut len) = (0u64, 0u64, PACK_MIN);
+        for i in 0u32..200_000 {
+            len += 40_000;
+            if should_cut(len, &Digest::of(&i.to_le_bytes()), 40_000) {
+                extra += len - PACK_MIN;
+                packs += 1;
+                len = PACK_MIN;
+            }
+        }
+        let mean = extra / packs;
+        assert!(
+            mean > CUT_SPAN / 2 && mean < CUT_SPAN * 3 / 2,
+            "mean extra {mean} over {packs} packs"
+        );
     }
 
     #[test]

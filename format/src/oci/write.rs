@@ -75,7 +75,24 @@ pub const PACKS_MAX: usize = u16::MAX as usize;
 #[derive(Clone, Debug)]
 struct ExistingPack {
     desc: Descriptor,
+    path: std::path::PathBuf,
+    /// Sum of its frames' lengths.
+    frame_bytes: u64,
 }
+
+/// A chunk already in an existing pack.
+#[derive(Clone, Copy, Debug)]
+struct ExistingChunk {
+    pack: usize,
+    offset: u64,
+    stored_len: u32,
+}
+
+/// An existing pack becomes a layer of a new image only if the image's chunks make up at least
+/// this percentage of its frame bytes; the image's chunks in a pack used less are copied into
+/// its own packs, so that pulling an image never fetches a pack mostly made of other images'
+/// chunks (docs/format.md §7.4).
+pub const REUSE_MIN_PERCENT: u64 = 50;
 
 /// An open layout being written, holding its exclusive lock.
 pub struct LayoutWriter {
@@ -84,7 +101,7 @@ pub struct LayoutWriter {
     align512: bool,
     packs: Vec<ExistingPack>,
     /// Chunk digest -> index into `packs`.
-    existing: HashMap<Digest, usize>,
+    existing: HashMap<Digest, ExistingChunk>,
 }
 
 /// What [`LayoutWriter::commit`] did.
@@ -145,9 +162,18 @@ impl LayoutWriter {
             }
             let i = packs.len();
             for e in &index.entries {
-                existing.entry(e.digest).or_insert(i);
+                existing.entry(e.digest).or_insert(ExistingChunk {
+                    pack: i,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                });
             }
-            packs.push(ExistingPack { desc });
+            let frame_bytes = index.entries.iter().map(|e| u64::from(e.stored_len)).sum();
+            packs.push(ExistingPack {
+                desc,
+                path,
+                frame_bytes,
+            });
         }
         Ok(Self {
             layout,
@@ -183,6 +209,82 @@ impl LayoutWriter {
         PackSink::new(&self.layout, self.align512)
     }
 
+    /// Copies the image's chunks that lie in existing packs it would use too little of
+    /// ([`REUSE_MIN_PERCENT`]) into new packs, in chunk order; each frame is checked against its
+    /// digest on the way.
+    fn rescue_chunks(
+        &self,
+        chunks: &[ChunkInfo],
+        new_packs: &[(PackInfo, Vec<Digest>)],
+    ) -> Result<Vec<(PackInfo, Vec<Digest>)>, Error> {
+        let written: HashSet<&Digest> = new_packs.iter().flat_map(|(_, d)| d.iter()).collect();
+        let mut usage = vec![0u64; self.packs.len()];
+        let mut seen = HashSet::new();
+        for c in chunks {
+            if let Some(e) = self
+                .existing
+                .get(&c.digest)
+                .filter(|_| !written.contains(&c.digest))
+            {
+                if seen.insert(c.digest) {
+                    usage[e.pack] += u64::from(e.stored_len);
+                }
+            }
+        }
+        let reusable: Vec<bool> = usage
+            .iter()
+            .zip(&self.packs)
+            .map(|(&u, p)| u * 100 >= p.frame_bytes * REUSE_MIN_PERCENT)
+            .collect();
+        let mut sink = self.sink();
+        let mut decoder = None;
+        let mut files: HashMap<usize, std::fs::File> = HashMap::new();
+        let mut done = HashSet::new();
+        for c in chunks {
+            let Some(e) = self
+                .existing
+                .get(&c.digest)
+                .filter(|_| !written.contains(&c.digest))
+            else {
+                continue;
+            };
+            if reusable[e.pack] || !done.insert(c.digest) {
+                continue;
+            }
+            let pack = &self.packs[e.pack];
+            let io = |source| pack::Error::Io {
+                path: pack.path.clone(),
+                source,
+            };
+            let file = match files.entry(e.pack) {
+                std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(std::fs::File::open(&pack.path).map_err(io)?)
+                }
+            };
+            let mut frame = vec![0u8; e.stored_len as usize];
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut frame, e.offset).map_err(io)?;
+            let dec = match &mut decoder {
+                Some(d) => d,
+                None => decoder.insert(
+                    crate::compress::Decoder::new().map_err(|e| io(std::io::Error::other(e)))?,
+                ),
+            };
+            let ok = dec
+                .decode(&frame, c.size)
+                .is_ok_and(|data| Digest::of(&data) == c.digest);
+            if !ok {
+                return Err(pack::Error::Corrupt {
+                    path: pack.path.clone(),
+                    problem: format!("the frame of chunk {} does not decode to it", c.digest),
+                }
+                .into());
+            }
+            sink.write_frame(&c.digest, c.size, &frame)?;
+        }
+        Ok(sink.finish()?)
+    }
+
     /// Stores the metadata blob, config and manifest of an image whose chunks are `chunks`
     /// (in chunk order) and whose new chunks went into `new_packs`, and tags it `tag`.
     pub fn commit(
@@ -198,6 +300,8 @@ impl LayoutWriter {
             });
         }
         let dir = self.layout.dir().to_owned();
+        let mut new_packs = new_packs;
+        new_packs.extend(self.rescue_chunks(chunks, &new_packs)?);
         let mut new_blobs = 0usize;
         let mut new_bytes = 0u64;
         let mut new_location: HashMap<Digest, usize> = HashMap::new();
@@ -221,7 +325,7 @@ impl LayoutWriter {
         for (index, c) in chunks.iter().enumerate() {
             let src = match (new_location.get(&c.digest), self.existing.get(&c.digest)) {
                 (Some(&n), _) => Src::New(n),
-                (None, Some(&o)) => Src::Old(o),
+                (None, Some(o)) => Src::Old(o.pack),
                 (None, None) => {
                     return Err(Error::MissingChunk {
                         dir,
@@ -472,5 +576,42 @@ mod tests {
         drop(w);
         let w = LayoutWriter::open(&dir, false).unwrap();
         assert!(w.is_known(&chunk(0).0.digest));
+    }
+
+    /// The manifest of a 10 GiB image stays far below registries' 4 MiB limit.
+    #[test]
+    #[ignore = "writes 10 GiB of packs (about a minute); the numbers are in docs/format.md §7.4"]
+    fn manifest_of_a_10_gib_image_is_small() {
+        let tmp = crate::oci::test_dir();
+        let dir = tmp.path().join("layout");
+        let w = LayoutWriter::open(&dir, false).unwrap();
+        let mut sink = w.sink();
+        let mut frame = vec![0u8; 32 * 1024];
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut chunks = Vec::new();
+        let total: u64 = 10 << 30;
+        for i in 0..total / frame.len() as u64 {
+            for b in frame.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.copy_from_slice(&x.to_le_bytes());
+            }
+            let c = ChunkInfo {
+                digest: Digest::of(&i.to_le_bytes()),
+                size: 64 * 1024,
+            };
+            sink.write_frame(&c.digest, c.size, &frame).unwrap();
+            chunks.push(c);
+        }
+        let c = w
+            .commit("big", b"metadata", &chunks, sink.finish().unwrap())
+            .unwrap();
+        eprintln!(
+            "10 GiB of frames: {} pack layers, manifest {} bytes",
+            c.packs, c.manifest_len
+        );
+        assert!(c.packs < 640, "{} packs", c.packs);
+        assert!(c.manifest_len < 256 * 1024, "{} bytes", c.manifest_len);
     }
 }
