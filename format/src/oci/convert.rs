@@ -512,6 +512,7 @@ fn tar_to(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::build::BuildOptions;
     use crate::cfs::write::pack_dir;
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -784,6 +785,88 @@ mod tests {
             std::fs::read(out.join("prefix")).unwrap(),
             std::fs::read(t2.join("prefix")).unwrap()
         );
+    }
+
+    #[test]
+    fn concurrent_writers_and_gc_keep_every_tag() {
+        let tmp = crate::oci::test_dir();
+        let l = tmp.path().join("l");
+        let trees: Vec<PathBuf> = (0..4u64)
+            .map(|i| {
+                let t = tmp.path().join(format!("t{i}"));
+                make_tree(&t, i + 1);
+                t
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for (i, t) in trees.iter().enumerate() {
+                let l = l.clone();
+                scope.spawn(move || {
+                    let tag = format!("t{i}");
+                    convert(
+                        Source::Dir(t),
+                        Dest::Layout { dir: &l, tag: &tag },
+                        &opts(false),
+                        |_| {},
+                    )
+                    .unwrap();
+                });
+            }
+            let l = l.clone();
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    if l.join("oci-layout").exists() {
+                        crate::oci::gc::gc(&l, false).unwrap();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
+        });
+        for i in 0..4 {
+            let img = read::open_image(&l, Some(&format!("t{i}"))).unwrap();
+            for c in 0..img.image.chunks.len() {
+                img.read_frame(c).unwrap();
+            }
+        }
+        assert!(crate::oci::gc::gc(&l, false).unwrap().removed.is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_write_leaves_the_layout_valid() {
+        let tmp = crate::oci::test_dir();
+        let (t1, t2, l) = (
+            tmp.path().join("t1"),
+            tmp.path().join("t2"),
+            tmp.path().join("l"),
+        );
+        make_tree(&t1, 0);
+        make_tree(&t2, 5);
+        convert(
+            Source::Dir(&t1),
+            Dest::Layout { dir: &l, tag: "a" },
+            &opts(false),
+            |_| {},
+        )
+        .unwrap();
+        let index_before = std::fs::read(l.join("index.json")).unwrap();
+        {
+            // Packs written, then the process "dies" before the manifest and index.json.
+            let w = LayoutWriter::open(&l, false).unwrap();
+            let mut b = Builder::new(
+                BuildOptions::default(),
+                w.sink(),
+                Some(known_fn(w.known_set())),
+            )
+            .unwrap();
+            crate::scan::scan(&t2, &mut b, &[]).unwrap();
+            let built = b.finish().unwrap();
+            assert!(!built.sink.finish().unwrap().is_empty());
+        }
+        assert_eq!(std::fs::read(l.join("index.json")).unwrap(), index_before);
+        read::open_image(&l, Some("a")).unwrap();
+        let r = crate::oci::gc::gc(&l, false).unwrap();
+        assert!(!r.removed.is_empty(), "the orphaned pack is garbage");
+        read::open_image(&l, Some("a")).unwrap();
     }
 
     #[test]

@@ -129,6 +129,10 @@ impl Layout {
         let marker = dir.join(OCI_LAYOUT_FILE);
         let bytes = match fs::read(&marker) {
             Ok(b) => b,
+            // A missing directory is an I/O error; a directory without the marker is not a layout.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
+                return Err(io_err(dir)(e));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::NotALayout {
                     dir: dir.to_owned(),
