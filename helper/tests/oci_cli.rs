@@ -105,6 +105,14 @@ fn pack_rm_gc_through_the_cli() {
     let back = d.join("back");
     ok(chunkfs(&[&"unpack", &cfs, &back]));
     compare_trees(&t2, &back).unwrap();
+    let direct = d.join("direct");
+    ok(chunkfs(&[&"unpack", &format!("{l}:two"), &direct]));
+    compare_trees(&t2, &direct).unwrap();
+    fails(
+        chunkfs(&[&"unpack", &layout, &d.join("nope")]),
+        2,
+        "one, two",
+    );
 
     ok(chunkfs(&[&"rm", &format!("{l}:two")]));
     fails(chunkfs(&[&"rm", &format!("{l}:two")]), 2, "tags: one");

@@ -166,6 +166,52 @@ impl OciImage {
     }
 }
 
+/// Decompressed, checked chunks of an [`OciImage`], for `unpack`.
+pub struct OciChunks<'a> {
+    img: &'a OciImage,
+    decoder: crate::compress::Decoder,
+}
+
+impl OciImage {
+    /// A reader of the image's chunks that checks each against its digest.
+    pub fn chunks(&self) -> Result<OciChunks<'_>, crate::compress::Error> {
+        Ok(OciChunks {
+            img: self,
+            decoder: crate::compress::Decoder::new()?,
+        })
+    }
+}
+
+impl crate::unpack::ChunkSource for OciChunks<'_> {
+    fn read_chunk(
+        &mut self,
+        idx: crate::model::ChunkIdx,
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+        let i = idx as usize;
+        let info = self
+            .img
+            .image
+            .chunks
+            .get(i)
+            .ok_or_else(|| format!("chunk {idx} does not exist"))?;
+        let frame = self.img.read_frame(i)?;
+        let pack = &self.img.packs[usize::from(self.img.locations[i].device) - 1].path;
+        let data = self
+            .decoder
+            .decode(&frame, info.size)
+            .map_err(|e| format!("{}: chunk {idx}: {e}", pack.display()))?;
+        if Digest::of(&data) != info.digest {
+            return Err(format!(
+                "{}: chunk {idx} does not match its digest {}",
+                pack.display(),
+                info.digest
+            )
+            .into());
+        }
+        Ok(data)
+    }
+}
+
 /// Opens the chunkfs image tagged `tag` (or the only image) in the layout `dir`.
 pub fn open_image(dir: &Path, tag: Option<&str>) -> Result<OciImage, Error> {
     open_image_with(dir, tag, decode_metadata)

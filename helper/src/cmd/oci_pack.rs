@@ -176,3 +176,25 @@ pub(crate) fn exit_code(e: &(dyn std::error::Error + 'static)) -> i32 {
     }
     EXIT_CORRUPT
 }
+
+/// `chunkfs unpack LAYOUT[:TAG] DIR`: `None` unless the image names a layout.
+pub fn unpack(args: &super::unpack::Args) -> Option<Result<(), Error>> {
+    let Reference::Oci { dir, tag } = classify(&args.image, Role::Source) else {
+        return None;
+    };
+    Some((|| {
+        let read_err = |e| convert_error(convert::Error::Read(e));
+        let img = chunkfs_format::oci::read::open_image(&dir, tag.as_deref()).map_err(read_err)?;
+        let mut chunks = img
+            .chunks()
+            .map_err(|e| Error::failed(format!("{}: {e}", dir.display())))?;
+        let report = chunkfs_format::unpack::unpack(&img.image, &mut chunks, &args.dir)?;
+        for (kind, (count, first)) in &report.skipped {
+            eprintln!(
+                "chunkfs: warning: skipped {kind} for {count} entries (first: {})",
+                first.display()
+            );
+        }
+        Ok(())
+    })())
+}
