@@ -173,3 +173,63 @@ fn first_paths(
     }
     out
 }
+
+/// A complete, deterministic text rendering of an image's metadata, one item per line: the
+/// chunks, the packed stream, and every inode with all its fields. Used by golden tests and
+/// for debugging; two images with equal dumps have equal metadata.
+pub fn dump(image: &Image) -> String {
+    use std::fmt::Write;
+    let bytes = |b: &[u8]| b.escape_ascii().to_string();
+    let mut o = String::new();
+    let _ = writeln!(o, "chunks {}", image.chunks.len());
+    for (i, c) in image.chunks.iter().enumerate() {
+        let _ = writeln!(o, "  chunk {i} {} size {}", c.digest, c.size);
+    }
+    let _ = writeln!(o, "packed stream {:?}", image.packed_stream);
+    let _ = writeln!(o, "inodes {}", image.inodes.len());
+    for (i, n) in image.inodes.iter().enumerate() {
+        let _ = write!(
+            o,
+            "  inode {i} mode {:o} uid {} gid {} mtime {}.{:09}",
+            n.mode, n.uid, n.gid, n.mtime_sec, n.mtime_nsec
+        );
+        match &n.kind {
+            InodeKind::Directory(entries) => {
+                let _ = writeln!(o, " directory {}", entries.len());
+                for e in entries {
+                    let _ = writeln!(o, "    entry \"{}\" -> {}", bytes(&e.name), e.inode);
+                }
+            }
+            InodeKind::File(f) => match &f.layout {
+                FileLayout::Packed(off) => {
+                    let _ = writeln!(o, " file size {} packed at {off}", f.size);
+                }
+                FileLayout::Extents(xs) => {
+                    let list: Vec<String> = xs
+                        .iter()
+                        .map(|x| format!("{}:{}", x.offset, x.chunk))
+                        .collect();
+                    let _ = writeln!(o, " file size {} extents [{}]", f.size, list.join(" "));
+                }
+            },
+            InodeKind::Symlink(t) => {
+                let _ = writeln!(o, " symlink \"{}\"", bytes(t));
+            }
+            InodeKind::Device { major, minor } => {
+                let _ = writeln!(o, " device {major}:{minor}");
+            }
+            InodeKind::Special => {
+                let _ = writeln!(o, " special");
+            }
+        }
+        for x in &n.xattrs {
+            let _ = writeln!(
+                o,
+                "    xattr \"{}\" = \"{}\"",
+                bytes(&x.name),
+                bytes(&x.value)
+            );
+        }
+    }
+    o
+}

@@ -93,12 +93,43 @@ pub struct Report {
 }
 
 /// Restores `image` into `dir`, which must not exist or be empty.
+/// On failure (a corrupt chunk, a full disk) it removes what it created, best effort, so a
+/// failed unpack leaves no partial tree.
 pub fn unpack(image: &Image, chunks: &mut dyn ChunkSource, dir: &Path) -> Result<Report, Error> {
     image.validate().map_err(|e| Error {
         path: dir.to_owned(),
         kind: ErrorKind::Invalid(e.to_string()),
     })?;
-    let root = open_target(dir)?;
+    let (root, created) = open_target(dir)?;
+    let result = unpack_into(image, chunks, dir, root);
+    if result.is_err() {
+        remove_partial(dir, created);
+    }
+    result
+}
+
+/// Removes a failed unpack's output: `dir` itself if we created it, else its contents.
+/// `remove_dir_all` does not follow symlinks.
+fn remove_partial(dir: &Path, created: bool) {
+    if created {
+        let _ = std::fs::remove_dir_all(dir);
+    } else if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+        }
+    }
+}
+
+fn unpack_into(
+    image: &Image,
+    chunks: &mut dyn ChunkSource,
+    dir: &Path,
+    root: OwnedFd,
+) -> Result<Report, Error> {
     let mut u = Unpacker {
         image,
         chunks,
@@ -164,10 +195,10 @@ fn io_err(path: &Path, op: &'static str, e: std::io::Error) -> Error {
     }
 }
 
-/// Opens `dir`, creating it if missing; refuses a non-empty one.
-fn open_target(dir: &Path) -> Result<OwnedFd, Error> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
+/// Opens `dir`, creating it if missing (then the flag is true); refuses a non-empty one.
+fn open_target(dir: &Path) -> Result<(OwnedFd, bool), Error> {
+    let created = match std::fs::create_dir(dir) {
+        Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let mut entries =
                 std::fs::read_dir(dir).map_err(|e| io_err(dir, "read the target directory", e))?;
@@ -177,16 +208,18 @@ fn open_target(dir: &Path) -> Result<OwnedFd, Error> {
                     kind: ErrorKind::NotEmpty,
                 });
             }
+            false
         }
         Err(e) => return Err(io_err(dir, "create the target directory", e)),
-    }
-    openat(
+    };
+    let fd = openat(
         nix::fcntl::AT_FDCWD,
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| io_err(dir, "open the target directory", e.into()))
+    .map_err(|e| io_err(dir, "open the target directory", e.into()))?;
+    Ok((fd, created))
 }
 
 struct Unpacker<'a> {

@@ -343,6 +343,15 @@ fn damaged_images_fail_cleanly_naming_the_problem() {
         1,
         "chunk 1",
     );
+    assert!(
+        !s.join("chunk.out").exists(),
+        "a failed unpack left its output"
+    );
+    // Into an existing empty directory: emptied again, kept.
+    let existing = s.join("existing");
+    fs::create_dir(&existing).unwrap();
+    fails(chunkfs(&[&"unpack", &path, &existing]), 1, "chunk 1");
+    assert_eq!(fs::read_dir(&existing).unwrap().count(), 0);
 
     // A non-zero byte in padding.
     let mut bytes = good.clone();

@@ -232,6 +232,47 @@ mod tests {
         assert!(new <= 2, "{new} new chunks of {}", b.len());
     }
 
+    /// The byte-at-a-time algorithm of docs/format.md §2.1, written from the document.
+    fn documented_cut(data: &[u8], p: ChunkParams) -> usize {
+        let (gear, _) = v2020::get_gear_with_seed(0);
+        let b = (f64::from(p.avg)).log2().round() as usize;
+        let (mask_s, mask_l) = (v2020::MASKS[b + 1], v2020::MASKS[b - 1]);
+        let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
+        let r = data.len();
+        if r <= min {
+            return r;
+        }
+        let n = r.min(max);
+        let center = avg.min(n);
+        let mut h = 0u64;
+        for i in min..2 * (n / 2) {
+            h = (h << 1).wrapping_add(gear[data[i] as usize]);
+            let mask = if i < center { mask_s } else { mask_l };
+            if h & mask == 0 {
+                return i;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn the_documented_algorithm_gives_the_same_cuts() {
+        let (gear, _) = v2020::get_gear_with_seed(0);
+        assert_eq!((gear[0], gear[1]), (0x3b5d3c7d207e37dc, 0x784d68ba91123086));
+        for (params, seed) in [(SMALL, 11), (ChunkParams::DEFAULT, 12)] {
+            let data = noise(3_000_001, seed);
+            let mut expected = Vec::new();
+            let mut pos = 0;
+            while pos < data.len() {
+                let len = documented_cut(&data[pos..], params);
+                expected.push(len);
+                pos += len;
+            }
+            let got: Vec<usize> = chunk_all(params, &data).iter().map(Vec::len).collect();
+            assert_eq!(got, expected);
+        }
+    }
+
     #[test]
     fn default_params_are_valid_and_bad_ones_refused() {
         ChunkParams::DEFAULT.validate().unwrap();

@@ -293,7 +293,10 @@ impl<S: ChunkSink> Scanner<'_, S> {
                 )
             }
             mode::S_IFREG => {
-                let fd = openat(dir, OsStr::from_bytes(name), nofollow, Mode::empty())
+                // O_NONBLOCK: if the file was swapped for a FIFO since fstatat, opening must not
+                // hang; same_inode then refuses it. Reads of regular files ignore the flag.
+                let flags = nofollow | OFlag::O_NONBLOCK;
+                let fd = openat(dir, OsStr::from_bytes(name), flags, Mode::empty())
                     .map_err(|e| io("open", e))?;
                 let file = File::from(fd);
                 same_inode(&file, &st).map_err(err)?;

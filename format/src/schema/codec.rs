@@ -41,6 +41,9 @@ pub enum Error {
         /// Found.
         got: usize,
     },
+    /// Bytes follow the metadata's one zstd frame.
+    #[error("{0} bytes follow the metadata frame")]
+    TrailingBytes(usize),
     /// The message is not in canonical form (or has several segments).
     #[error("the Cap'n Proto message is not canonical")]
     NotCanonical,
@@ -184,6 +187,11 @@ pub fn decode_blob(blob: &[u8]) -> Result<Image, Error> {
         Some(n) if n > 0 && n % 8 == 0 && n <= limits::METADATA_MAX => n,
         other => return Err(Error::BadSize(other)),
     };
+    let frame_len =
+        zstd::zstd_safe::find_frame_compressed_size(blob).map_err(|_| Error::BadSize(declared))?;
+    if frame_len != blob.len() {
+        return Err(Error::TrailingBytes(blob.len().saturating_sub(frame_len)));
+    }
     let words = usize::try_from(size / 8).map_err(|_| Error::BadSize(declared))?;
     let mut buf = Word::allocate_zeroed_vec(words);
     let bytes = Word::words_to_bytes_mut(&mut buf);
@@ -470,5 +478,8 @@ mod tests {
         assert!(decode_blob(b"not zstd").is_err());
         let blob = encode_blob(&img).unwrap();
         assert!(decode_blob(&blob[..blob.len() - 3]).is_err());
+        let mut two = blob.clone();
+        two.extend_from_slice(&blob);
+        assert!(matches!(decode_blob(&two), Err(Error::TrailingBytes(_))));
     }
 }

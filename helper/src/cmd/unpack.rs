@@ -15,7 +15,8 @@ use crate::Error;
     "DIR is created if missing and must be empty otherwise. Every chunk is checked against its\n",
     "sha256 before it is written. Nothing is written outside DIR and no symlink of the image is\n",
     "followed. As non-root, owners, device nodes and trusted.*/security.* xattrs are skipped\n",
-    "with one warning per kind; the exit status is still 0.\n\n",
+    "with one warning per kind; the exit status is still 0. If unpacking fails (a corrupt\n",
+    "chunk, a full disk), what was created is removed again.\n\n",
     crate::exit_help!()
 ))]
 pub struct Args {
