@@ -135,6 +135,37 @@ fn pack_rm_gc_through_the_cli() {
     );
     ok(chunkfs(&[&"pack", &format!("{l}:one"), &d.join("one.cfs")]));
 
+    let v = ok(chunkfs(&[&"verify", &format!("{l}:one")]));
+    assert!(v.contains(": ok: manifest sha256:"), "{v}");
+
+    // A flipped byte in a pack: verify names the blob.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(&mdigest)).unwrap())
+            .unwrap();
+    let pack = layout.join("blobs/sha256").join(
+        m["layers"][1]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let good = fs::read(&pack).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 1;
+    fs::write(&pack, &bad).unwrap();
+    fails(
+        chunkfs(&[&"verify", &format!("{l}:one")]),
+        1,
+        "pack blob content has digest",
+    );
+    fs::write(&pack, &good).unwrap();
+
     // A corrupt metadata blob is named, with exit status 1.
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();

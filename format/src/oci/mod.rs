@@ -30,6 +30,7 @@ pub mod reference;
 pub mod select;
 pub mod spec;
 pub mod tar_image;
+pub mod verify;
 pub mod write;
 
 /// Media types chunkfs writes (docs/format.md §7.2).

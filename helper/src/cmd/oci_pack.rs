@@ -198,3 +198,41 @@ pub fn unpack(args: &super::unpack::Args) -> Option<Result<(), Error>> {
         Ok(())
     })())
 }
+
+/// `chunkfs verify LAYOUT[:TAG]`: `None` unless the image names a layout.
+pub fn verify(args: &super::verify::Args) -> Option<Result<(), Error>> {
+    use chunkfs_format::oci::verify::{Error as V, verify_image};
+    let Reference::Oci { dir, tag } = classify(&args.image, Role::Source) else {
+        return None;
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let d = done.clone();
+    let bar = Progress::start(None, move || {
+        (d.load(std::sync::atomic::Ordering::Relaxed), String::new())
+    });
+    let result = verify_image(&dir, tag.as_deref(), &done);
+    drop(bar);
+    Some(match result {
+        Ok(r) => {
+            println!(
+                "{}: ok: manifest {}, {} pack blobs ({}) hashed, {} chunks ({}) decompressed and hashed, metadata {}",
+                args.image.display(),
+                r.manifest_digest,
+                r.packs,
+                HumanBytes(r.pack_bytes),
+                r.chunks,
+                HumanBytes(r.chunk_bytes),
+                r.metadata_digest
+            );
+            Ok(())
+        }
+        Err(V::Open(e)) => Err(convert_error(convert::Error::Read(e))),
+        Err(e) => {
+            let code = exit_code(&e);
+            Err(Error {
+                message: e.to_string(),
+                exit_code: code,
+            })
+        }
+    })
+}
