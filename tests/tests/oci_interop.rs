@@ -9,33 +9,18 @@
 // Fixtures outside #[test] functions too: a panic is how these tests fail.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::cfs::write::PackOptions;
 use chunkfs_format::oci::convert::{Dest, Outcome, Source, convert};
 use chunkfs_format::oci::layout::Layout;
+use chunkfs_tests::oci::{Registry, oci_ref, run};
 use chunkfs_tests::tree::{compare_trees, make_every_corner_tree};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Runs a command, failing the test with its stderr unless it succeeds; returns its stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?} ({e}); install it with tools/setup"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn pack(src: Source<'_>, dest: Dest<'_>) -> Outcome {
@@ -74,82 +59,6 @@ fn manifest_digest(layout: &Path, tag: &str) -> String {
         .find(|d| d.ref_name() == Some(tag))
         .map(|d| d.digest.clone())
         .unwrap_or_else(|| panic!("{}: no tag {tag}", layout.display()))
-}
-
-fn oci_ref(dir: &Path, tag: &str) -> String {
-    format!("oci:{}:{tag}", dir.display())
-}
-
-/// A distribution registry on 127.0.0.1 with its own storage, killed when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: chunkfs-test\n",
-                dir.join("storage").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start docker-registry ({e}); install it with tools/setup")
-            });
-        let registry = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !registry.ready() {
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not answer on port {port}: {}",
-                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        registry
-    }
-
-    /// True once `GET /v2/` answers 200.
-    fn ready(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") && &buf[9..12] == b"200"
-    }
-
-    fn reference(&self, repo: &str, tag: &str) -> String {
-        format!("docker://127.0.0.1:{}/{repo}:{tag}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A source tree with every corner, plus a few MiB so that chunks are not all small.
