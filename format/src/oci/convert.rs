@@ -464,7 +464,17 @@ fn tar_to(
     options: &PackOptions,
     on_start: impl FnOnce(Arc<Progress>),
 ) -> Result<Outcome, Error> {
-    let img = tar_image::open_tar_image(dir, tag, platform)?;
+    // Into the same layout: the writer's exclusive lock covers reading the layers.
+    let (img, writer) = match dest {
+        Dest::Layout { dir: to, .. } if same_dir(dir, to) => {
+            let writer = LayoutWriter::open(to, options.align512)?;
+            (
+                tar_image::open_tar_image_locked(dir, tag, platform)?,
+                Some(writer),
+            )
+        }
+        _ => (tar_image::open_tar_image(dir, tag, platform)?, None),
+    };
     let tree = crate::tar::merge_layers(&img.layers)?;
     match dest {
         Dest::Cfs(path) => {
@@ -487,14 +497,10 @@ fn tar_to(
             dir: to,
             tag: to_tag,
         } => {
-            if same_dir(dir, to) {
-                // The source's shared lock would block the writer's exclusive one.
-                return Err(Error::Unsupported {
-                    from: "a container image",
-                    to: "a chunkfs image in the same layout (write it to another layout)",
-                });
-            }
-            let writer = LayoutWriter::open(to, options.align512)?;
+            let writer = match writer {
+                Some(w) => w,
+                None => LayoutWriter::open(to, options.align512)?,
+            };
             let builder = Builder::new(
                 options.build.clone(),
                 writer.sink(),
@@ -989,7 +995,8 @@ mod tar_tests {
             a.metadata_digest, b.metadata_digest,
             "same conversion, same metadata"
         );
-        let err = convert(
+        // Into the layout that holds the container image.
+        let c = convert(
             Source::Layout {
                 dir: &src,
                 tag: Some("v1"),
@@ -1002,7 +1009,12 @@ mod tar_tests {
             &PackOptions::default(),
             |_| {},
         )
-        .unwrap_err();
-        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        .unwrap();
+        assert_eq!(c.metadata_digest, a.metadata_digest);
+        let back = read::open_image(&src, Some("c")).unwrap();
+        assert_eq!(back.metadata_digest, a.metadata_digest);
+        drop(back);
+        // gc keeps both the container image and the chunkfs image.
+        assert!(crate::oci::gc::gc(&src, false).unwrap().removed.is_empty());
     }
 }

@@ -61,7 +61,7 @@ pub struct TarImage {
     pub config: ImageConfig,
     /// The layers, bottom first, each with its diff_id.
     pub layers: Vec<LayerInput>,
-    _lock: LayoutLock,
+    _lock: Option<LayoutLock>,
 }
 
 /// Opens the ordinary image `tag` (or the only image) of the layout `dir` for `platform`
@@ -72,8 +72,31 @@ pub fn open_tar_image(
     tag: Option<&str>,
     platform: Option<&PlatformSpec>,
 ) -> Result<TarImage, Error> {
+    open_inner(dir, tag, platform, true)
+}
+
+/// [`open_tar_image`] for a caller that already holds the layout's exclusive lock (converting
+/// into the same layout).
+pub(crate) fn open_tar_image_locked(
+    dir: &Path,
+    tag: Option<&str>,
+    platform: Option<&PlatformSpec>,
+) -> Result<TarImage, Error> {
+    open_inner(dir, tag, platform, false)
+}
+
+fn open_inner(
+    dir: &Path,
+    tag: Option<&str>,
+    platform: Option<&PlatformSpec>,
+    take_lock: bool,
+) -> Result<TarImage, Error> {
     let layout = Layout::open(dir)?;
-    let lock = LayoutLock::shared(dir)?;
+    let lock = if take_lock {
+        Some(LayoutLock::shared(dir)?)
+    } else {
+        None
+    };
     let sel = select::select(&layout, tag, platform)?;
     let d = || dir.to_owned();
     let cfg_desc = &sel.manifest.config;
