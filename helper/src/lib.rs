@@ -3,6 +3,8 @@
 
 pub mod cmd;
 pub mod error;
+pub mod init;
+pub mod initramfs;
 pub mod progress;
 
 pub use error::Error;

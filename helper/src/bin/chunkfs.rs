@@ -1,7 +1,8 @@
 //! `chunkfs`: pack, unpack, inspect, verify, mount and collect chunkfs images.
 //!
-//! One binary, two names: invoked as `mount.chunkfs` (a symlink installed in /sbin) it is the
-//! mount(8) helper, `mount.chunkfs SOURCE TARGET [-sfnv] [-o options]`.
+//! One binary, several names: invoked as `mount.chunkfs` (a symlink installed in /sbin) it is
+//! the mount(8) helper, `mount.chunkfs SOURCE TARGET [-sfnv] [-o options]`; invoked as `init`
+//! (`/init` in an initramfs built by `chunkfs initramfs`) it is PID 1 and boots a chunkfs root.
 
 use std::process::ExitCode;
 
@@ -37,9 +38,18 @@ enum Command {
     Gc(cmd::gc::Args),
     /// Untag an image in an OCI layout.
     Rm(cmd::rm::Args),
+    /// Build an initramfs that boots a chunkfs image as the root filesystem.
+    Initramfs(cmd::initramfs::Args),
 }
 
 fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|name| name == "init")
+    {
+        chunkfs_helper::init::main();
+    }
     chunkfs_helper::raise_fd_limit();
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -49,6 +59,9 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Gc(a) => cmd::gc::run(a),
         Command::Rm(a) => cmd::rm::run(a),
+        Command::Initramfs(a) => cmd::initramfs::run(a)
+            .map(|_| ())
+            .map_err(|e| chunkfs_helper::Error::failed(e.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

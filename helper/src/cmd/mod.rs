@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
 pub mod gc;
+pub mod initramfs;
 pub mod inspect;
 pub mod oci_pack;
 pub mod pack;
