@@ -316,7 +316,7 @@ impl Layout {
     /// Stores `bytes` as a blob; returns its digest and whether it was new.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<(Digest, bool), Error> {
         let digest = Digest::of(bytes);
-        if self.blob_path(&digest).is_file() {
+        if holds(&self.blob_path(&digest), &digest) {
             return Ok((digest, false));
         }
         let mut w = self.blob_writer()?;
@@ -385,6 +385,15 @@ fn read_bounded(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>, 
     Ok(bytes)
 }
 
+/// True if `path` is a regular file whose sha256 is `digest`.
+fn holds(path: &Path, digest: &Digest) -> bool {
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut h = Hasher::new();
+    io::copy(&mut file, &mut h).is_ok() && h.finish() == *digest
+}
+
 /// fsyncs a directory so that renames into it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
@@ -444,7 +453,8 @@ impl BlobWriter {
             .ok_or_else(|| io_err(&self.tmp)(io::Error::other("blob writer already finished")))?;
         let digest = std::mem::take(&mut self.hasher).finish();
         let dest = self.blobs.join(digest.to_hex());
-        if dest.is_file() {
+        // An existing blob is kept only if it is intact; a damaged one is replaced.
+        if holds(&dest, &digest) {
             drop(file);
             let _ = fs::remove_file(&self.tmp);
             return Ok((digest, self.len, false));

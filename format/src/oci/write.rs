@@ -2,6 +2,7 @@
 //!
 //! [`LayoutWriter::open`] takes the layout's exclusive lock (creating the layout if needed) and
 //! reads the index of every pack that a tag reaches and that has the image's frame alignment.
+//! Damaged manifests or packs of other tags are skipped (their chunks are then written again).
 //! The producer (the builder, or a copy from a `.cfs` or another layout) asks
 //! [`LayoutWriter::is_known`] for each chunk and writes only the unknown ones, in chunk order,
 //! into the [`PackSink`] from [`LayoutWriter::sink`]. [`LayoutWriter::commit`] then stores the
@@ -137,7 +138,11 @@ impl LayoutWriter {
             if !media_type::is_manifest(&entry.media_type) {
                 continue;
             }
-            let raw = layout.read_blob(&entry, MANIFEST_MAX, "manifest")?;
+            // Another tag's unreadable manifest or pack only costs deduplication: its chunks
+            // are written again. Readers and `gc` report such damage; a writer need not.
+            let Ok(raw) = layout.read_blob(&entry, MANIFEST_MAX, "manifest") else {
+                continue;
+            };
             let Ok(m) = spec::parse_manifest("manifest", &raw) else {
                 continue;
             };
@@ -155,8 +160,12 @@ impl LayoutWriter {
         let mut packs = Vec::new();
         let mut existing = HashMap::new();
         for desc in pack_descs {
-            let (file, path) = layout.open_blob(&desc)?;
-            let index = PackIndex::read(&file, &path)?;
+            let Ok((file, path)) = layout.open_blob(&desc) else {
+                continue;
+            };
+            let Ok(index) = PackIndex::read(&file, &path) else {
+                continue;
+            };
             if index.align512() != align512 {
                 continue;
             }
@@ -563,6 +572,32 @@ mod tests {
                 .unwrap()
                 .commit("bad/tag", b"m", &[], vec![])
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_damaged_pack_of_another_tag_is_not_reused() {
+        let tmp = crate::oci::test_dir();
+        let dir = tmp.path().join("layout");
+        write(&dir, "a", &[0, 1], b"meta a");
+        let pack = open_image_with(&dir, Some("a"), |_| Ok(image(&[0, 1]).0))
+            .unwrap()
+            .packs[0]
+            .path
+            .clone();
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&pack, bytes).unwrap();
+        let w = LayoutWriter::open(&dir, false).unwrap();
+        assert!(!w.is_known(&chunk(0).0.digest));
+        drop(w);
+        let b = write(&dir, "b", &[0, 1], b"meta b");
+        assert_eq!(b.new_packs, 1);
+        // The rewritten pack has a's pack's name: the damaged file was replaced, not kept.
+        assert_eq!(
+            Digest::of(&std::fs::read(&pack).unwrap()).to_hex(),
+            pack.file_name().unwrap().to_string_lossy()
         );
     }
 
