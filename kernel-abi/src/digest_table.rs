@@ -56,7 +56,6 @@ pub struct DigestEntry {
 }
 const _: () = assert!(core::mem::size_of::<DigestEntry>() == 64);
 
-
 /// A validated digest table: entries sorted by `(device, offset)`, frames not overlapping.
 #[derive(Clone, Copy, Debug)]
 pub struct DigestTable<'a> {
@@ -69,33 +68,60 @@ impl<'a> DigestTable<'a> {
     /// Parses and validates a whole table; `bytes` may extend past its end.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, AbiError> {
         const WHAT: &str = "digest table";
-        let (hdr, rest) = DigestTableHeader::ref_from_prefix(bytes).ok_or(AbiError::Truncated { what: WHAT })?;
+        let (hdr, rest) =
+            DigestTableHeader::ref_from_prefix(bytes).ok_or(AbiError::Truncated { what: WHAT })?;
         if hdr.magic != DIGEST_TABLE_MAGIC {
             return Err(AbiError::BadMagic { what: WHAT });
         }
         let version = hdr.version.get();
         if version != DIGEST_TABLE_VERSION {
-            return Err(AbiError::UnknownVersion { what: WHAT, version });
+            return Err(AbiError::UnknownVersion {
+                what: WHAT,
+                version,
+            });
         }
         let entry_size = hdr.entry_size.get() as usize;
         if entry_size < core::mem::size_of::<DigestEntry>() || entry_size > 4096 {
-            return Err(AbiError::BadField { field: "digest table entry size", value: entry_size as u64 });
+            return Err(AbiError::BadField {
+                field: "digest table entry size",
+                value: entry_size as u64,
+            });
         }
-        let count = usize::try_from(hdr.count.get()).map_err(|_| AbiError::Truncated { what: WHAT })?;
-        let len = count.checked_mul(entry_size).ok_or(AbiError::Truncated { what: WHAT })?;
+        let count =
+            usize::try_from(hdr.count.get()).map_err(|_| AbiError::Truncated { what: WHAT })?;
+        let len = count
+            .checked_mul(entry_size)
+            .ok_or(AbiError::Truncated { what: WHAT })?;
         let entries = rest.get(..len).ok_or(AbiError::Truncated { what: WHAT })?;
-        let table = Self { entries, entry_size, count };
+        let table = Self {
+            entries,
+            entry_size,
+            count,
+        };
         let mut prev_end: Option<(u16, u64)> = None;
         for i in 0..count {
             let e = table.entry(i).ok_or(AbiError::Truncated { what: WHAT })?;
-            let (dev, off, len) = (e.device.get(), e.offset.get(), u64::from(e.stored_len.get()));
+            let (dev, off, len) = (
+                e.device.get(),
+                e.offset.get(),
+                u64::from(e.stored_len.get()),
+            );
             if len == 0 || e.raw_len.get() == 0 {
-                return Err(AbiError::BadField { field: "digest entry length", value: i as u64 });
+                return Err(AbiError::BadField {
+                    field: "digest entry length",
+                    value: i as u64,
+                });
             }
-            let end = off.checked_add(len).ok_or(AbiError::OutOfRange { table: WHAT, index: i as u64 })?;
+            let end = off.checked_add(len).ok_or(AbiError::OutOfRange {
+                table: WHAT,
+                index: i as u64,
+            })?;
             if let Some((pdev, pend)) = prev_end {
                 if dev < pdev || (dev == pdev && off < pend) {
-                    return Err(AbiError::Unsorted { table: WHAT, index: i as u64 });
+                    return Err(AbiError::Unsorted {
+                        table: WHAT,
+                        index: i as u64,
+                    });
                 }
             }
             prev_end = Some((dev, end));
@@ -130,11 +156,11 @@ impl<'a> DigestTable<'a> {
     pub fn find(&self, device: u16, offset: u64) -> Option<&'a DigestEntry> {
         let (mut lo, mut hi) = (0usize, self.count);
         while lo < hi {
-            let mid = lo + (hi - lo) / 2;
+            let mid = lo.wrapping_add(hi.wrapping_sub(lo) / 2);
             let e = self.entry(mid)?;
             match (e.device.get(), e.offset.get()).cmp(&(device, offset)) {
                 core::cmp::Ordering::Equal => return Some(e),
-                core::cmp::Ordering::Less => lo = mid + 1,
+                core::cmp::Ordering::Less => lo = mid.wrapping_add(1),
                 core::cmp::Ordering::Greater => hi = mid,
             }
         }
@@ -150,7 +176,8 @@ impl<'a> DigestTable<'a> {
 
 /// Bytes needed to encode a table of `count` entries.
 pub const fn encoded_len(count: usize) -> usize {
-    core::mem::size_of::<DigestTableHeader>() + count * core::mem::size_of::<DigestEntry>()
+    let entries = count.saturating_mul(core::mem::size_of::<DigestEntry>());
+    entries.saturating_add(core::mem::size_of::<DigestTableHeader>())
 }
 
 /// The header of a table of `count` entries of the standard size.
@@ -194,7 +221,11 @@ mod tests {
 
     #[test]
     fn parses_and_finds() {
-        let bytes = encode(&[entry(0, 4096, 100, 1), entry(0, 4196, 50, 2), entry(1, 0, 10, 3)]);
+        let bytes = encode(&[
+            entry(0, 4096, 100, 1),
+            entry(0, 4196, 50, 2),
+            entry(1, 0, 10, 3),
+        ]);
         let t = DigestTable::parse(&bytes).unwrap();
         assert_eq!(t.len(), 3);
         assert_eq!(t.byte_len(), bytes.len());
@@ -206,14 +237,26 @@ mod tests {
     #[test]
     fn refuses_overlap_disorder_truncation_and_bad_magic() {
         let overlap = encode(&[entry(0, 0, 100, 1), entry(0, 99, 1, 2)]);
-        assert!(matches!(DigestTable::parse(&overlap), Err(AbiError::Unsorted { index: 1, .. })));
+        assert!(matches!(
+            DigestTable::parse(&overlap),
+            Err(AbiError::Unsorted { index: 1, .. })
+        ));
         let disorder = encode(&[entry(1, 0, 1, 1), entry(0, 10, 1, 2)]);
-        assert!(matches!(DigestTable::parse(&disorder), Err(AbiError::Unsorted { .. })));
+        assert!(matches!(
+            DigestTable::parse(&disorder),
+            Err(AbiError::Unsorted { .. })
+        ));
         let good = encode(&[entry(0, 0, 1, 1)]);
-        assert!(matches!(DigestTable::parse(&good[..good.len() - 1]), Err(AbiError::Truncated { .. })));
+        assert!(matches!(
+            DigestTable::parse(&good[..good.len() - 1]),
+            Err(AbiError::Truncated { .. })
+        ));
         let mut magic = good.clone();
         magic[0] ^= 1;
-        assert!(matches!(DigestTable::parse(&magic), Err(AbiError::BadMagic { .. })));
+        assert!(matches!(
+            DigestTable::parse(&magic),
+            Err(AbiError::BadMagic { .. })
+        ));
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(DigestTable::parse(&huge).is_err());

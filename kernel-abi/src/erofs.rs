@@ -411,4 +411,3 @@ pub struct LclusterIndex {
     pub u: Le32,
 }
 const _: () = assert!(core::mem::size_of::<LclusterIndex>() == 8);
-

@@ -40,7 +40,10 @@ pub unsafe trait Pod: Copy + 'static {
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: `Self` has no padding (trait contract), so all its bytes are initialised.
         unsafe {
-            core::slice::from_raw_parts((self as *const Self).cast::<u8>(), core::mem::size_of::<Self>())
+            core::slice::from_raw_parts(
+                (self as *const Self).cast::<u8>(),
+                core::mem::size_of::<Self>(),
+            )
         }
     }
 
