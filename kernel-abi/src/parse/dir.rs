@@ -33,7 +33,8 @@ pub(crate) struct DirBlock<'a> {
 impl<'a> DirBlock<'a> {
     /// Checks the block's header: the first name offset gives the entry count and lies inside.
     pub fn parse(data: &'a [u8]) -> Result<Self, AbiError> {
-        let nameoff0 = le16(data, 0).ok_or(AbiError::Truncated {
+        // The first entry's name offset (after its 8-byte nid) is also the size of the entry table.
+        let nameoff0 = le16(data, 8).ok_or(AbiError::Truncated {
             what: "directory block",
         })?;
         let n = usize::from(nameoff0);

@@ -128,7 +128,7 @@ pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<
         bits,
     };
     if let Some(packed) = sb.packed_nid {
-        let i = validate_leaf(bytes, sb, &mut s, packed).map_err(at(packed))?;
+        let i = validate_leaf(bytes, sb, &mut s, packed)?;
         if i.file_type() != mode::S_IFREG {
             return Err(at(packed)(AbiError::BadField {
                 field: "packed inode mode",
@@ -139,7 +139,7 @@ pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<
     }
     let sb = &*sb;
     let root = sb.root_nid;
-    validate_dir(bytes, sb, &mut s, root, root).map_err(at(root))?;
+    validate_dir(bytes, sb, &mut s, root, root)?;
     s.push(root).map_err(at(root))?;
     while let Some(depth) = s.depth.checked_sub(1) {
         let (nid, cookie) = s
@@ -165,7 +165,7 @@ pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<
                         value: e.nid,
                     }));
                 }
-                validate_dir(bytes, sb, &mut s, e.nid, nid).map_err(at(e.nid))?;
+                validate_dir(bytes, sb, &mut s, e.nid, nid)?;
                 s.push(e.nid).map_err(at(e.nid))?;
             }
             None => s.depth = depth,
@@ -175,29 +175,39 @@ pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<
 }
 
 /// Checks the xattr body and the data of a non-directory inode and claims its bytes.
-fn validate_leaf(bytes: &[u8], sb: &Sb, s: &mut Scratch<'_>, nid: u64) -> Result<Inode, AbiError> {
-    let i = Inode::read(bytes, sb, nid)?;
-    if let Some(body) = Body::of(bytes, &i)? {
+fn validate_leaf(
+    bytes: &[u8],
+    sb: &Sb,
+    s: &mut Scratch<'_>,
+    nid: u64,
+) -> Result<Inode, ParseError> {
+    let i = Inode::read(bytes, sb, nid).map_err(at(nid))?;
+    check_leaf(bytes, sb, s, &i).map_err(at(nid))?;
+    Ok(i)
+}
+
+fn check_leaf(bytes: &[u8], sb: &Sb, s: &mut Scratch<'_>, i: &Inode) -> Result<(), AbiError> {
+    if let Some(body) = Body::of(bytes, i)? {
         body.validate(bytes, sb)?;
     }
     let end = match i.file_type() {
         mode::S_IFDIR => {
             return Err(AbiError::BadField {
                 field: "directory as a leaf",
-                value: nid,
+                value: i.nid,
             });
         }
-        _ if i.is_compressed() => {
-            let z = ZMap::of(bytes, sb, &i)?;
+        mode::S_IFREG | mode::S_IFLNK if i.is_compressed() => {
+            let z = ZMap::of(bytes, sb, i)?;
             z.validate(bytes, sb, i.size)?;
-            z.end(&i).ok_or(AbiError::Truncated {
+            z.end(i).ok_or(AbiError::Truncated {
                 what: "map records",
             })?
         }
-        ty => {
-            let flat = FlatLayout::of(bytes, sb, &i)?;
+        ty @ (mode::S_IFREG | mode::S_IFLNK) => {
+            let flat = FlatLayout::of(bytes, sb, i)?;
             if ty == mode::S_IFLNK {
-                let (head, tail) = flat.pieces(bytes, &i).ok_or(AbiError::Truncated {
+                let (head, tail) = flat.pieces(bytes, i).ok_or(AbiError::Truncated {
                     what: "symlink target",
                 })?;
                 if head.iter().chain(tail).any(|&b| b == 0) {
@@ -207,11 +217,12 @@ fn validate_leaf(bytes: &[u8], sb: &Sb, s: &mut Scratch<'_>, nid: u64) -> Result
                     });
                 }
             }
-            inline_end(&i, &flat)
+            inline_end(i, &flat)
         }
+        // Devices, FIFOs and sockets have no data (`Inode::read` checked their size is 0).
+        _ => i.body_end,
     };
-    s.claim(sb, &i, end)?;
-    Ok(i)
+    s.claim(sb, i, end)
 }
 
 /// End of an uncompressed inode's metadata: its inline tail, if any.
@@ -222,93 +233,78 @@ fn inline_end(i: &Inode, flat: &FlatLayout) -> u64 {
 
 /// Checks a directory inode and all its entries (names, order, `.` and `..`, types), validating
 /// the non-directory children on the way. Subdirectories are validated when the walk enters them.
+/// Errors name the directory, or the child whose own checks failed.
 fn validate_dir(
     bytes: &[u8],
     sb: &Sb,
     s: &mut Scratch<'_>,
     nid: u64,
     parent: u64,
-) -> Result<(), AbiError> {
-    let i = Inode::read(bytes, sb, nid)?;
+) -> Result<(), ParseError> {
+    let here = at(nid);
+    let i = Inode::read(bytes, sb, nid).map_err(&here)?;
     if !i.is_dir() {
-        return Err(AbiError::BadField {
-            field: "directory inode mode",
+        let field = "directory inode mode";
+        return Err(here(AbiError::BadField {
+            field,
             value: i.mode.into(),
-        });
+        }));
     }
-    if let Some(body) = Body::of(bytes, &i)? {
-        body.validate(bytes, sb)?;
+    if let Some(body) = Body::of(bytes, &i).map_err(&here)? {
+        body.validate(bytes, sb).map_err(&here)?;
     }
-    let dir = Dir::of(bytes, sb, i)?;
-    s.claim(sb, &i, inline_end(&i, &dir.flat))?;
+    let dir = Dir::of(bytes, sb, i).map_err(&here)?;
+    s.claim(sb, &i, inline_end(&i, &dir.flat)).map_err(&here)?;
     let (mut dot, mut dotdot) = (false, false);
     let mut prev: Option<&[u8]> = None;
-    let mut index = 0u64;
-    for e in dir.entries_from(bytes, sb, 0) {
-        let e = e?;
+    for (index, e) in (0u64..).zip(dir.entries_from(bytes, sb, 0)) {
+        let e = e.map_err(&here)?;
         if prev.is_some_and(|p| p >= e.name) {
-            return Err(AbiError::Unsorted {
+            return Err(here(AbiError::Unsorted {
                 table: "directory entries",
                 index,
-            });
+            }));
         }
         prev = Some(e.name);
-        index = index.wrapping_add(1);
+        let bad = |field: &'static str, value: u64| Err(here(AbiError::BadField { field, value }));
         if !(erofs::ft::REG_FILE..=erofs::ft::SYMLINK).contains(&e.file_type) {
-            return Err(AbiError::BadField {
-                field: "dirent file type",
-                value: e.file_type.into(),
-            });
+            return bad("dirent file type", e.file_type.into());
         }
-        let ftype_mismatch = AbiError::BadField {
-            field: "dirent file type",
-            value: e.nid,
-        };
         match e.name {
             b"." | b".." => {
-                let (want, seen) = if e.name == b"." {
-                    (nid, &mut dot)
+                let (want, seen, field) = if e.name == b"." {
+                    (nid, &mut dot, "dirent `.`")
                 } else {
-                    (parent, &mut dotdot)
+                    (parent, &mut dotdot, "dirent `..`")
                 };
                 if e.nid != want {
-                    return Err(AbiError::BadField {
-                        field: if e.name == b"." {
-                            "dirent `.`"
-                        } else {
-                            "dirent `..`"
-                        },
-                        value: e.nid,
-                    });
+                    return bad(field, e.nid);
                 }
                 if e.file_type != erofs::ft::DIR {
-                    return Err(ftype_mismatch);
+                    return bad("dirent file type", e.nid);
                 }
                 *seen = true;
             }
             _ if e.nid == nid || e.nid == sb.root_nid => {
-                return Err(AbiError::BadField {
-                    field: "dirent naming its own directory or the root",
-                    value: e.nid,
-                });
+                return bad("dirent naming its own directory or the root", e.nid);
             }
             _ => {
                 let child = if e.file_type == erofs::ft::DIR || s.is_head(e.nid) {
-                    Inode::read(bytes, sb, e.nid)?
+                    Inode::read(bytes, sb, e.nid).map_err(at(e.nid))?
                 } else {
                     validate_leaf(bytes, sb, s, e.nid)?
                 };
                 if ftype_of_mode(child.mode) != e.file_type {
-                    return Err(ftype_mismatch);
+                    return bad("dirent file type", e.nid);
                 }
             }
         }
     }
     if !dot || !dotdot {
-        return Err(AbiError::BadField {
+        return Err(here(AbiError::BadField {
             field: "directory without `.` or `..`",
             value: nid,
-        });
+        }));
     }
     Ok(())
 }

@@ -35,6 +35,14 @@ pub enum MapKind {
         /// Byte offset in that device of the range's first byte.
         offset: u64,
     },
+    /// One uncompressed block stored rotated (EROFS "interlaced"): logical byte `p` is at
+    /// `offset + (p mod block size)` of `device`.
+    Interlaced {
+        /// 0 for the primary device, `k` for the k-th extra device.
+        device: u16,
+        /// Byte offset of the block in that device.
+        offset: u64,
+    },
     /// A compressed cluster `[offset, offset + len)` of `device`; its decompressed byte 0 is
     /// logical byte `logical_start`. The frame ends at `offset + len`; bytes before the frame's
     /// start (the old layout's zero padding) are zero.
@@ -98,6 +106,8 @@ pub(crate) struct Extents {
     count: u64,
     /// The last record is a tail fragment.
     fragment: bool,
+    /// Stored records of one aligned block are interlaced.
+    interlaced: bool,
     /// Records of 4 and 8 bytes cover one lcluster each.
     lclusterbits: u32,
     /// 4-byte records: physical address of record 0 (the others follow back to back).
@@ -109,6 +119,8 @@ pub(crate) struct Lclusters {
     size: u64,
     compact: bool,
     advise: u16,
+    /// PLAIN pclusters are interlaced.
+    interlaced: bool,
     lclusterbits: u32,
     algs: [u8; 2],
     /// The header's fragment offset (low 32 bits; full indexes add the tail head's block << 32).
@@ -150,6 +162,7 @@ impl ZMap {
         }
         let advise = h.advise.get();
         let fragment = advise & erofs::Z_ADVISE_FRAGMENT_PCLUSTER != 0;
+        let interlaced = advise & erofs::Z_ADVISE_INTERLACED_PCLUSTER != 0;
         if fragment && !has_packed {
             return Err(bad("fragment without a packed inode", i.nid));
         }
@@ -164,7 +177,8 @@ impl ZMap {
             }
             let known = erofs::Z_ADVISE_EXTENTS
                 | (erofs::Z_ADVISE_EXTRECSZ_MASK << erofs::Z_ADVISE_EXTRECSZ_BIT)
-                | erofs::Z_ADVISE_FRAGMENT_PCLUSTER;
+                | erofs::Z_ADVISE_FRAGMENT_PCLUSTER
+                | erofs::Z_ADVISE_INTERLACED_PCLUSTER;
             if advise & !known != 0 {
                 return Err(AbiError::Unsupported {
                     what: "map header advise",
@@ -198,13 +212,15 @@ impl ZMap {
                 pos,
                 count,
                 fragment,
+                interlaced,
                 lclusterbits,
                 pa_base,
             }));
         }
         let compact = i.layout == erofs::INODE_COMPRESSED_COMPACT;
         let big = erofs::Z_ADVISE_BIG_PCLUSTER_1 | erofs::Z_ADVISE_BIG_PCLUSTER_2;
-        let mut known = big | erofs::Z_ADVISE_FRAGMENT_PCLUSTER;
+        let mut known =
+            big | erofs::Z_ADVISE_FRAGMENT_PCLUSTER | erofs::Z_ADVISE_INTERLACED_PCLUSTER;
         if compact {
             known |= erofs::Z_ADVISE_COMPACTED_2B;
         }
@@ -242,6 +258,7 @@ impl ZMap {
             size: i.size,
             compact,
             advise,
+            interlaced,
             lclusterbits,
             algs,
             fragment,
@@ -320,9 +337,36 @@ fn check_fragment(sb: &Sb, off: u64, len: u64) -> Result<(), AbiError> {
 }
 
 /// The mapping of an encoded extent record with `plen` and `pstart`, covering `[la, end)`.
+/// The mapping of uncompressed data of `len` bytes at `pa` (resolved to `device`, `offset`)
+/// covering `llen` logical bytes: shifted (as is) or, for interlaced inodes and whole aligned
+/// blocks, rotated.
+fn plain_kind(
+    sb: &Sb,
+    interlaced: bool,
+    (device, offset): (u16, u64),
+    pa: u64,
+    len: u64,
+    llen: u64,
+) -> Result<MapKind, AbiError> {
+    if llen > len {
+        return Err(bad("uncompressed cluster shorter than its range", len));
+    }
+    if interlaced && low_bits(pa | len, sb.blkszbits.into()) == 0 {
+        if len != sb.blksz() {
+            return Err(AbiError::Unsupported {
+                what: "interlaced cluster of several blocks",
+                value: len,
+            });
+        }
+        return Ok(MapKind::Interlaced { device, offset });
+    }
+    Ok(MapKind::Raw { device, offset })
+}
+
 fn extent_kind(
     bytes: &[u8],
     sb: &Sb,
+    interlaced: bool,
     plen: u32,
     pstart: u64,
     la: u64,
@@ -359,8 +403,7 @@ fn extent_kind(
     }
     let (device, offset) = resolve(bytes, sb, pstart, len)?;
     match plen >> erofs::Z_EXTENT_PLEN_FMT_BIT {
-        0 if llen <= len => Ok(MapKind::Raw { device, offset }),
-        0 => Err(bad("stored extent shorter than its range", len)),
+        0 => plain_kind(sb, interlaced, (device, offset), pstart, len, llen),
         ZSTD_FMT if sb.algs & (1 << erofs::compr::ZSTD) != 0 => Ok(MapKind::Encoded {
             device,
             offset,
@@ -432,7 +475,7 @@ impl Extents {
             check_fragment(sb, off, end.wrapping_sub(r.la))?;
             return Ok(MapKind::Fragment { packed_offset: off });
         }
-        extent_kind(bytes, sb, r.plen, r.pa, r.la, end)
+        extent_kind(bytes, sb, self.interlaced, r.plen, r.pa, r.la, end)
     }
 
     fn map(&self, bytes: &[u8], sb: &Sb, pos: u64) -> Result<Mapping, AbiError> {
@@ -779,6 +822,7 @@ impl Lclusters {
             if m.ty != TYPE_NONHEAD {
                 return shl(lcn, self.lclusterbits)
                     .and_then(|v| v.checked_add(m.clusterofs))
+                    .map(|la| la.min(self.size))
                     .ok_or(bad("lcluster", lcn));
             }
         }
@@ -850,8 +894,7 @@ impl Lclusters {
             index: h.pblk,
         })?;
         match h.ty {
-            TYPE_PLAIN if llen <= plen => Ok(MapKind::Raw { device, offset }),
-            TYPE_PLAIN => Err(bad("plain pcluster shorter than its range", plen)),
+            TYPE_PLAIN => plain_kind(sb, self.interlaced, (device, offset), pa, plen, llen),
             _ => {
                 let [head1, head2] = self.algs;
                 let alg = if h.ty == TYPE_HEAD2 { head2 } else { head1 };
@@ -890,55 +933,48 @@ impl Lclusters {
     }
 
     fn validate(&self, bytes: &[u8], sb: &Sb) -> Result<(), AbiError> {
+        // The current pcluster's head (lcn, index, logical start), and how far its NONHEADs'
+        // delta[1] reach: at most to the next head (the kernel follows them as a chain).
         let mut head: Option<(u64, Lc, u64)> = None;
+        let mut reach = 0u64;
         for lcn in 0..self.nlc {
             let m = self.decode(bytes, lcn)?;
             if m.ty == TYPE_NONHEAD {
-                let (hlcn, h, _) = head.ok_or(bad("first lcluster is not a head", lcn))?;
-                let expected = if m.cblks.is_some() {
-                    1
-                } else {
-                    lcn.wrapping_sub(hlcn)
+                let (hlcn, _, _) = head.ok_or(bad("first lcluster is not a head", lcn))?;
+                // delta[0] may stop short of the head (mkfs caps it below CBLKCNT); the kernel
+                // then follows the chain, every step landing inside the same pcluster.
+                let back = lcn.wrapping_sub(hlcn);
+                let ok = match m.cblks {
+                    Some(_) => back == 1,
+                    None => (1..=back).contains(&m.delta0),
                 };
-                if m.delta0 != expected || (m.cblks.is_some() && lcn != hlcn.wrapping_add(1)) {
+                if !ok {
                     return Err(bad("lcluster delta[0]", m.delta0));
                 }
-                let _ = h;
+                if let Some(d1) = m.delta1 {
+                    reach = reach.max(lcn.saturating_add(d1));
+                }
                 continue;
             }
             if lcn == 0 && m.clusterofs != 0 {
                 return Err(bad("lcluster clusterofs", m.clusterofs));
             }
+            if reach > lcn {
+                return Err(bad("lcluster delta[1]", reach.wrapping_sub(lcn)));
+            }
             let la = shl(lcn, self.lclusterbits)
                 .and_then(|v| v.checked_add(m.clusterofs))
                 .ok_or(bad("lcluster", lcn))?;
             if let Some((hlcn, h, hla)) = head {
-                self.check_delta1(bytes, hlcn, lcn)?;
-                self.extent(bytes, sb, hlcn, &h, hla, la)?;
+                self.extent(bytes, sb, hlcn, &h, hla, la.min(self.size))?;
             }
-            head = Some((lcn, m, la));
+            // mkfs ends some files with a head at exactly the end of the file: it only
+            // terminates the previous pcluster.
+            head = (la < self.size).then_some((lcn, m, la));
+            reach = 0;
         }
         if let Some((hlcn, h, hla)) = head {
-            self.check_delta1(bytes, hlcn, self.nlc)?;
             self.extent(bytes, sb, hlcn, &h, hla, self.size)?;
-        }
-        Ok(())
-    }
-
-    /// Full indexes: each NONHEAD's delta[1] reaches the next head (or at least the end).
-    fn check_delta1(&self, bytes: &[u8], head: u64, next: u64) -> Result<(), AbiError> {
-        for lcn in head.wrapping_add(1)..next {
-            if let Some(d1) = self.decode(bytes, lcn)?.delta1 {
-                let reach = lcn.checked_add(d1);
-                let ok = if next < self.nlc {
-                    reach == Some(next)
-                } else {
-                    reach.is_some_and(|r| r >= next.min(self.nlc))
-                };
-                if !ok && d1 != 0 {
-                    return Err(bad("lcluster delta[1]", d1));
-                }
-            }
         }
         Ok(())
     }
