@@ -372,3 +372,6 @@ impl<'a> InodeView<'a> {
         (m.logical_start <= pos && pos < end).then_some(m)
     }
 }
+
+#[cfg(test)]
+mod tests;
