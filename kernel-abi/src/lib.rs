@@ -31,7 +31,7 @@
     )
 )]
 
-#[cfg(any(feature = "alloc", test))]
+#[cfg(any(feature = "alloc", feature = "testkit", test))]
 extern crate alloc;
 
 pub mod digest_table;
@@ -40,6 +40,9 @@ mod error;
 pub mod le;
 pub mod parse;
 mod pod;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
 
 pub use error::{AbiError, ParseError};
 pub use le::{Le16, Le32, Le64};

@@ -20,7 +20,7 @@
 mod dir;
 mod flat;
 mod hash;
-mod inode;
+pub(crate) mod inode;
 mod num;
 mod sb;
 mod walk;

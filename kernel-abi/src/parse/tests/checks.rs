@@ -1,8 +1,8 @@
 //! One test per check: the standard image with one field corrupted gives exactly this error.
 
-use super::builder::{BLK, CHUNKS, Data, Node};
 use super::*;
 use crate::parse::hash::{crc32c, xxh32};
+use crate::testkit::{BLK, CHUNKS, Data, Node};
 
 fn std_img() -> (Vec<u8>, Layout) {
     build(&standard())

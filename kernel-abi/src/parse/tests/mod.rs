@@ -1,14 +1,13 @@
 //! Unit tests: a good image built by `builder`, then one field corrupted per test, each expecting
 //! the exact error; and the accessors on the good image.
 
-mod builder;
 mod checks;
 mod views;
 
 use alloc::vec;
 use alloc::vec::Vec;
 
-use builder::{Builder, CHUNKS, Data, Layout, Node};
+use crate::testkit::{Builder, CHUNKS, Data, Layout, Node};
 
 use crate::erofs::{self, compr};
 use crate::error::{AbiError, ParseError};

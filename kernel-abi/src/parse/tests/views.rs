@@ -1,8 +1,8 @@
 //! The accessors on the standard image.
 
-use super::builder::{BLK, CHUNKS};
 use super::*;
 use crate::parse::{Kind, MapKind, Mapping};
+use crate::testkit::{BLK, CHUNKS};
 
 #[test]
 fn attributes() {

@@ -1,6 +1,16 @@
-//! A tiny EROFS writer for the unit tests: it lays out a small image exactly as the kernel
-//! expects and records where everything went, so each test can corrupt one field.
-#![allow(clippy::needless_range_loop)]
+//! A tiny EROFS writer for tests (feature `testkit`): it lays out a small image exactly as the
+//! kernel expects and records where everything went, so a test can corrupt one field or point
+//! extents at frames of its own. Not a general writer: one directory block per directory, 4 KiB
+//! blocks, everything in memory, and it panics on what it does not support.
+#![allow(
+    missing_docs,
+    clippy::needless_range_loop,
+    clippy::arithmetic_side_effects,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::new_without_default
+)]
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -10,9 +20,8 @@ use crate::le::{Le16, Le32, Le64};
 use crate::pod::Pod;
 
 pub const BLK: u64 = 4096;
-/// The chunk region (fake frames) is block 1, metadata starts at block 2.
+/// The chunk region starts at block 1; metadata follows it.
 pub const CHUNKS: u64 = BLK;
-pub const META: u64 = 2 * BLK;
 
 pub enum Data {
     /// Children (name, node index); `.` and `..` are added.
@@ -87,6 +96,8 @@ pub struct Builder {
     pub incompat: u32,
     pub compat: u32,
     pub name_filter: u32,
+    /// Bytes of the chunk region at [`CHUNKS`]; `None`: one block of non-zero filler.
+    pub chunks: Option<Vec<u8>>,
 }
 
 /// Where things went.
@@ -101,6 +112,8 @@ pub struct Layout {
     pub recs: Vec<u64>,
     pub xattr_area: u64,
     pub devt: u64,
+    /// Byte offset of the metadata area (nid 0).
+    pub meta: u64,
 }
 
 pub fn xattr_body_len(n: &Node) -> usize {
@@ -146,6 +159,7 @@ impl Builder {
                 | FEATURE_INCOMPAT_48BIT,
             compat: FEATURE_COMPAT_MTIME,
             name_filter: 0,
+            chunks: None,
         }
     }
 
@@ -181,9 +195,19 @@ impl Builder {
             recs: vec![0; n],
             ..Layout::default()
         };
+        let filler;
+        let chunks = match &self.chunks {
+            Some(c) => c.as_slice(),
+            None => {
+                filler = (0..BLK).map(|k| (k % 251) as u8 | 1).collect::<Vec<u8>>();
+                filler.as_slice()
+            }
+        };
+        let meta = CHUNKS + (chunks.len() as u64).next_multiple_of(BLK).max(BLK);
+        lay.meta = meta;
         // Pass 1: positions. Each inode starts at a 32-byte slot; its inline part must not
         // cross a block, so it moves to the next block if needed.
-        let mut at = META;
+        let mut at = meta;
         for i in 0..n {
             let node = &self.nodes[i];
             let isize = if node.extended { 64 } else { 32 };
@@ -193,7 +217,7 @@ impl Builder {
                 at = at.next_multiple_of(BLK);
             }
             lay.pos[i] = at;
-            lay.nid[i] = (at - META) / 32;
+            lay.nid[i] = (at - meta) / 32;
             at = (at + total).next_multiple_of(32);
         }
         let meta_end = at.next_multiple_of(BLK);
@@ -220,10 +244,7 @@ impl Builder {
         lay.devt = (data_at + (xa.len() as u64).next_multiple_of(BLK)).next_multiple_of(BLK);
         let total = lay.devt + BLK;
         let mut img = vec![0u8; total as usize];
-        // Fake frames in the chunk region.
-        for (k, b) in img[CHUNKS as usize..META as usize].iter_mut().enumerate() {
-            *b = (k % 251) as u8 | 1;
-        }
+        img[CHUNKS as usize..CHUNKS as usize + chunks.len()].copy_from_slice(chunks);
         img[lay.xattr_area as usize..lay.xattr_area as usize + xa.len()].copy_from_slice(&xa);
         // Parents.
         let mut parent = vec![usize::MAX; n];
@@ -416,7 +437,7 @@ impl Builder {
         sb.blkszbits = 12;
         sb.inos = Le64::new(n as u64);
         sb.blocks_lo = Le32::new((total / BLK) as u32);
-        sb.meta_blkaddr = Le32::new((META / BLK) as u32);
+        sb.meta_blkaddr = Le32::new((meta / BLK) as u32);
         sb.xattr_blkaddr = Le32::new((lay.xattr_area / BLK) as u32);
         let mut incompat = self.incompat;
         if let Some(p) = self.packed {
