@@ -1,0 +1,178 @@
+//! The reader without FUSE: a validated descriptor, its devices, its digests and the chunk
+//! cache, and reads of file ranges through them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chunkfs_kernel_abi::Descriptor;
+use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
+
+use crate::cache::{Cache, CacheStats, Chunk};
+use crate::chunk;
+use crate::devices::{self, Map};
+use crate::digests::{DigestSource, Digests};
+use crate::error::{ChunkError, OpenError, ReadError};
+
+/// What to serve and how.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The primary device: a `.cfs` image, or a descriptor file (OCI form).
+    pub primary: PathBuf,
+    /// The extra devices (OCI pack blobs), in the descriptor's device-table order.
+    pub devices: Vec<PathBuf>,
+    /// The digest tables covering every chunk frame.
+    pub digests: Vec<DigestSource>,
+    /// Bytes of decompressed chunks to keep in memory.
+    pub cache_bytes: u64,
+    /// FUSE worker threads (each with its own `/dev/fuse` clone).
+    pub threads: usize,
+    /// Let users other than the mounter access the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Honour set-user-id bits and device files, as a kernel mount does (root only).
+    pub suid_dev: bool,
+    /// Log every failed request to stderr.
+    pub debug: bool,
+}
+
+impl Config {
+    /// A configuration with the defaults: 256 MiB of cache, one thread per CPU (at least 4).
+    pub fn new(primary: impl Into<PathBuf>, devices: Vec<PathBuf>, digests: Vec<DigestSource>) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Config {
+            primary: primary.into(),
+            devices,
+            digests,
+            cache_bytes: 256 << 20,
+            threads: cpus.max(4),
+            allow_other: true,
+            suid_dev: true,
+            debug: false,
+        }
+    }
+}
+
+/// A validated image ready to be read, by FUSE or directly.
+pub struct Reader {
+    desc: Descriptor<Map>,
+    /// Extra devices, ids 1, 2, ...
+    devices: Vec<Map>,
+    digests: Digests,
+    cache: Cache,
+    pub(crate) config: Config,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Maps the devices, validates the descriptor and the digest tables, and checks that every
+    /// device file is as long as the descriptor says.
+    pub fn open(config: Config) -> Result<Self, OpenError> {
+        let primary = devices::map(&config.primary)?;
+        let desc = Descriptor::parse(primary)
+            .map_err(|source| OpenError::Descriptor { path: config.primary.clone(), source })?;
+        if usize::from(desc.extra_devices()) != config.devices.len() {
+            return Err(OpenError::DeviceCount { expected: desc.extra_devices(), given: config.devices.len() });
+        }
+        let mut maps = Vec::with_capacity(config.devices.len());
+        for (id, path) in (1u16..).zip(&config.devices) {
+            let map = devices::map(path)?;
+            let need = desc.device(id).map_or(0, |d| d.blocks.saturating_mul(desc.block_size().into()));
+            let len = map.as_ref().len() as u64;
+            if len < need {
+                return Err(OpenError::DeviceTooSmall { path: path.clone(), len, need });
+            }
+            maps.push(map);
+        }
+        let devices = maps;
+        let digests = Digests::new(config.digests.clone())?;
+        let cache = Cache::new(config.cache_bytes);
+        Ok(Reader { desc, devices, digests, cache, config })
+    }
+
+    /// The validated descriptor.
+    pub fn descriptor(&self) -> &Descriptor<impl AsRef<[u8]>> {
+        &self.desc
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Entries in all digest tables.
+    pub fn digest_count(&self) -> usize {
+        self.digests.len()
+    }
+
+    fn device_bytes(&self, id: u16) -> &[u8] {
+        if id == 0 {
+            self.desc.bytes()
+        } else {
+            self.devices.get(usize::from(id) - 1).map_or(&[], |m| m.as_ref())
+        }
+    }
+
+    /// The verified chunk of the cluster `[offset, offset + len)` of `device`.
+    fn chunk(&self, device: u16, offset: u64, len: u64) -> Result<Chunk, ChunkError> {
+        self.cache.get_or_load((device, offset), || {
+            chunk::load(&self.digests, device, self.device_bytes(device), offset, len)
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset` of regular file `nid`; fewer at the end of the file.
+    pub fn read(&self, nid: u64, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+        let inode = self.desc.inode(nid).ok_or(ReadError::NoInode(nid))?;
+        if inode.kind() != Kind::File {
+            return Err(ReadError::NotFile(nid));
+        }
+        let end = offset.saturating_add(size.into()).min(inode.size());
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        self.read_into(inode, offset, end, &mut out, true)?;
+        Ok(out)
+    }
+
+    /// Appends logical bytes `[pos, end)` of `inode` to `out`. Fragments are read from the packed
+    /// inode, which itself never holds fragments (`fragments` is false there).
+    fn read_into(&self, inode: InodeView<'_>, mut pos: u64, end: u64, out: &mut Vec<u8>, fragments: bool) -> Result<(), ReadError> {
+        let nid = inode.nid();
+        while pos < end {
+            let m = inode.map(pos).ok_or(ReadError::Map { nid, pos })?;
+            let m_end = m.logical_start.saturating_add(m.logical_len).min(end);
+            let skip = pos.saturating_sub(m.logical_start);
+            let n = m_end.saturating_sub(pos);
+            match m.kind {
+                MapKind::Hole => out.resize(out.len() + n as usize, 0),
+                MapKind::Encoded { device, offset, len, .. } => {
+                    let chunk_err = |error| ReadError::Chunk { nid, device, offset, error };
+                    let chunk = self.chunk(device, offset, len).map_err(chunk_err)?;
+                    // The extent uses a prefix of the chunk: it must be long enough for all of it.
+                    let need = m.logical_len;
+                    if (chunk.len() as u64) < need {
+                        return Err(chunk_err(ChunkError::Short { len: chunk.len(), need }));
+                    }
+                    let bytes = chunk.get(skip as usize..(skip + n) as usize);
+                    out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
+                }
+                MapKind::Fragment { packed_offset } if fragments => {
+                    let packed = self.desc.packed().ok_or(ReadError::Map { nid, pos })?;
+                    let start = packed_offset.checked_add(skip).ok_or(ReadError::Map { nid, pos })?;
+                    let stop = start.checked_add(n).ok_or(ReadError::Map { nid, pos })?;
+                    if stop > packed.size() {
+                        return Err(ReadError::Map { nid, pos });
+                    }
+                    self.read_into(packed, start, stop, out, false)?;
+                }
+                _ => return Err(ReadError::Unverifiable { nid, pos }),
+            }
+            pos = m_end;
+        }
+        Ok(())
+    }
+}
+
+/// Shared handle used by the FUSE layer.
+pub(crate) type Shared = Arc<Reader>;
