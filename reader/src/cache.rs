@@ -2,7 +2,7 @@
 //! threads need the same missing chunk, one loads it and the others wait for its result.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::ChunkError;
@@ -69,10 +69,8 @@ impl Cache {
     }
 
     fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
         // Indexing by a value reduced modulo the length cannot go out of bounds.
-        &self.shards[(h.finish() % SHARDS as u64) as usize]
+        &self.shards[(self.hasher.hash_one(key) % SHARDS as u64) as usize]
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -81,7 +79,11 @@ impl Cache {
 
     /// The chunk at `key`, loading it with `load` if it is not cached. Concurrent calls for the
     /// same key run `load` once. Errors are not cached: a later call retries.
-    pub fn get_or_load(&self, key: Key, load: impl FnOnce() -> Result<Chunk, ChunkError>) -> Result<Chunk, ChunkError> {
+    pub fn get_or_load(
+        &self,
+        key: Key,
+        load: impl FnOnce() -> Result<Chunk, ChunkError>,
+    ) -> Result<Chunk, ChunkError> {
         let shard = self.shard(&key);
         let inflight = {
             let mut s = lock(shard);
@@ -99,7 +101,10 @@ impl Cache {
                 }
                 Some(Slot::Loading(f)) => Some(f.clone()),
                 None => {
-                    let f = Arc::new(Inflight { done: Mutex::new(None), ready: Condvar::new() });
+                    let f = Arc::new(Inflight {
+                        done: Mutex::new(None),
+                        ready: Condvar::new(),
+                    });
                     s.slots.insert(key, Slot::Loading(f));
                     None
                 }
@@ -115,8 +120,12 @@ impl Cache {
         }
         lock(&self.stats).loads += 1;
         // A panic in `load` must not leave waiters hanging: turn it into an error.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
-            .unwrap_or_else(|_| Err(ChunkError::Decompress("internal error while loading".into())));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|_| {
+                Err(ChunkError::Decompress(
+                    "internal error while loading".into(),
+                ))
+            });
         let mut s = lock(shard);
         let f = match s.slots.remove(&key) {
             Some(Slot::Loading(f)) => Some(f),
@@ -131,7 +140,13 @@ impl Cache {
             s.tick = s.tick.wrapping_add(1);
             let tick = s.tick;
             s.bytes = s.bytes.saturating_add(chunk.len());
-            s.slots.insert(key, Slot::Ready { chunk: chunk.clone(), tick });
+            s.slots.insert(
+                key,
+                Slot::Ready {
+                    chunk: chunk.clone(),
+                    tick,
+                },
+            );
             s.lru.insert(tick, key);
             self.evict(&mut s, key);
         }
@@ -146,7 +161,9 @@ impl Cache {
     /// Drops least recently used chunks (never `keep`) until the shard fits.
     fn evict(&self, s: &mut Shard, keep: Key) {
         while s.bytes > self.shard_bytes {
-            let Some((&tick, &key)) = s.lru.iter().find(|(_, k)| **k != keep) else { break };
+            let Some((&tick, &key)) = s.lru.iter().find(|(_, k)| **k != keep) else {
+                break;
+            };
             s.lru.remove(&tick);
             if let Some(Slot::Ready { chunk, .. }) = s.slots.remove(&key) {
                 s.bytes = s.bytes.saturating_sub(chunk.len());
@@ -199,9 +216,15 @@ mod tests {
     #[test]
     fn errors_are_not_cached_and_oversized_chunks_are_not_kept() {
         let c = Cache::new(1600);
-        assert_eq!(c.get_or_load((0, 1), || Err(ChunkError::Digest)), Err(ChunkError::Digest));
+        assert_eq!(
+            c.get_or_load((0, 1), || Err(ChunkError::Digest)),
+            Err(ChunkError::Digest)
+        );
         assert_eq!(c.get_or_load((0, 1), || Ok(chunk(10, 7))).unwrap()[0], 7);
-        assert_eq!(c.get_or_load((0, 2), || Ok(chunk(5000, 1))).unwrap().len(), 5000);
+        assert_eq!(
+            c.get_or_load((0, 2), || Ok(chunk(5000, 1))).unwrap().len(),
+            5000
+        );
         assert!(c.held() <= 1600);
     }
 

@@ -26,13 +26,15 @@ fn decompress(frame: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
         let d = match cell.as_mut() {
             Some(d) => d,
             None => {
-                let mut d = zstd::bulk::Decompressor::new().map_err(|e| ChunkError::Decompress(e.to_string()))?;
+                let mut d = zstd::bulk::Decompressor::new()
+                    .map_err(|e| ChunkError::Decompress(e.to_string()))?;
                 d.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))
                     .map_err(|e| ChunkError::Decompress(e.to_string()))?;
                 cell.insert(d)
             }
         };
-        d.decompress_to_buffer(frame, out).map_err(|e| ChunkError::Decompress(e.to_string()))
+        d.decompress_to_buffer(frame, out)
+            .map_err(|e| ChunkError::Decompress(e.to_string()))
     })
 }
 
@@ -44,10 +46,14 @@ fn decompress_exact(frame: &[u8], len: u64) -> Result<Vec<u8>, ChunkError> {
         return Err(ChunkError::ContentSize { declared, expected });
     }
     let mut out = Vec::new();
-    out.try_reserve_exact(len as usize).map_err(|_| ChunkError::Decompress("out of memory".into()))?;
+    out.try_reserve_exact(len as usize)
+        .map_err(|_| ChunkError::Decompress("out of memory".into()))?;
     let n = decompress(frame, &mut out)?;
     if n as u64 != len || out.len() as u64 != len {
-        return Err(ChunkError::ContentSize { declared: Some(n as u64), expected });
+        return Err(ChunkError::ContentSize {
+            declared: Some(n as u64),
+            expected,
+        });
     }
     Ok(out)
 }
@@ -58,7 +64,13 @@ fn decompress_exact(frame: &[u8], len: u64) -> Result<Vec<u8>, ChunkError> {
 /// the frame (the cluster layout's padding) must be zero, as the kernel skips only zeros. A
 /// cluster without a digest entry is accepted only if it is a frame of zeros (the descriptor's
 /// hole frame), which needs no digest.
-pub(crate) fn load(digests: &Digests, device_id: u16, device: &[u8], start: u64, len: u64) -> Result<Chunk, ChunkError> {
+pub(crate) fn load(
+    digests: &Digests,
+    device_id: u16,
+    device: &[u8],
+    start: u64,
+    len: u64,
+) -> Result<Chunk, ChunkError> {
     let end = start.checked_add(len).ok_or(ChunkError::OutOfDevice)?;
     let range = |a: u64, b: u64| -> Result<&[u8], ChunkError> {
         let a = usize::try_from(a).map_err(|_| ChunkError::OutOfDevice)?;
@@ -88,9 +100,15 @@ pub(crate) fn load(digests: &Digests, device_id: u16, device: &[u8], start: u64,
 
 /// A cluster without a digest: serve it only if it holds a zstd frame whose content is all zeros.
 fn zero_frame(cluster: &[u8]) -> Result<Chunk, ChunkError> {
-    let at = cluster.iter().position(|&b| b != 0).ok_or(ChunkError::NoDigest)?;
+    let at = cluster
+        .iter()
+        .position(|&b| b != 0)
+        .ok_or(ChunkError::NoDigest)?;
     let frame = cluster.get(at..).ok_or(ChunkError::NoDigest)?;
-    let declared = zstd_safe::get_frame_content_size(frame).ok().flatten().ok_or(ChunkError::NoDigest)?;
+    let declared = zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten()
+        .ok_or(ChunkError::NoDigest)?;
     let out = decompress_exact(frame, declared).map_err(|_| ChunkError::NoDigest)?;
     if out.iter().any(|&b| b != 0) {
         return Err(ChunkError::NoDigest);

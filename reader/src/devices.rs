@@ -30,7 +30,10 @@ impl AsRef<[u8]> for Map {
 
 /// Maps `path` read-only.
 pub(crate) fn map(path: &Path) -> Result<Map, OpenError> {
-    let io = |source| OpenError::Io { path: path.to_path_buf(), source };
+    let io = |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = File::open(path).map_err(io)?;
     if file.metadata().map_err(io)?.len() == 0 {
         return Ok(Map::Empty);

@@ -29,7 +29,8 @@ impl Digests {
     pub fn new(sources: Vec<DigestSource>) -> Result<Self, OpenError> {
         let mut tables = Vec::with_capacity(sources.len());
         for (index, s) in sources.into_iter().enumerate() {
-            let t = DigestTable::parse(&s.bytes).map_err(|source| OpenError::DigestTable { index, source })?;
+            let t = DigestTable::parse(&s.bytes)
+                .map_err(|source| OpenError::DigestTable { index, source })?;
             let device = match s.device {
                 None => None,
                 Some(device) => {
@@ -40,7 +41,10 @@ impl Digests {
                     Some((device, id))
                 }
             };
-            tables.push(Table { bytes: s.bytes, device });
+            tables.push(Table {
+                bytes: s.bytes,
+                device,
+            });
         }
         Ok(Self { tables })
     }
@@ -63,6 +67,10 @@ impl Digests {
 
     /// Number of entries in all tables.
     pub fn len(&self) -> usize {
-        self.tables.iter().filter_map(|t| DigestTable::view(&t.bytes).ok()).map(|v| v.len()).sum()
+        self.tables
+            .iter()
+            .filter_map(|t| DigestTable::view(&t.bytes).ok())
+            .map(|v| v.len())
+            .sum()
     }
 }

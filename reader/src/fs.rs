@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chunkfs_kernel_abi::parse::{InodeView, Kind};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::reader::Shared;
@@ -48,11 +48,18 @@ impl Fs {
 
     /// `st_ino` of inode `nid`: the nid, moved out of FUSE's reserved ids 0 and 1.
     fn st_ino(&self, nid: u64) -> u64 {
-        if nid < 2 && nid != self.root() { u64::MAX - nid } else { nid }
+        if nid < 2 && nid != self.root() {
+            u64::MAX - nid
+        } else {
+            nid
+        }
     }
 
     fn inode(&self, ino: INodeNo) -> Result<InodeView<'_>, Errno> {
-        self.reader.descriptor().inode(self.nid(ino)).ok_or(Errno::ENOENT)
+        self.reader
+            .descriptor()
+            .inode(self.nid(ino))
+            .ok_or(Errno::ENOENT)
     }
 
     fn attr(&self, i: &InodeView<'_>) -> FileAttr {
@@ -238,18 +245,33 @@ impl Filesystem for Fs {
             Kind::Dir => Ok(()),
             _ => Err(Errno::ENOTDIR),
         }) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = self.guard("readdir", || {
             let dir = self.inode(ino)?;
             for e in dir.entries_from(offset).ok_or(Errno::ENOTDIR)? {
                 let e = e.map_err(|_| Errno::EIO)?;
                 let ino = INodeNo(self.st_ino(e.nid));
-                if reply.add(ino, e.next_cookie, ftype(e.file_type), OsStr::from_bytes(e.name)) {
+                if reply.add(
+                    ino,
+                    e.next_cookie,
+                    ftype(e.file_type),
+                    OsStr::from_bytes(e.name),
+                ) {
                     break;
                 }
             }
@@ -261,7 +283,14 @@ impl Filesystem for Fs {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let r = self.guard("readdirplus", || {
             let dir = self.inode(ino)?;
             for e in dir.entries_from(offset).ok_or(Errno::ENOTDIR)? {
@@ -270,7 +299,14 @@ impl Filesystem for Fs {
                 // The node id sent is `attr.ino`; the kernel links no node for `.` and `..`, so
                 // the root may appear there with its `st_ino`.
                 let attr = self.attr(&child);
-                if reply.add(attr.ino, e.next_cookie, OsStr::from_bytes(e.name), &TTL, &attr, Generation(0)) {
+                if reply.add(
+                    attr.ino,
+                    e.next_cookie,
+                    OsStr::from_bytes(e.name),
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                ) {
                     break;
                 }
             }
@@ -285,7 +321,16 @@ impl Filesystem for Fs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let d = self.reader.descriptor();
         let bsize = d.block_size();
-        reply.statfs(d.total_blocks(), 0, 0, u64::MAX, u64::MAX - d.inos(), bsize, 255, bsize);
+        reply.statfs(
+            d.total_blocks(),
+            0,
+            0,
+            u64::MAX,
+            u64::MAX - d.inos(),
+            bsize,
+            255,
+            bsize,
+        );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -21,6 +21,8 @@
 //! sha256 fails with EIO; everything else keeps working. Attributes, directories, symlinks and
 //! xattrs come straight from the memory-mapped descriptor and match the kernel's EROFS.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod cache;
 mod chunk;
 mod devices;

@@ -30,7 +30,9 @@ impl MountHandle {
     }
 
     fn stop(&mut self) -> io::Result<()> {
-        let Some(session) = self.session.take() else { return Ok(()) };
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
         // A busy mount (an open file, a process inside) refuses a plain unmount: detach it so
         // the threads can end once the last user leaves.
         let r = session.umount_and_join();
@@ -61,7 +63,11 @@ fn session_config(reader: &Reader) -> fuser::Config {
     }
     let mut config = fuser::Config::default();
     config.mount_options = mount_options;
-    config.acl = if c.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if c.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(c.threads.max(1));
     config.clone_fd = true;
     config
@@ -71,9 +77,14 @@ impl Reader {
     /// Mounts the image at `mountpoint` and serves it from background threads.
     pub fn mount(self, mountpoint: &Path) -> io::Result<MountHandle> {
         let config = session_config(&self);
-        let fs = Fs { reader: Arc::new(self) };
+        let fs = Fs {
+            reader: Arc::new(self),
+        };
         let session = Session::new(fs, mountpoint, &config)?;
-        Ok(MountHandle { session: Some(session.spawn()?), mountpoint: mountpoint.to_path_buf() })
+        Ok(MountHandle {
+            session: Some(session.spawn()?),
+            mountpoint: mountpoint.to_path_buf(),
+        })
     }
 
     /// Serves a `/dev/fuse` descriptor that is already mounted (for the mount helper, which
@@ -81,7 +92,9 @@ impl Reader {
     pub fn serve(self, fd: OwnedFd) -> io::Result<()> {
         let config = session_config(&self);
         let acl = config.acl;
-        let fs = Fs { reader: Arc::new(self) };
+        let fs = Fs {
+            reader: Arc::new(self),
+        };
         Session::from_fd(fs, fd, acl, config)?.run()
     }
 }

@@ -36,7 +36,11 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the defaults: 256 MiB of cache, one thread per CPU (at least 4).
-    pub fn new(primary: impl Into<PathBuf>, devices: Vec<PathBuf>, digests: Vec<DigestSource>) -> Self {
+    pub fn new(
+        primary: impl Into<PathBuf>,
+        devices: Vec<PathBuf>,
+        digests: Vec<DigestSource>,
+    ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
         Config {
             primary: primary.into(),
@@ -63,7 +67,9 @@ pub struct Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Reader")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,25 +78,42 @@ impl Reader {
     /// device file is as long as the descriptor says.
     pub fn open(config: Config) -> Result<Self, OpenError> {
         let primary = devices::map(&config.primary)?;
-        let desc = Descriptor::parse(primary)
-            .map_err(|source| OpenError::Descriptor { path: config.primary.clone(), source })?;
+        let desc = Descriptor::parse(primary).map_err(|source| OpenError::Descriptor {
+            path: config.primary.clone(),
+            source,
+        })?;
         if usize::from(desc.extra_devices()) != config.devices.len() {
-            return Err(OpenError::DeviceCount { expected: desc.extra_devices(), given: config.devices.len() });
+            return Err(OpenError::DeviceCount {
+                expected: desc.extra_devices(),
+                given: config.devices.len(),
+            });
         }
         let mut maps = Vec::with_capacity(config.devices.len());
         for (id, path) in (1u16..).zip(&config.devices) {
             let map = devices::map(path)?;
-            let need = desc.device(id).map_or(0, |d| d.blocks.saturating_mul(desc.block_size().into()));
+            let need = desc
+                .device(id)
+                .map_or(0, |d| d.blocks.saturating_mul(desc.block_size().into()));
             let len = map.as_ref().len() as u64;
             if len < need {
-                return Err(OpenError::DeviceTooSmall { path: path.clone(), len, need });
+                return Err(OpenError::DeviceTooSmall {
+                    path: path.clone(),
+                    len,
+                    need,
+                });
             }
             maps.push(map);
         }
         let devices = maps;
         let digests = Digests::new(config.digests.clone())?;
         let cache = Cache::new(config.cache_bytes);
-        Ok(Reader { desc, devices, digests, cache, config })
+        Ok(Reader {
+            desc,
+            devices,
+            digests,
+            cache,
+            config,
+        })
     }
 
     /// The validated descriptor.
@@ -112,14 +135,22 @@ impl Reader {
         if id == 0 {
             self.desc.bytes()
         } else {
-            self.devices.get(usize::from(id) - 1).map_or(&[], |m| m.as_ref())
+            self.devices
+                .get(usize::from(id) - 1)
+                .map_or(&[], |m| m.as_ref())
         }
     }
 
     /// The verified chunk of the cluster `[offset, offset + len)` of `device`.
     fn chunk(&self, device: u16, offset: u64, len: u64) -> Result<Chunk, ChunkError> {
         self.cache.get_or_load((device, offset), || {
-            chunk::load(&self.digests, device, self.device_bytes(device), offset, len)
+            chunk::load(
+                &self.digests,
+                device,
+                self.device_bytes(device),
+                offset,
+                len,
+            )
         })
     }
 
@@ -137,7 +168,14 @@ impl Reader {
 
     /// Appends logical bytes `[pos, end)` of `inode` to `out`. Fragments are read from the packed
     /// inode, which itself never holds fragments (`fragments` is false there).
-    fn read_into(&self, inode: InodeView<'_>, mut pos: u64, end: u64, out: &mut Vec<u8>, fragments: bool) -> Result<(), ReadError> {
+    fn read_into(
+        &self,
+        inode: InodeView<'_>,
+        mut pos: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+        fragments: bool,
+    ) -> Result<(), ReadError> {
         let nid = inode.nid();
         while pos < end {
             let m = inode.map(pos).ok_or(ReadError::Map { nid, pos })?;
@@ -146,20 +184,35 @@ impl Reader {
             let n = m_end.saturating_sub(pos);
             match m.kind {
                 MapKind::Hole => out.resize(out.len() + n as usize, 0),
-                MapKind::Encoded { device, offset, len, .. } => {
-                    let chunk_err = |error| ReadError::Chunk { nid, device, offset, error };
+                MapKind::Encoded {
+                    device,
+                    offset,
+                    len,
+                    ..
+                } => {
+                    let chunk_err = |error| ReadError::Chunk {
+                        nid,
+                        device,
+                        offset,
+                        error,
+                    };
                     let chunk = self.chunk(device, offset, len).map_err(chunk_err)?;
                     // The extent uses a prefix of the chunk: it must be long enough for all of it.
                     let need = m.logical_len;
                     if (chunk.len() as u64) < need {
-                        return Err(chunk_err(ChunkError::Short { len: chunk.len(), need }));
+                        return Err(chunk_err(ChunkError::Short {
+                            len: chunk.len(),
+                            need,
+                        }));
                     }
                     let bytes = chunk.get(skip as usize..(skip + n) as usize);
                     out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
                 }
                 MapKind::Fragment { packed_offset } if fragments => {
                     let packed = self.desc.packed().ok_or(ReadError::Map { nid, pos })?;
-                    let start = packed_offset.checked_add(skip).ok_or(ReadError::Map { nid, pos })?;
+                    let start = packed_offset
+                        .checked_add(skip)
+                        .ok_or(ReadError::Map { nid, pos })?;
                     let stop = start.checked_add(n).ok_or(ReadError::Map { nid, pos })?;
                     if stop > packed.size() {
                         return Err(ReadError::Map { nid, pos });
