@@ -7,8 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::ChunkError;
 
-/// A chunk: decompressed and verified bytes.
-pub(crate) type Chunk = Arc<[u8]>;
+/// A chunk: decompressed and verified bytes (a `Vec`, so that decompressed output is shared
+/// without another copy).
+pub(crate) type Chunk = Arc<Vec<u8>>;
 
 /// Where a chunk's cluster is: (device, byte offset).
 pub(crate) type Key = (u16, u64);
@@ -185,7 +186,7 @@ mod tests {
     use std::time::Duration;
 
     fn chunk(n: usize, b: u8) -> Chunk {
-        vec![b; n].into()
+        Arc::new(vec![b; n])
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! decompress into a buffer of exactly that size, and check the sha256 before anything is served.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use chunkfs_kernel_abi::digest_table::DIGEST_FLAG_ZSTD;
 use sha2::{Digest as _, Sha256};
@@ -95,7 +96,7 @@ pub(crate) fn load(
     if Sha256::digest(&out).as_slice() != entry.sha256 {
         return Err(ChunkError::Digest);
     }
-    Ok(out.into())
+    Ok(Arc::new(out))
 }
 
 /// A cluster without a digest: serve it only if it holds a zstd frame whose content is all zeros.
@@ -113,5 +114,32 @@ fn zero_frame(cluster: &[u8]) -> Result<Chunk, ChunkError> {
     if out.iter().any(|&b| b != 0) {
         return Err(ChunkError::NoDigest);
     }
-    Ok(out.into())
+    Ok(Arc::new(out))
+}
+
+/// Loads uncompressed data starting at `start` of a device: it is served only if a digest entry
+/// (without the zstd flag) starts exactly there, and then only the bytes it covers, checked.
+pub(crate) fn load_raw(
+    digests: &Digests,
+    device_id: u16,
+    device: &[u8],
+    start: u64,
+) -> Result<Chunk, ChunkError> {
+    let entry = digests
+        .frame_at(device_id, start)
+        .ok_or(ChunkError::NoDigest)?;
+    let flags = entry.flags.get();
+    let len = entry.stored_len.get();
+    if flags & DIGEST_FLAG_ZSTD != 0 || entry.raw_len.get() != len {
+        return Err(ChunkError::NotZstd(flags));
+    }
+    let a = usize::try_from(start).map_err(|_| ChunkError::OutOfDevice)?;
+    let bytes = a
+        .checked_add(len as usize)
+        .and_then(|b| device.get(a..b))
+        .ok_or(ChunkError::OutOfDevice)?;
+    if Sha256::digest(bytes).as_slice() != entry.sha256 {
+        return Err(ChunkError::Digest);
+    }
+    Ok(Arc::new(bytes.to_vec()))
 }

@@ -65,6 +65,18 @@ impl Digests {
         })
     }
 
+    /// The entry of the data starting exactly at `offset` of `device`.
+    pub fn frame_at(&self, device: u16, offset: u64) -> Option<DigestEntry> {
+        self.tables.iter().find_map(|t| {
+            let id = match t.device {
+                Some((d, id)) if d == device => id,
+                Some(_) => return None,
+                None => device,
+            };
+            DigestTable::view(&t.bytes).ok()?.find(id, offset).copied()
+        })
+    }
+
     /// Number of entries in all tables.
     pub fn len(&self) -> usize {
         self.tables

@@ -75,8 +75,8 @@ pub enum ChunkError {
     /// The bytes before the frame in its cluster are not zero.
     #[error("non-zero padding before the frame")]
     Padding,
-    /// The digest entry is not a zstd frame.
-    #[error("digest entry is not a zstd frame (flags {0:#x})")]
+    /// The digest entry's encoding differs from the extent's (zstd frame vs stored bytes).
+    #[error("digest entry flags {0:#x} do not match the extent's encoding")]
     NotZstd(u16),
     /// The frame header's content size differs from the digest table's length.
     #[error("frame declares {declared:?} bytes, the digest table {expected}")]

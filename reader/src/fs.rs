@@ -27,6 +27,10 @@ const MAX_IO: u32 = 1 << 20;
 
 pub(crate) struct Fs {
     pub reader: Shared,
+    /// The kernel may skip OPEN / OPENDIR (answering ENOSYS once makes it stop sending them and
+    /// keep the page cache, as FOPEN_KEEP_CACHE would): a round trip less per open file.
+    pub no_open: bool,
+    pub no_opendir: bool,
 }
 
 fn errno(e: i32) -> Errno {
@@ -34,6 +38,10 @@ fn errno(e: i32) -> Errno {
 }
 
 impl Fs {
+    pub fn new(reader: Shared) -> Self {
+        Fs { reader, no_open: false, no_opendir: false }
+    }
+
     fn root(&self) -> u64 {
         self.reader.descriptor().root_nid()
     }
@@ -155,6 +163,12 @@ impl Filesystem for Fs {
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
+        self.no_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok();
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         // Ask for big reads: as much readahead as the kernel allows, up to 1 MiB.
         if let Err(max) = config.set_max_readahead(MAX_IO) {
             let _ = config.set_max_readahead(max);
@@ -200,6 +214,9 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
+        }
         let r = self.guard("open", || {
             if flags.acc_mode() != OpenAccMode::O_RDONLY {
                 return Err(Errno::EROFS);
@@ -227,20 +244,26 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        // The reply is sent from inside the read, straight from the cached chunk when it can.
+        let mut reply = Some(reply);
         let r = self.guard("read", || {
             let nid = self.nid(ino);
-            self.reader.read(nid, offset, size).map_err(|e| {
-                eprintln!("chunkfs: read: {e}");
-                errno(e.errno())
-            })
+            self.reader
+                .read_with(nid, offset, size, |data| reply.take().map(|r| r.data(data)))
+                .map_err(|e| {
+                    eprintln!("chunkfs: {e}");
+                    errno(e.errno())
+                })
         });
-        match r {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+        if let (Err(e), Some(reply)) = (r, reply.take()) {
+            reply.error(e);
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.guard("opendir", || match self.inode(ino)?.kind() {
             Kind::Dir => Ok(()),
             _ => Err(Errno::ENOTDIR),

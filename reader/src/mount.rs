@@ -77,9 +77,7 @@ impl Reader {
     /// Mounts the image at `mountpoint` and serves it from background threads.
     pub fn mount(self, mountpoint: &Path) -> io::Result<MountHandle> {
         let config = session_config(&self);
-        let fs = Fs {
-            reader: Arc::new(self),
-        };
+        let fs = Fs::new(Arc::new(self));
         let session = Session::new(fs, mountpoint, &config)?;
         Ok(MountHandle {
             session: Some(session.spawn()?),
@@ -92,9 +90,7 @@ impl Reader {
     pub fn serve(self, fd: OwnedFd) -> io::Result<()> {
         let config = session_config(&self);
         let acl = config.acl;
-        let fs = Fs {
-            reader: Arc::new(self),
-        };
+        let fs = Fs::new(Arc::new(self));
         Session::from_fd(fs, fd, acl, config)?.run()
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chunkfs_kernel_abi::Descriptor;
-use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
+use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind, Mapping};
 
 use crate::cache::{Cache, CacheStats, Chunk};
 use crate::chunk;
@@ -156,14 +156,118 @@ impl Reader {
 
     /// Reads up to `size` bytes at `offset` of regular file `nid`; fewer at the end of the file.
     pub fn read(&self, nid: u64, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+        self.read_with(nid, offset, size, <[u8]>::to_vec)
+    }
+
+    /// Like [`Reader::read`], but hands the bytes to `f` instead of returning them: a read inside
+    /// one chunk is passed straight from the cache, without a copy.
+    pub fn read_with<R>(
+        &self,
+        nid: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, ReadError> {
         let inode = self.desc.inode(nid).ok_or(ReadError::NoInode(nid))?;
         if inode.kind() != Kind::File {
             return Err(ReadError::NotFile(nid));
         }
         let end = offset.saturating_add(size.into()).min(inode.size());
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        self.read_into(inode, offset, end, &mut out, true)?;
-        Ok(out)
+        if offset >= end {
+            return Ok(f(&[]));
+        }
+        self.range(inode, offset, end, f, true)
+    }
+
+    /// Bytes `[pos, end)` of `inode` to `f`: directly from one chunk when they lie in one,
+    /// assembled otherwise.
+    fn range<R>(
+        &self,
+        inode: InodeView<'_>,
+        pos: u64,
+        end: u64,
+        f: impl FnOnce(&[u8]) -> R,
+        fragments: bool,
+    ) -> Result<R, ReadError> {
+        let nid = inode.nid();
+        let m = inode.map(pos).ok_or(ReadError::Map { nid, pos })?;
+        if m.logical_start.saturating_add(m.logical_len) >= end {
+            let skip = pos.saturating_sub(m.logical_start);
+            let n = end.saturating_sub(pos);
+            match m.kind {
+                MapKind::Hole if n <= ZEROS.len() as u64 => return Ok(f(&ZEROS[..n as usize])),
+                MapKind::Encoded { .. } | MapKind::Raw { .. } => {
+                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let bytes = chunk.get(skip as usize..(skip + n) as usize);
+                    return Ok(f(bytes.ok_or(ReadError::Map { nid, pos })?));
+                }
+                MapKind::Fragment { packed_offset } if fragments => {
+                    let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
+                    return self.range(packed, start, stop, f, false);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::with_capacity(end.saturating_sub(pos) as usize);
+        self.read_into(inode, pos, end, &mut out, fragments)?;
+        Ok(f(&out))
+    }
+
+    /// The packed inode and the range `[start, stop)` of it backing a fragment.
+    fn fragment(
+        &self,
+        nid: u64,
+        pos: u64,
+        packed_offset: u64,
+        skip: u64,
+        n: u64,
+    ) -> Result<(InodeView<'_>, u64, u64), ReadError> {
+        let bad = || ReadError::Map { nid, pos };
+        let packed = self.desc.packed().ok_or_else(bad)?;
+        let start = packed_offset.checked_add(skip).ok_or_else(bad)?;
+        let stop = start
+            .checked_add(n)
+            .filter(|&s| s <= packed.size())
+            .ok_or_else(bad)?;
+        Ok((packed, start, stop))
+    }
+
+    /// The verified chunk behind an encoded or stored mapping, long enough for the whole mapping.
+    fn chunk_of(&self, nid: u64, pos: u64, m: &Mapping) -> Result<Chunk, ReadError> {
+        let (device, offset, chunk) = match m.kind {
+            MapKind::Encoded {
+                device,
+                offset,
+                len,
+                ..
+            } => (device, offset, self.chunk(device, offset, len)),
+            MapKind::Raw { device, offset } => {
+                let load =
+                    || chunk::load_raw(&self.digests, device, self.device_bytes(device), offset);
+                match self.cache.get_or_load((device, offset), load) {
+                    // Uncompressed bytes no digest vouches for (e.g. inline data).
+                    Err(ChunkError::NoDigest) => return Err(ReadError::Unverifiable { nid, pos }),
+                    r => (device, offset, r),
+                }
+            }
+            _ => return Err(ReadError::Unverifiable { nid, pos }),
+        };
+        let chunk_err = |error| ReadError::Chunk {
+            nid,
+            device,
+            offset,
+            error,
+        };
+        let chunk = chunk.map_err(chunk_err)?;
+        // The extent uses a prefix of the chunk: it must be long enough for all of it.
+        let need = m.logical_len;
+        if (chunk.len() as u64) < need {
+            return Err(chunk_err(ChunkError::Short {
+                len: chunk.len(),
+                need,
+            }));
+        }
+        Ok(chunk)
     }
 
     /// Appends logical bytes `[pos, end)` of `inode` to `out`. Fragments are read from the packed
@@ -184,48 +288,24 @@ impl Reader {
             let n = m_end.saturating_sub(pos);
             match m.kind {
                 MapKind::Hole => out.resize(out.len() + n as usize, 0),
-                MapKind::Encoded {
-                    device,
-                    offset,
-                    len,
-                    ..
-                } => {
-                    let chunk_err = |error| ReadError::Chunk {
-                        nid,
-                        device,
-                        offset,
-                        error,
-                    };
-                    let chunk = self.chunk(device, offset, len).map_err(chunk_err)?;
-                    // The extent uses a prefix of the chunk: it must be long enough for all of it.
-                    let need = m.logical_len;
-                    if (chunk.len() as u64) < need {
-                        return Err(chunk_err(ChunkError::Short {
-                            len: chunk.len(),
-                            need,
-                        }));
-                    }
+                MapKind::Fragment { packed_offset } if fragments => {
+                    let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
+                    self.read_into(packed, start, stop, out, false)?;
+                }
+                _ => {
+                    let chunk = self.chunk_of(nid, pos, &m)?;
                     let bytes = chunk.get(skip as usize..(skip + n) as usize);
                     out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
                 }
-                MapKind::Fragment { packed_offset } if fragments => {
-                    let packed = self.desc.packed().ok_or(ReadError::Map { nid, pos })?;
-                    let start = packed_offset
-                        .checked_add(skip)
-                        .ok_or(ReadError::Map { nid, pos })?;
-                    let stop = start.checked_add(n).ok_or(ReadError::Map { nid, pos })?;
-                    if stop > packed.size() {
-                        return Err(ReadError::Map { nid, pos });
-                    }
-                    self.read_into(packed, start, stop, out, false)?;
-                }
-                _ => return Err(ReadError::Unverifiable { nid, pos }),
             }
             pos = m_end;
         }
         Ok(())
     }
 }
+
+/// Zeros for holes, served without allocating.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 /// Shared handle used by the FUSE layer.
 pub(crate) type Shared = Arc<Reader>;
