@@ -39,7 +39,11 @@ fn errno(e: i32) -> Errno {
 
 impl Fs {
     pub fn new(reader: Shared) -> Self {
-        Fs { reader, no_open: false, no_opendir: false }
+        Fs {
+            reader,
+            no_open: false,
+            no_opendir: false,
+        }
     }
 
     fn root(&self) -> u64 {
