@@ -85,8 +85,46 @@ impl Reader {
         })
     }
 
-    /// Serves a `/dev/fuse` descriptor that is already mounted (for the mount helper, which
-    /// mounts with `fd=N` itself). Returns when the filesystem is unmounted.
+    /// Mounts the image at `mountpoint` with `mount(2)` and returns the `/dev/fuse` descriptor to
+    /// pass to [`Reader::serve`]: the mount helper calls this, daemonizes, then serves, so that
+    /// `mount` returns once the filesystem exists. Requests wait in the descriptor until served.
+    pub fn mount_fd(&self, mountpoint: &Path) -> io::Result<OwnedFd> {
+        use nix::fcntl::{OFlag, open};
+        use nix::mount::MsFlags;
+        use nix::sys::stat::Mode;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+
+        let c = &self.config;
+        let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+        let fd = open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let mut data = format!(
+            "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+            fd.as_raw_fd(),
+            root_mode,
+            nix::unistd::getuid(),
+            nix::unistd::getgid()
+        );
+        if c.allow_other {
+            data.push_str(",allow_other");
+        }
+        let mut flags = MsFlags::MS_RDONLY | MsFlags::MS_NOATIME;
+        if !c.suid_dev {
+            flags |= MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        }
+        let source = c.primary.display().to_string();
+        nix::mount::mount(
+            Some(source.as_str()),
+            mountpoint,
+            Some("fuse.chunkfs"),
+            flags,
+            Some(data.as_str()),
+        )?;
+        Ok(fd)
+    }
+
+    /// Serves a `/dev/fuse` descriptor that is already mounted (see [`Reader::mount_fd`]).
+    /// Returns when the filesystem is unmounted.
     pub fn serve(self, fd: OwnedFd) -> io::Result<()> {
         let config = session_config(&self);
         let acl = config.acl;

@@ -246,3 +246,36 @@ fn a_flipped_byte_fails_only_its_file_and_the_mount_stays_up() {
     assert_eq!(std::fs::read_dir(&fm).unwrap().count(), 5);
     mount.unmount().unwrap();
 }
+
+#[test]
+fn serve_on_a_descriptor_mounted_by_the_caller() {
+    require_root!();
+    let img = common::build(&scratch());
+    let fm = img.dir.path().join("fuse");
+    std::fs::create_dir_all(&fm).unwrap();
+    let reader = Reader::open(img.config()).unwrap();
+    let fd = reader.mount_fd(&fm).unwrap();
+    // Unmounts even if an assertion below fails.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let guard = Unmount(fm.clone());
+    let server = std::thread::spawn(move || reader.serve(fd));
+    assert_eq!(
+        std::fs::read(fm.join("onpack")).unwrap(),
+        img.expected("onpack")
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(" fuse.chunkfs ") && l.contains(fm.to_str().unwrap())),
+        "{mounts}"
+    );
+    nix::mount::umount(&fm).unwrap();
+    drop(guard);
+    server.join().unwrap().unwrap();
+}
