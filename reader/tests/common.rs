@@ -101,12 +101,31 @@ impl Image {
     }
 }
 
+/// A POSIX ACL in the xattr format: user::rw-, user:1000:r--, group::r--, mask::r--, other::r--.
+pub fn acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
 /// Builds the image in a temporary directory under `parent`:
 /// - `big`: chunk A (200 KiB), a 1000-byte hole, then the first 500 bytes of chunk B (partial);
 /// - `frag`: 3000 bytes at offset 1000 of the packed inode (whose data is chunk C);
 /// - `onpack`: chunk D, stored on the extra device (a pack blob);
 /// - `zeros`: an extent over a frame of zeros that has no digest (the descriptor's hole frame);
-/// - `small`: inline text, served from the descriptor (unverifiable: refused).
+/// - `small`: inline text, served from the descriptor (unverifiable: refused);
+/// - `link`, `null` (a character device), `sub/again` (a hard link of `frag`), xattrs in every
+///   namespace (inline and shared) and a POSIX ACL on `big`.
 pub fn build(parent: &Path) -> Image {
     let a = data(1, 200 * 1024);
     let b = data(2, 800);
@@ -182,23 +201,66 @@ pub fn build(parent: &Path) -> Image {
     let d_off = pack.len() as u64;
     pack.extend_from_slice(&fd);
     pack.resize(pack.len().next_multiple_of(4096), 0);
-    let probe = bld.build().0;
-    let primary_blocks = probe.len() as u64 / BLK;
-    bld.devices = vec![((pack.len() as u64 / BLK) as u32, primary_blocks as u32)];
-    let onpack = bld.add(Node::new(
-        mode::S_IFREG | 0o644,
-        ext(
-            vec![(ZSTD | fd.len() as u32, primary_blocks * BLK + d_off, 0)],
-            d.len() as u64,
-        ),
+    let onpack = bld.add(Node::new(mode::S_IFREG | 0o644, Data::None));
+    // Attributes and xattrs for comparing with a kernel mount.
+    {
+        use erofs::xattr_index::*;
+        let n = &mut bld.nodes[big];
+        n.extended = true;
+        (n.uid, n.gid, n.mtime, n.nsec) = (100_000, 200_000, 1_700_000_000, 123_456_789);
+        n.xattrs = vec![
+            (USER, b"color".to_vec(), b"red".to_vec()),
+            (TRUSTED, b"t".to_vec(), b"x".to_vec()),
+            (
+                SECURITY,
+                b"selinux".to_vec(),
+                b"system_u:object_r:bin_t:s0\0".to_vec(),
+            ),
+            (POSIX_ACL_ACCESS, vec![], acl()),
+        ];
+        bld.shared
+            .push((USER, b"shared".to_vec(), b"value".to_vec()));
+        bld.nodes[frag].shared = vec![0];
+        bld.nodes[onpack].shared = vec![0];
+        bld.nodes[onpack].xattrs = vec![(USER, b"own".to_vec(), vec![7; 300])];
+        bld.nodes[zeros].mtime = (-1_000_000i64) as u64;
+        bld.nodes[zeros].extended = true;
+    }
+    let link = bld.add(Node::new(
+        mode::S_IFLNK | 0o777,
+        Data::Inline(b"big".to_vec()),
     ));
+    let mut null = Node::new(mode::S_IFCHR | 0o666, Data::None);
+    null.rdev = 0x0103;
+    let null = bld.add(null);
+    let sub = bld.add(Node::new(
+        mode::S_IFDIR | 0o750,
+        Data::Dir(vec![(b"again".to_vec(), frag)]),
+    ));
+    bld.nodes[sub].nlink = 2;
+    bld.nodes[root].nlink = 3;
+    bld.nodes[frag].extended = true;
+    bld.nodes[frag].nlink = 2;
     bld.nodes[root].data = Data::Dir(vec![
         (b"big".to_vec(), big),
         (b"frag".to_vec(), frag),
+        (b"link".to_vec(), link),
+        (b"null".to_vec(), null),
         (b"onpack".to_vec(), onpack),
         (b"small".to_vec(), small),
+        (b"sub".to_vec(), sub),
         (b"zeros".to_vec(), zeros),
     ]);
+    // Device 1 follows the primary device in the unified address space: lay out once to learn
+    // the primary's size, then point the extent there (which does not change any size).
+    bld.nodes[onpack].data = ext(vec![(ZSTD | fd.len() as u32, 0, 0)], d.len() as u64);
+    bld.devices = vec![((pack.len() as u64 / BLK) as u32, 0)];
+    let primary_blocks = bld.build().0.len() as u64 / BLK;
+    bld.devices[0].1 = primary_blocks as u32;
+    bld.nodes[onpack].data = ext(
+        vec![(ZSTD | fd.len() as u32, primary_blocks * BLK + d_off, 0)],
+        d.len() as u64,
+    );
     let (image, _) = bld.build();
     assert_eq!(
         image.len() as u64 / BLK,

@@ -99,7 +99,50 @@ fn describe(p: &Path) -> String {
     if m.file_type().is_symlink() {
         s += &format!(" -> {:?}", std::fs::read_link(p).unwrap());
     }
+    for (name, value) in xattrs(p) {
+        s += &format!(" {name}={value:?}");
+    }
     s
+}
+
+/// All xattrs of `p` (not following symlinks), in listing order.
+fn xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    #[allow(unsafe_code)]
+    // SAFETY: valid NUL-terminated path and a buffer of the length passed.
+    let n = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(
+        n >= 0,
+        "llistxattr {p:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    names.truncate(n as usize);
+    let mut out = vec![];
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).unwrap();
+        let mut value = vec![0u8; 65536];
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert!(
+            n >= 0,
+            "lgetxattr {p:?} {cname:?}: {}",
+            std::io::Error::last_os_error()
+        );
+        value.truncate(n as usize);
+        out.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    out
 }
 
 fn tree(root: &Path) -> Vec<(String, String)> {
@@ -243,7 +286,7 @@ fn a_flipped_byte_fails_only_its_file_and_the_mount_stays_up() {
             "{name}"
         );
     }
-    assert_eq!(std::fs::read_dir(&fm).unwrap().count(), 5);
+    assert_eq!(std::fs::read_dir(&fm).unwrap().count(), 8);
     mount.unmount().unwrap();
 }
 
