@@ -2,6 +2,7 @@
 //! the exact error; and the accessors on the good image.
 
 mod checks;
+mod prop;
 mod views;
 
 use alloc::vec;
