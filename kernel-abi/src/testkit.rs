@@ -127,19 +127,35 @@ pub fn xattr_body_len(n: &Node) -> usize {
     len
 }
 
+/// Directory data: entries packed greedily into blocks, each block its entry table then its
+/// names; every block but the last is padded to a whole block.
 fn dir_bytes(entries: &[(Vec<u8>, u64, u8)]) -> Vec<u8> {
-    // One block per directory is enough for the tests.
-    let mut out = vec![0u8; 12 * entries.len()];
-    let mut names = Vec::new();
-    for (i, (name, nid, ft)) in entries.iter().enumerate() {
-        let nameoff = (12 * entries.len() + names.len()) as u16;
-        out[i * 12..i * 12 + 8].copy_from_slice(&nid.to_le_bytes());
-        out[i * 12 + 8..i * 12 + 10].copy_from_slice(&nameoff.to_le_bytes());
-        out[i * 12 + 10] = *ft;
-        names.extend_from_slice(name);
+    let mut out = Vec::new();
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut used = 0;
+        while n < rest.len() && used + 12 + rest[n].0.len() <= BLK as usize {
+            used += 12 + rest[n].0.len();
+            n += 1;
+        }
+        let (block, tail) = rest.split_at(n);
+        let mut b = vec![0u8; 12 * block.len()];
+        let mut names = Vec::new();
+        for (i, (name, nid, ft)) in block.iter().enumerate() {
+            let nameoff = (12 * block.len() + names.len()) as u16;
+            b[i * 12..i * 12 + 8].copy_from_slice(&nid.to_le_bytes());
+            b[i * 12 + 8..i * 12 + 10].copy_from_slice(&nameoff.to_le_bytes());
+            b[i * 12 + 10] = *ft;
+            names.extend_from_slice(name);
+        }
+        b.extend_from_slice(&names);
+        if !tail.is_empty() {
+            b.resize(BLK as usize, 0);
+        }
+        out.extend_from_slice(&b);
+        rest = tail;
     }
-    out.extend_from_slice(&names);
-    assert!(out.len() <= BLK as usize);
     out
 }
 
@@ -148,6 +164,16 @@ fn ft(mode: u16) -> u8 {
 }
 
 impl Builder {
+    /// Bytes of directory `i`'s data (only names matter, not nids).
+    fn dir_len(&self, i: usize) -> usize {
+        let Data::Dir(children) = &self.nodes[i].data else { return 0 };
+        let mut e: Vec<(Vec<u8>, u64, u8)> = children.iter().map(|(n, _)| (n.clone(), 0, 0)).collect();
+        e.push((b".".to_vec(), 0, 0));
+        e.push((b"..".to_vec(), 0, 0));
+        e.sort();
+        dir_bytes(&e).len()
+    }
+
     pub fn new() -> Self {
         Builder {
             nodes: vec![],
@@ -170,10 +196,11 @@ impl Builder {
 
     fn inline_len(&self, i: usize) -> usize {
         match &self.nodes[i].data {
-            Data::Dir(children) => {
-                let names: usize = children.iter().map(|(n, _)| n.len()).sum::<usize>() + 3;
-                12 * (children.len() + 2) + names
-            }
+            Data::Dir(_) => match self.dir_len(i) {
+                len if len <= BLK as usize => len,
+                // Directories larger than a block live in data blocks.
+                _ => 0,
+            },
             Data::Inline(b) => b.len(),
             Data::Extents { recsz, recs, .. } => {
                 // Header at the next 8-aligned offset, records aligned to their size.
@@ -225,10 +252,13 @@ impl Builder {
         let mut data_at = meta_end;
         let mut plain_pos = vec![0u64; n];
         for i in 0..n {
-            if let Data::Plain(b) = &self.nodes[i].data {
-                plain_pos[i] = data_at;
-                data_at += (b.len() as u64).next_multiple_of(BLK);
-            }
+            let len = match &self.nodes[i].data {
+                Data::Plain(b) => b.len(),
+                Data::Dir(_) if self.dir_len(i) > BLK as usize => self.dir_len(i),
+                _ => continue,
+            };
+            plain_pos[i] = data_at;
+            data_at += (len as u64).next_multiple_of(BLK);
         }
         lay.xattr_area = data_at;
         let mut shared_off = vec![];
@@ -273,7 +303,12 @@ impl Builder {
                     e.push((b"..".to_vec(), lay.nid[parent[i]], erofs::ft::DIR));
                     e.sort();
                     let b = dir_bytes(&e);
-                    (INODE_FLAT_INLINE, b.len() as u64, 0, b)
+                    if b.len() > BLK as usize {
+                        img[plain_pos[i] as usize..plain_pos[i] as usize + b.len()].copy_from_slice(&b);
+                        (INODE_FLAT_PLAIN, b.len() as u64, plain_pos[i] / BLK, vec![])
+                    } else {
+                        (INODE_FLAT_INLINE, b.len() as u64, 0, b)
+                    }
                 }
                 Data::Inline(b) => (INODE_FLAT_INLINE, b.len() as u64, 0, b.clone()),
                 Data::Plain(b) => {
@@ -417,11 +452,7 @@ impl Builder {
                     x += (4 + name.len() + value.len()).next_multiple_of(4);
                 }
             }
-            lay.data[i] = if matches!(node.data, Data::Plain(_)) {
-                plain_pos[i]
-            } else {
-                x as u64
-            };
+            lay.data[i] = if plain_pos[i] != 0 { plain_pos[i] } else { x as u64 };
             img[x..x + inline.len()].copy_from_slice(&inline);
             if matches!(
                 node.data,
