@@ -49,6 +49,14 @@ pub enum Data {
         algs: u8,
         indexes: Vec<[u8; 8]>,
     },
+    /// Compact lcluster indexes: `bytes` is the raw index area right after the map header.
+    Compact {
+        size: u64,
+        advise: u16,
+        clusterbits: u8,
+        algs: u8,
+        bytes: Vec<u8>,
+    },
     /// No data (devices, FIFOs, sockets).
     None,
 }
@@ -166,8 +174,11 @@ fn ft(mode: u16) -> u8 {
 impl Builder {
     /// Bytes of directory `i`'s data (only names matter, not nids).
     fn dir_len(&self, i: usize) -> usize {
-        let Data::Dir(children) = &self.nodes[i].data else { return 0 };
-        let mut e: Vec<(Vec<u8>, u64, u8)> = children.iter().map(|(n, _)| (n.clone(), 0, 0)).collect();
+        let Data::Dir(children) = &self.nodes[i].data else {
+            return 0;
+        };
+        let mut e: Vec<(Vec<u8>, u64, u8)> =
+            children.iter().map(|(n, _)| (n.clone(), 0, 0)).collect();
         e.push((b".".to_vec(), 0, 0));
         e.push((b"..".to_vec(), 0, 0));
         e.sort();
@@ -208,6 +219,7 @@ impl Builder {
             }
             Data::Whole { .. } => 16,
             Data::Full { indexes, .. } => 16 + 8 + 8 * indexes.len(),
+            Data::Compact { bytes, .. } => 16 + bytes.len(),
             _ => 0,
         }
     }
@@ -304,7 +316,8 @@ impl Builder {
                     e.sort();
                     let b = dir_bytes(&e);
                     if b.len() > BLK as usize {
-                        img[plain_pos[i] as usize..plain_pos[i] as usize + b.len()].copy_from_slice(&b);
+                        img[plain_pos[i] as usize..plain_pos[i] as usize + b.len()]
+                            .copy_from_slice(&b);
                         (INODE_FLAT_PLAIN, b.len() as u64, plain_pos[i] / BLK, vec![])
                     } else {
                         (INODE_FLAT_INLINE, b.len() as u64, 0, b)
@@ -383,6 +396,25 @@ impl Builder {
                     }
                     (INODE_COMPRESSED_FULL, *size, 1, m)
                 }
+                Data::Compact {
+                    size,
+                    advise,
+                    clusterbits,
+                    algs,
+                    bytes,
+                } => {
+                    let body_end = pos as u64 + isize + xattr_body_len(node) as u64;
+                    let hpos = body_end.next_multiple_of(8);
+                    let mut m = vec![0u8; (hpos - body_end) as usize];
+                    let mut h = MapHeader::zeroed();
+                    h.advise = Le16::new(*advise);
+                    h.algorithmtype = *algs;
+                    h.clusterbits = *clusterbits;
+                    m.extend_from_slice(h.as_bytes());
+                    lay.recs[i] = hpos + 8;
+                    m.extend_from_slice(bytes);
+                    (INODE_COMPRESSED_COMPACT, *size, 1, m)
+                }
             };
             let xcount = xattr_body_len(node);
             let icount = if xcount == 0 {
@@ -452,11 +484,18 @@ impl Builder {
                     x += (4 + name.len() + value.len()).next_multiple_of(4);
                 }
             }
-            lay.data[i] = if plain_pos[i] != 0 { plain_pos[i] } else { x as u64 };
+            lay.data[i] = if plain_pos[i] != 0 {
+                plain_pos[i]
+            } else {
+                x as u64
+            };
             img[x..x + inline.len()].copy_from_slice(&inline);
             if matches!(
                 node.data,
-                Data::Extents { .. } | Data::Whole { .. } | Data::Full { .. }
+                Data::Extents { .. }
+                    | Data::Whole { .. }
+                    | Data::Full { .. }
+                    | Data::Compact { .. }
             ) {
                 lay.data[i] = (x as u64).next_multiple_of(8);
             }

@@ -1135,3 +1135,126 @@ fn lcluster_checks() {
         },
     );
 }
+
+// ---- compact lcluster indexes ----
+
+/// `[HEAD1 0, NONHEAD (d1 1)] [HEAD1 100, -]`, 4-byte packs, both heads at block 1.
+fn compact_bytes() -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0x2001_1000u32.to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(&0x0000_1064u32.to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v
+}
+
+fn compact_img(advise: u16, clusterbits: u8, bytes: Vec<u8>) -> (Vec<u8>, Layout) {
+    let mut b = standard();
+    b.incompat |= erofs::FEATURE_INCOMPAT_BIG_PCLUSTER;
+    b.nodes[n::FULL].data = Data::Compact {
+        size: 10_000,
+        advise,
+        clusterbits,
+        algs: compr::ZSTD,
+        bytes,
+    };
+    build(&b)
+}
+
+#[test]
+fn compact_indexes_map_like_full_ones() {
+    use crate::parse::{MapKind, Mapping};
+    let (img, lay) = compact_img(0, 0, compact_bytes());
+    let d = parse(&img).unwrap();
+    let f = d.inode(lay.nid[n::FULL]).unwrap();
+    let enc = MapKind::Encoded {
+        device: 0,
+        offset: BLK,
+        len: BLK,
+        algorithm: compr::ZSTD,
+        partial: false,
+    };
+    assert_eq!(
+        f.map(5000),
+        Some(Mapping {
+            logical_start: 0,
+            logical_len: 8292,
+            kind: enc
+        })
+    );
+    assert_eq!(
+        f.map(8292),
+        Some(Mapping {
+            logical_start: 8292,
+            logical_len: 10_000 - 8292,
+            kind: enc
+        })
+    );
+}
+
+#[test]
+fn compact_index_checks() {
+    let check = |advise: u16, clusterbits: u8, bytes: Vec<u8>, error: AbiError| {
+        let (img, lay) = compact_img(advise, clusterbits, bytes);
+        expect(&img, nid(&lay, n::FULL), error);
+    };
+    let big1 = erofs::Z_ADVISE_BIG_PCLUSTER_1;
+    check(
+        big1,
+        0,
+        compact_bytes(),
+        AbiError::BadField {
+            field: "compact big pcluster head1/head2",
+            value: 2,
+        },
+    );
+    check(
+        0,
+        3,
+        compact_bytes(),
+        AbiError::BadField {
+            field: "map header clusterbits",
+            value: 3,
+        },
+    );
+    let mut nonhead_first = compact_bytes();
+    nonhead_first[0..4].copy_from_slice(&0x2001_2001u32.to_le_bytes());
+    check(
+        0,
+        0,
+        nonhead_first,
+        AbiError::BadField {
+            field: "first lcluster is not a head",
+            value: 0,
+        },
+    );
+    // A head's block address past every device.
+    let mut far = compact_bytes();
+    far[4..8].copy_from_slice(&0x00FF_FFFFu32.to_le_bytes());
+    check(
+        0,
+        0,
+        far,
+        AbiError::OutOfRange {
+            table: "lcluster block address",
+            index: 0x0100_0000,
+        },
+    );
+    // An index area past the end of the input is caught before anything is decoded.
+    let mut b = standard();
+    b.nodes[n::FULL].data = Data::Compact {
+        size: 4_000_000_000,
+        advise: 0,
+        clusterbits: 0,
+        algs: compr::ZSTD,
+        bytes: compact_bytes(),
+    };
+    let (img, lay) = build(&b);
+    expect(
+        &img,
+        nid(&lay, n::FULL),
+        AbiError::Truncated {
+            what: "lcluster indexes",
+        },
+    );
+}

@@ -296,7 +296,9 @@ fn directories_of_many_blocks() {
     let mut b = Builder::new();
     b.add(dir(0o755, &[]));
     let file = b.add(Node::new(mode::S_IFREG | 0o644, Data::Plain(vec![])));
-    let names: Vec<Vec<u8>> = (0..3000u32).map(|k| std::format!("f{k:05}{}", "x".repeat((k % 40) as usize)).into_bytes()).collect();
+    let names: Vec<Vec<u8>> = (0..3000u32)
+        .map(|k| std::format!("f{k:05}{}", "x".repeat((k % 40) as usize)).into_bytes())
+        .collect();
     b.nodes[0].data = Data::Dir(names.iter().map(|n| (n.clone(), file)).collect());
     b.nodes[file].extended = true;
     b.nodes[file].nlink = 3000;
@@ -304,12 +306,24 @@ fn directories_of_many_blocks() {
     let d = parse(&img).unwrap();
     let root = d.root();
     assert!(root.size() > 20 * 4096, "{}", root.size());
-    let listed: Vec<&[u8]> = root.entries().unwrap().map(|e| e.unwrap().name).filter(|n| *n != b"." && *n != b"..").collect();
+    let listed: Vec<&[u8]> = root
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().name)
+        .filter(|n| *n != b"." && *n != b"..")
+        .collect();
     assert_eq!(listed, names.iter().map(Vec::as_slice).collect::<Vec<_>>());
     for n in &names {
         assert_eq!(root.lookup(n).unwrap().nid, lay.nid[file], "{n:?}");
     }
-    for missing in [&b"a"[..], b"f", b"f00000x", b"f99999", b"g", b"f01500xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"] {
+    for missing in [
+        &b"a"[..],
+        b"f",
+        b"f00000x",
+        b"f99999",
+        b"g",
+        b"f01500xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ] {
         assert!(root.lookup(missing).is_none(), "{missing:?}");
     }
     // Resuming from every cookie continues in order.
@@ -326,5 +340,11 @@ fn directories_of_many_blocks() {
     // The first name of the second block: make it sort before the last of the first block.
     let nameoff = u16::from_le_bytes([img2[last_block + 8], img2[last_block + 9]]) as usize;
     img2[last_block + nameoff] = b'e';
-    assert!(matches!(parse(&img2), Err(ParseError { error: AbiError::Unsorted { .. }, .. })));
+    assert!(matches!(
+        parse(&img2),
+        Err(ParseError {
+            error: AbiError::Unsorted { .. },
+            ..
+        })
+    ));
 }
