@@ -235,7 +235,12 @@ pub fn build(parent: &Path) -> Image {
     let null = bld.add(null);
     // `sub`: a hard link to `frag` and 1500 more names for `small`: a directory of many blocks.
     let mut sub_entries = vec![(b"again".to_vec(), frag)];
-    sub_entries.extend((0..1500).map(|k| (format!("name-{k:04}-{}", "z".repeat(k % 30)).into_bytes(), small)));
+    sub_entries.extend((0..1500).map(|k| {
+        (
+            format!("name-{k:04}-{}", "z".repeat(k % 30)).into_bytes(),
+            small,
+        )
+    }));
     let sub = bld.add(Node::new(mode::S_IFDIR | 0o750, Data::Dir(sub_entries)));
     bld.nodes[sub].nlink = 2;
     bld.nodes[root].nlink = 3;
