@@ -115,6 +115,10 @@ fn derive_table(image: &[u8]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
                     &image[offset as usize..(offset + m.logical_len) as usize],
                     false,
                 ),
+                MapKind::Interlaced { device: 0, offset } => {
+                    let end = offset + u64::from(d.block_size());
+                    (offset, &image[offset as usize..end as usize], false)
+                }
                 _ => continue,
             };
             let raw = if zstd {

@@ -133,6 +133,13 @@ pub(crate) fn load_raw(
     if flags & DIGEST_FLAG_ZSTD != 0 || entry.raw_len.get() != len {
         return Err(ChunkError::NotZstd(flags));
     }
+    // Bounded like decompressed chunks: the copy is cached whole.
+    if u64::from(len) > MAX_RAW {
+        return Err(ChunkError::ContentSize {
+            declared: Some(len.into()),
+            expected: len,
+        });
+    }
     let a = usize::try_from(start).map_err(|_| ChunkError::OutOfDevice)?;
     let bytes = a
         .checked_add(len as usize)

@@ -241,7 +241,7 @@ impl Reader {
                 len,
                 ..
             } => (device, offset, self.chunk(device, offset, len)),
-            MapKind::Raw { device, offset } => {
+            MapKind::Raw { device, offset } | MapKind::Interlaced { device, offset } => {
                 let load =
                     || chunk::load_raw(&self.digests, device, self.device_bytes(device), offset);
                 match self.cache.get_or_load((device, offset), load) {
@@ -259,8 +259,12 @@ impl Reader {
             error,
         };
         let chunk = chunk.map_err(chunk_err)?;
-        // The extent uses a prefix of the chunk: it must be long enough for all of it.
-        let need = m.logical_len;
+        // The extent uses a prefix of the chunk (an interlaced one: a whole rotated block): it
+        // must be long enough for all of it.
+        let need = match m.kind {
+            MapKind::Interlaced { .. } => self.desc.block_size().into(),
+            _ => m.logical_len,
+        };
         if (chunk.len() as u64) < need {
             return Err(chunk_err(ChunkError::Short {
                 len: chunk.len(),
@@ -291,6 +295,19 @@ impl Reader {
                 MapKind::Fragment { packed_offset } if fragments => {
                     let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
                     self.read_into(packed, start, stop, out, false)?;
+                }
+                MapKind::Interlaced { .. } => {
+                    // Logical byte p is at p mod block size of the stored block.
+                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let blksz = u64::from(self.desc.block_size());
+                    let mut p = pos;
+                    while p < m_end {
+                        let at = p % blksz;
+                        let take = (blksz - at).min(m_end - p);
+                        let bytes = chunk.get(at as usize..(at + take) as usize);
+                        out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
+                        p += take;
+                    }
                 }
                 _ => {
                     let chunk = self.chunk_of(nid, pos, &m)?;
