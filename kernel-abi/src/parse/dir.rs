@@ -19,7 +19,7 @@ pub struct DirEntry<'a> {
     pub nid: u64,
     /// The target's type (`erofs::ft`).
     pub file_type: u8,
-    /// Opaque position just after this entry: pass it to [`Dir::entries_from`] to resume.
+    /// Opaque position just after this entry: pass it to [`InodeView::entries_from`](super::InodeView::entries_from) to resume.
     pub next_cookie: u64,
 }
 
