@@ -1258,3 +1258,168 @@ fn compact_index_checks() {
         },
     );
 }
+
+// ---- the remaining checks ----
+
+#[test]
+fn root_must_be_a_directory() {
+    let (mut img, lay) = std_img();
+    put64(&mut img, 1136, lay.nid[n::INLINE]);
+    expect(
+        &img,
+        nid(&lay, n::INLINE),
+        AbiError::BadField {
+            field: "directory inode mode",
+            value: u64::from(mode::S_IFREG | 0o644),
+        },
+    );
+}
+
+#[test]
+fn big_pclusters_need_the_superblock_feature() {
+    // BIG_PCLUSTER shares its bit with COMPR_CFGS: an image without it.
+    let mut b = Builder::new();
+    b.incompat = erofs::FEATURE_INCOMPAT_ZERO_PADDING;
+    b.add(dir(0o755, &[(b"full", 1)]));
+    b.add(Node::new(
+        mode::S_IFREG | 0o644,
+        Data::Full {
+            size: 10_000,
+            advise: erofs::Z_ADVISE_BIG_PCLUSTER_1,
+            clusterbits: 0,
+            algs: compr::ZSTD,
+            indexes: vec![head(1, 0, 1), nonhead(1 << 11 | 1, 1), head(1, 100, 1)],
+        },
+    ));
+    let (img, lay) = build(&b);
+    expect(
+        &img,
+        nid(&lay, 1),
+        AbiError::BadField {
+            field: "big pcluster without the superblock feature",
+            value: 2,
+        },
+    );
+}
+
+#[test]
+fn cluster_sizes_are_bounded() {
+    // A big pcluster of 300 blocks (1.2 MiB) is more than the kernel decompresses.
+    let (img, lay) = full_img(
+        10_000,
+        erofs::Z_ADVISE_BIG_PCLUSTER_1,
+        vec![head(1, 0, 1), nonhead(1 << 11 | 300, 1), head(1, 100, 1)],
+    );
+    expect(
+        &img,
+        nid(&lay, n::FULL),
+        AbiError::Unsupported {
+            what: "extent larger than 1 MiB",
+            value: 300 * BLK,
+        },
+    );
+    // An uncompressed (PLAIN) pcluster of one block cannot back 8292 bytes.
+    let (img, lay) = full_img(
+        10_000,
+        0,
+        vec![head(0, 0, 1), nonhead(1, 1), head(1, 100, 1)],
+    );
+    expect(
+        &img,
+        nid(&lay, n::FULL),
+        AbiError::BadField {
+            field: "uncompressed cluster shorter than its range",
+            value: BLK,
+        },
+    );
+    // 4- and 8-byte extent records cover one lcluster each: at most 8 MiB.
+    let mut b = standard();
+    b.nodes[n::FILE48].data = Data::Extents {
+        size: 100,
+        recsz: 8,
+        recs: vec![(ZSTD | 10, CHUNKS, 0)],
+        fragment: false,
+    };
+    let (mut img, lay) = build(&b);
+    img[lay.data[n::FILE48] as usize + 7] = 12;
+    expect(
+        &img,
+        nid(&lay, n::FILE48),
+        AbiError::BadField {
+            field: "map header clusterbits",
+            value: 12,
+        },
+    );
+}
+
+#[test]
+fn compact_mtime_must_not_overflow() {
+    let (mut img, lay) = std_img();
+    put64(&mut img, 1048, i64::MAX as u64);
+    put32(&mut img, lay.pos[n::INLINE] as usize + 12, 1);
+    // The packed inode (compact, mtime 0) is fine; the first compact inode with a mtime fails.
+    expect(
+        &img,
+        nid(&lay, n::INLINE),
+        AbiError::BadField {
+            field: "inode mtime",
+            value: 1,
+        },
+    );
+}
+
+#[test]
+fn directories_need_data_blocks() {
+    let (mut img, lay) = std_img();
+    // `a` as FLAT_PLAIN with the all-ones ("no blocks") address.
+    put16(
+        &mut img,
+        lay.pos[n::A] as usize,
+        erofs::INODE_FLAT_PLAIN << 1,
+    );
+    put32(&mut img, lay.pos[n::A] as usize + 16, u32::MAX);
+    expect(
+        &img,
+        nid(&lay, n::A),
+        AbiError::BadField {
+            field: "inode startblk",
+            value: u64::MAX,
+        },
+    );
+}
+
+#[test]
+fn tail_fragment_checks() {
+    let mut b = standard();
+    b.nodes[n::FRAG].data = Data::Extents {
+        size: 100,
+        recsz: 16,
+        recs: vec![],
+        fragment: true,
+    };
+    let (img, lay) = build(&b);
+    expect(
+        &img,
+        nid(&lay, n::FRAG),
+        AbiError::BadField {
+            field: "tail fragment without an extent",
+            value: 0,
+        },
+    );
+    // The fragment offset is plen | pstart << 32: a pstart of 32 bits or more cannot be one.
+    b.nodes[n::FRAG].data = Data::Extents {
+        size: 100,
+        recsz: 16,
+        recs: vec![(30, 1 << 32, 0)],
+        fragment: true,
+    };
+    let (img, lay) = build(&b);
+    expect(
+        &img,
+        nid(&lay, n::FRAG),
+        AbiError::BadField {
+            field: "fragment offset",
+            value: 1 << 32,
+        },
+    );
+}
