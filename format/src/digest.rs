@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn known_vector_and_hex_round_trip() {
         let d = Digest::of(b"abc");
-        assert_eq!(d.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(Digest::from_oci(&d.to_oci()), Some(d));
         assert_eq!(Digest::from_hex("zz"), None);
     }

@@ -226,7 +226,9 @@ impl Image {
     pub fn link_counts(&self) -> Vec<u32> {
         let mut n = vec![0u32; self.inodes.len()];
         for (i, inode) in self.inodes.iter().enumerate() {
-            let InodeKind::Directory(entries) = &inode.kind else { continue };
+            let InodeKind::Directory(entries) = &inode.kind else {
+                continue;
+            };
             let mut subdirs = 0u32;
             for e in entries {
                 if self.inodes[e.inode as usize].is_dir() {
@@ -245,7 +247,11 @@ impl Image {
         use limits::*;
         let too_many = |what, count: usize, limit: usize| {
             if count > limit {
-                Err(ModelError::TooMany { what, count: count as u64, limit: limit as u64 })
+                Err(ModelError::TooMany {
+                    what,
+                    count: count as u64,
+                    limit: limit as u64,
+                })
             } else {
                 Ok(())
             }
@@ -254,13 +260,21 @@ impl Image {
         too_many("chunks", self.chunks.len(), CHUNKS_MAX)?;
         for (i, c) in self.chunks.iter().enumerate() {
             if c.size == 0 || c.size > CHUNK_MAX {
-                return Err(ModelError::Chunk { chunk: i as u32, problem: format!("size {} is outside 1..={CHUNK_MAX}", c.size) });
+                return Err(ModelError::Chunk {
+                    chunk: i as u32,
+                    problem: format!("size {} is outside 1..={CHUNK_MAX}", c.size),
+                });
             }
         }
         let n_chunks = self.chunks.len();
         for (pos, &c) in self.packed_stream.iter().enumerate() {
             if c as usize >= n_chunks {
-                return Err(ModelError::Chunk { chunk: c, problem: format!("packed stream position {pos} names a chunk that does not exist") });
+                return Err(ModelError::Chunk {
+                    chunk: c,
+                    problem: format!(
+                        "packed stream position {pos} names a chunk that does not exist"
+                    ),
+                });
             }
         }
         let packed_len = self.packed_stream_len();
@@ -268,11 +282,17 @@ impl Image {
         if !root.is_dir() {
             return Err(ModelError::BadRoot);
         }
-        let bad = |inode: usize, problem: String| ModelError::Inode { inode: inode as u32, problem };
+        let bad = |inode: usize, problem: String| ModelError::Inode {
+            inode: inode as u32,
+            problem,
+        };
 
         for (i, inode) in self.inodes.iter().enumerate() {
             if inode.mtime_nsec >= 1_000_000_000 {
-                return Err(bad(i, format!("mtime nanoseconds {} is not below 1e9", inode.mtime_nsec)));
+                return Err(bad(
+                    i,
+                    format!("mtime nanoseconds {} is not below 1e9", inode.mtime_nsec),
+                ));
             }
             if inode.mode & !(mode::S_IFMT | mode::PERM_MASK) != 0 {
                 return Err(bad(i, format!("mode {:o} has unknown bits", inode.mode)));
@@ -287,7 +307,10 @@ impl Image {
                 InodeKind::Special => ty == mode::S_IFIFO || ty == mode::S_IFSOCK,
             };
             if !kind_ok {
-                return Err(bad(i, format!("mode {:o} does not match its contents", inode.mode)));
+                return Err(bad(
+                    i,
+                    format!("mode {:o} does not match its contents", inode.mode),
+                ));
             }
             match &inode.kind {
                 InodeKind::Directory(entries) => {
@@ -296,11 +319,21 @@ impl Image {
                     for e in entries {
                         validate_name(&e.name).map_err(|p| bad(i, p))?;
                         if prev.is_some_and(|p| p >= e.name.as_slice()) {
-                            return Err(bad(i, "directory entries are not sorted by name or repeat a name".into()));
+                            return Err(bad(
+                                i,
+                                "directory entries are not sorted by name or repeat a name".into(),
+                            ));
                         }
                         prev = Some(&e.name);
                         if e.inode as usize >= self.inodes.len() || e.inode == 0 {
-                            return Err(bad(i, format!("entry {:?} names inode {} which does not exist", String::from_utf8_lossy(&e.name), e.inode)));
+                            return Err(bad(
+                                i,
+                                format!(
+                                    "entry {:?} names inode {} which does not exist",
+                                    String::from_utf8_lossy(&e.name),
+                                    e.inode
+                                ),
+                            ));
                         }
                     }
                 }
@@ -308,26 +341,53 @@ impl Image {
                     FileLayout::Extents(extents) => {
                         let mut end = 0u64;
                         for x in extents {
-                            let chunk = self.chunks.get(x.chunk as usize).ok_or_else(|| bad(i, format!("extent names chunk {} which does not exist", x.chunk)))?;
+                            let chunk = self.chunks.get(x.chunk as usize).ok_or_else(|| {
+                                bad(
+                                    i,
+                                    format!("extent names chunk {} which does not exist", x.chunk),
+                                )
+                            })?;
                             if x.offset < end {
                                 return Err(bad(i, "extents overlap or are not sorted".into()));
                             }
-                            end = x.offset.checked_add(u64::from(chunk.size)).ok_or_else(|| bad(i, "extent end overflows".into()))?;
+                            end = x
+                                .offset
+                                .checked_add(u64::from(chunk.size))
+                                .ok_or_else(|| bad(i, "extent end overflows".into()))?;
                             if end > f.size {
-                                return Err(bad(i, format!("extent at {} ends at {end}, past the file size {}", x.offset, f.size)));
+                                return Err(bad(
+                                    i,
+                                    format!(
+                                        "extent at {} ends at {end}, past the file size {}",
+                                        x.offset, f.size
+                                    ),
+                                ));
                             }
                         }
                     }
                     FileLayout::Packed(off) => {
-                        let end = off.checked_add(f.size).ok_or_else(|| bad(i, "packed range overflows".into()))?;
+                        let end = off
+                            .checked_add(f.size)
+                            .ok_or_else(|| bad(i, "packed range overflows".into()))?;
                         if end > packed_len {
-                            return Err(bad(i, format!("packed range {off}..{end} is past the packed stream's {packed_len} bytes")));
+                            return Err(bad(
+                                i,
+                                format!(
+                                    "packed range {off}..{end} is past the packed stream's {packed_len} bytes"
+                                ),
+                            ));
                         }
                     }
                 },
                 InodeKind::Symlink(target) => {
                     if target.is_empty() || target.len() > SYMLINK_MAX || target.contains(&0) {
-                        return Err(bad(i, format!("symlink target of {} bytes is empty, too long or holds NUL", target.len())));
+                        return Err(bad(
+                            i,
+                            format!(
+                                "symlink target of {} bytes is empty, too long or holds NUL",
+                                target.len()
+                            ),
+                        ));
                     }
                 }
                 InodeKind::Device { .. } | InodeKind::Special => {}
@@ -343,7 +403,9 @@ impl Image {
         // (directory, depth)
         let mut stack: Vec<(usize, usize)> = vec![(0, 0)];
         while let Some((dir, depth)) = stack.pop() {
-            let InodeKind::Directory(entries) = &self.inodes[dir].kind else { continue };
+            let InodeKind::Directory(entries) = &self.inodes[dir].kind else {
+                continue;
+            };
             for e in entries {
                 let child = e.inode as usize;
                 let is_dir = self.inodes[child].is_dir();
@@ -352,7 +414,11 @@ impl Image {
                         return Err(ModelError::Inode { inode: e.inode, problem: "directory is reachable more than once (hard-linked directory or cycle)".into() });
                     }
                     if depth + 1 > limits::DEPTH_MAX {
-                        return Err(ModelError::TooMany { what: "directory depth", count: (depth + 1) as u64, limit: limits::DEPTH_MAX as u64 });
+                        return Err(ModelError::TooMany {
+                            what: "directory depth",
+                            count: (depth + 1) as u64,
+                            limit: limits::DEPTH_MAX as u64,
+                        });
                     }
                     stack.push((child, depth + 1));
                 }
@@ -360,7 +426,10 @@ impl Image {
             }
         }
         if let Some(i) = seen.iter().position(|s| !s) {
-            return Err(ModelError::Inode { inode: i as u32, problem: "not reachable from the root".into() });
+            return Err(ModelError::Inode {
+                inode: i as u32,
+                problem: "not reachable from the root".into(),
+            });
         }
         Ok(())
     }
@@ -368,26 +437,43 @@ impl Image {
 
 fn validate_name(name: &[u8]) -> Result<(), String> {
     if name.is_empty() || name.len() > limits::NAME_MAX {
-        return Err(format!("entry name of {} bytes is outside 1..=255", name.len()));
+        return Err(format!(
+            "entry name of {} bytes is outside 1..=255",
+            name.len()
+        ));
     }
     if name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(format!("entry name {:?} is \".\", \"..\" or holds '/' or NUL", String::from_utf8_lossy(name)));
+        return Err(format!(
+            "entry name {:?} is \".\", \"..\" or holds '/' or NUL",
+            String::from_utf8_lossy(name)
+        ));
     }
     Ok(())
 }
 
 fn validate_xattrs(xattrs: &[Xattr]) -> Result<(), String> {
     if xattrs.len() > limits::XATTRS_PER_INODE_MAX {
-        return Err(format!("{} xattrs exceed the limit of {}", xattrs.len(), limits::XATTRS_PER_INODE_MAX));
+        return Err(format!(
+            "{} xattrs exceed the limit of {}",
+            xattrs.len(),
+            limits::XATTRS_PER_INODE_MAX
+        ));
     }
     let mut total = 0usize;
     let mut prev: Option<&[u8]> = None;
     for x in xattrs {
         if x.name.is_empty() || x.name.len() > limits::XATTR_NAME_MAX || x.name.contains(&0) {
-            return Err(format!("xattr name of {} bytes is empty, too long or holds NUL", x.name.len()));
+            return Err(format!(
+                "xattr name of {} bytes is empty, too long or holds NUL",
+                x.name.len()
+            ));
         }
         if x.value.len() > limits::XATTR_VALUE_MAX {
-            return Err(format!("xattr value of {} bytes exceeds {}", x.value.len(), limits::XATTR_VALUE_MAX));
+            return Err(format!(
+                "xattr value of {} bytes exceeds {}",
+                x.value.len(),
+                limits::XATTR_VALUE_MAX
+            ));
         }
         if prev.is_some_and(|p| p >= x.name.as_slice()) {
             return Err("xattrs are not sorted by name or repeat a name".into());
@@ -396,7 +482,10 @@ fn validate_xattrs(xattrs: &[Xattr]) -> Result<(), String> {
         total += x.name.len() + x.value.len();
     }
     if total > limits::XATTR_BYTES_PER_INODE_MAX {
-        return Err(format!("xattrs hold {total} bytes, more than {}", limits::XATTR_BYTES_PER_INODE_MAX));
+        return Err(format!(
+            "xattrs hold {total} bytes, more than {}",
+            limits::XATTR_BYTES_PER_INODE_MAX
+        ));
     }
     Ok(())
 }
@@ -406,21 +495,49 @@ mod tests {
     use super::*;
 
     fn dir(entries: Vec<DirEntry>) -> Inode {
-        Inode { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0, xattrs: vec![], kind: InodeKind::Directory(entries) }
+        Inode {
+            mode: mode::S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+            kind: InodeKind::Directory(entries),
+        }
     }
     fn file(size: u64, layout: FileLayout) -> Inode {
-        Inode { mode: mode::S_IFREG | 0o644, uid: 0, gid: 0, mtime_sec: -5, mtime_nsec: 1, xattrs: vec![], kind: InodeKind::File(FileData { size, layout }) }
+        Inode {
+            mode: mode::S_IFREG | 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: -5,
+            mtime_nsec: 1,
+            xattrs: vec![],
+            kind: InodeKind::File(FileData { size, layout }),
+        }
     }
     fn entry(name: &[u8], inode: u32) -> DirEntry {
-        DirEntry { name: name.to_vec(), inode }
+        DirEntry {
+            name: name.to_vec(),
+            inode,
+        }
     }
     fn sample() -> Image {
         Image {
-            chunks: vec![ChunkInfo { digest: Digest::of(b"x"), size: 10 }],
+            chunks: vec![ChunkInfo {
+                digest: Digest::of(b"x"),
+                size: 10,
+            }],
             packed_stream: vec![0],
             inodes: vec![
                 dir(vec![entry(b"a", 1), entry(b"b", 2), entry(b"c", 1)]),
-                file(20, FileLayout::Extents(vec![Extent { offset: 10, chunk: 0 }])),
+                file(
+                    20,
+                    FileLayout::Extents(vec![Extent {
+                        offset: 10,
+                        chunk: 0,
+                    }]),
+                ),
                 dir(vec![entry(b"small", 3)]),
                 file(4, FileLayout::Packed(6)),
             ],
@@ -437,29 +554,47 @@ mod tests {
     #[test]
     fn each_broken_invariant_is_refused() {
         let mut unsorted = sample();
-        let InodeKind::Directory(e) = &mut unsorted.inodes[0].kind else { unreachable!() };
+        let InodeKind::Directory(e) = &mut unsorted.inodes[0].kind else {
+            unreachable!()
+        };
         e.swap(0, 1);
         assert!(unsorted.validate().is_err());
 
         let mut past_end = sample();
-        past_end.inodes[1].kind = InodeKind::File(FileData { size: 15, layout: FileLayout::Extents(vec![Extent { offset: 10, chunk: 0 }]) });
+        past_end.inodes[1].kind = InodeKind::File(FileData {
+            size: 15,
+            layout: FileLayout::Extents(vec![Extent {
+                offset: 10,
+                chunk: 0,
+            }]),
+        });
         assert!(past_end.validate().is_err());
 
         let mut packed_past = sample();
-        packed_past.inodes[3].kind = InodeKind::File(FileData { size: 5, layout: FileLayout::Packed(6) });
+        packed_past.inodes[3].kind = InodeKind::File(FileData {
+            size: 5,
+            layout: FileLayout::Packed(6),
+        });
         assert!(packed_past.validate().is_err());
 
         let mut dir_twice = sample();
-        let InodeKind::Directory(e) = &mut dir_twice.inodes[0].kind else { unreachable!() };
+        let InodeKind::Directory(e) = &mut dir_twice.inodes[0].kind else {
+            unreachable!()
+        };
         e[2].inode = 2;
-        assert!(matches!(dir_twice.validate(), Err(ModelError::Inode { inode: 2, .. })));
+        assert!(matches!(
+            dir_twice.validate(),
+            Err(ModelError::Inode { inode: 2, .. })
+        ));
 
         let mut orphan = sample();
         orphan.inodes.push(file(0, FileLayout::Extents(vec![])));
         assert!(orphan.validate().is_err());
 
         let mut dotdot = sample();
-        let InodeKind::Directory(e) = &mut dotdot.inodes[2].kind else { unreachable!() };
+        let InodeKind::Directory(e) = &mut dotdot.inodes[2].kind else {
+            unreachable!()
+        };
         e[0].name = b"..".to_vec();
         assert!(dotdot.validate().is_err());
 

@@ -1,2 +1,19 @@
 //! Shared fixtures for the integration tests: tree builders, tree comparison, mount guards that
 //! always unmount, and locating the built binaries.
+
+pub mod tree;
+
+use std::path::PathBuf;
+
+/// A fresh, empty scratch directory on a disk file system (file-backed EROFS mounts refuse
+/// tmpfs, which /tmp may be): `/var/tmp/chunkfs-tests/<name>-<pid>`. Removes what a previous
+/// run left there.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir =
+        PathBuf::from("/var/tmp/chunkfs-tests").join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create the scratch directory {}: {e}", dir.display());
+    }
+    dir
+}

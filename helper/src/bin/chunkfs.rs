@@ -1,8 +1,67 @@
 //! `chunkfs`: pack, unpack, inspect, verify, mount and collect chunkfs images.
 //!
-//! One binary, two names: invoked as `mount.chunkfs` (a symlink installed in /sbin) it is the
-//! mount(8) helper, `mount.chunkfs SOURCE TARGET [-sfnv] [-o options]`.
+//! One binary, several names: invoked as `mount.chunkfs` (a symlink installed in /sbin) it is
+//! the mount(8) helper, `mount.chunkfs SOURCE TARGET [-sfnv] [-o options]`; invoked as `init`
+//! (`/init` in an initramfs built by `chunkfs initramfs`) it is PID 1 and boots a chunkfs root.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("chunkfs: no subcommands yet")
+use std::process::ExitCode;
+
+use chunkfs_helper::cmd;
+use clap::{Parser, Subcommand};
+
+/// chunkfs: content-addressed, deduplicated, kernel-mountable read-only images.
+#[derive(Parser, Debug)]
+#[command(name = "chunkfs", version, after_help = concat!(
+    "Examples:\n",
+    "  chunkfs pack ./rootfs image.cfs\n",
+    "  chunkfs inspect image.cfs\n",
+    "  chunkfs verify image.cfs\n",
+    "  chunkfs unpack image.cfs ./copy\n\n",
+    chunkfs_helper::exit_help!()
+))]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pack a directory into a .cfs image.
+    Pack(cmd::pack::Args),
+    /// Restore an image's tree into a directory.
+    Unpack(cmd::unpack::Args),
+    /// Show what an image holds: files, bytes, chunks, dedup and compression.
+    Inspect(cmd::inspect::Args),
+    /// Check every digest and structure of an image.
+    Verify(cmd::verify::Args),
+    /// Build an initramfs that boots a chunkfs image as the root filesystem.
+    Initramfs(cmd::initramfs::Args),
+}
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|name| name == "init")
+    {
+        chunkfs_helper::init::main();
+    }
+    chunkfs_helper::raise_fd_limit();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Pack(a) => cmd::pack::run(a),
+        Command::Unpack(a) => cmd::unpack::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Initramfs(a) => cmd::initramfs::run(a)
+            .map(|_| ())
+            .map_err(|e| chunkfs_helper::Error::failed(e.to_string())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chunkfs: {e}");
+            ExitCode::from(u8::try_from(e.exit_code).unwrap_or(1))
+        }
+    }
 }

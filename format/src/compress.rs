@@ -1,0 +1,369 @@
+//! Chunk frames (docs/format.md §4): every chunk is stored as one standalone zstd frame with its
+//! content size in the header and the content checksum on, so that every byte a reader (the
+//! kernel included) decodes carries a check.
+//!
+//! When zstd does not make a chunk smaller, the frame is built by hand from raw blocks: the same
+//! header and checksum around the plain bytes.
+
+/// zstd level used when the user does not choose one (docs/format.md §4.2 gives the measurements).
+pub const DEFAULT_LEVEL: i32 = 9;
+/// Lowest accepted level (zstd's negative "fast" levels are allowed).
+pub const LEVEL_MIN: i32 = -7;
+/// Highest accepted level.
+pub const LEVEL_MAX: i32 = 22;
+/// Largest frame in bytes (the kernel's limit on a compressed extent).
+pub const FRAME_MAX: u32 = 1 << 20;
+/// Largest chunk that fits in a frame even when stored raw.
+pub const CHUNK_FRAME_MAX: u32 = FRAME_MAX - 4096;
+/// log2 of the largest window a chunk frame may declare (1 MiB, the kernel's limit).
+pub const WINDOW_LOG_MAX: u32 = 20;
+
+const ZSTD_MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+/// Largest raw block zstd allows (`Block_Maximum_Size`).
+const RAW_BLOCK_MAX: usize = 128 * 1024;
+
+/// Why a chunk could not be encoded or a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The compression level is outside [`LEVEL_MIN`]..=[`LEVEL_MAX`].
+    #[error("compression level {0} is outside {LEVEL_MIN}..={LEVEL_MAX}")]
+    BadLevel(i32),
+    /// A chunk to encode is empty or too large for a frame.
+    #[error("chunk of {0} bytes is outside 1..={CHUNK_FRAME_MAX}")]
+    BadChunkSize(usize),
+    /// zstd itself failed.
+    #[error("zstd: {0}")]
+    Zstd(#[source] std::io::Error),
+    /// The frame does not start with the zstd magic number.
+    #[error("not a zstd frame (bad magic number)")]
+    BadMagic,
+    /// The frame ends inside its header or a block.
+    #[error("frame is truncated")]
+    Truncated,
+    /// The frame header lacks something every chunk frame must have, or has what none may.
+    #[error("frame header {0}")]
+    BadHeader(&'static str),
+    /// The frame declares a window larger than [`WINDOW_LOG_MAX`] allows.
+    #[error("frame declares a window of {0} bytes, more than 1 MiB")]
+    WindowTooLarge(u64),
+    /// The frame declares a content size other than the chunk's size.
+    #[error("frame declares {declared} bytes of content, the chunk has {expected}")]
+    SizeMismatch {
+        /// Content size in the frame header.
+        declared: u64,
+        /// Size the chunk index and metadata give.
+        expected: u32,
+    },
+    /// The stored bytes hold more than the one frame.
+    #[error("{0} bytes follow the frame")]
+    TrailingBytes(usize),
+    /// Decoding failed: corrupt block or checksum mismatch.
+    #[error("frame is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Encodes chunks into frames; one per worker thread (it owns a zstd context).
+pub struct Encoder {
+    ctx: zstd::bulk::Compressor<'static>,
+}
+
+impl Encoder {
+    /// An encoder at `level`.
+    pub fn new(level: i32) -> Result<Self, Error> {
+        if !(LEVEL_MIN..=LEVEL_MAX).contains(&level) {
+            return Err(Error::BadLevel(level));
+        }
+        let mut ctx = zstd::bulk::Compressor::new(level).map_err(Error::Zstd)?;
+        use zstd::zstd_safe::CParameter;
+        ctx.set_parameter(CParameter::ChecksumFlag(true))
+            .map_err(Error::Zstd)?;
+        ctx.set_parameter(CParameter::ContentSizeFlag(true))
+            .map_err(Error::Zstd)?;
+        // zstd shrinks the window to the (known) source size anyway; the cap keeps the 1 MiB
+        // promise whatever the chunk size.
+        ctx.set_parameter(CParameter::WindowLog(WINDOW_LOG_MAX))
+            .map_err(Error::Zstd)?;
+        Ok(Self { ctx })
+    }
+
+    /// The frame of `chunk`: zstd-compressed, or raw blocks when that is not larger.
+    pub fn encode(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Error> {
+        if chunk.is_empty() || chunk.len() > CHUNK_FRAME_MAX as usize {
+            return Err(Error::BadChunkSize(chunk.len()));
+        }
+        let raw_len = raw_frame_len(chunk.len());
+        let mut out = Vec::with_capacity(raw_len);
+        // A compressed frame that would not be smaller than the raw one is useless: stop early.
+        match self.ctx.compress_to_buffer(chunk, &mut out) {
+            Ok(n) if n < raw_len => {
+                out.truncate(n);
+                Ok(out)
+            }
+            _ => Ok(raw_frame(chunk)),
+        }
+    }
+}
+
+/// Length of the raw-block frame of a chunk of `len` bytes.
+fn raw_frame_len(len: usize) -> usize {
+    let blocks = len.div_ceil(RAW_BLOCK_MAX).max(1);
+    4 + 1 + fcs_field_len(len) + blocks * 3 + len + 4
+}
+
+/// Bytes of the Frame_Content_Size field used for a single-segment frame of `len` bytes.
+fn fcs_field_len(len: usize) -> usize {
+    if len < 256 {
+        1
+    } else if len < 65_536 + 256 {
+        2
+    } else {
+        4
+    }
+}
+
+/// A zstd frame of raw blocks holding `chunk` (RFC 8878 §3.1.1): single segment, content size,
+/// content checksum.
+fn raw_frame(chunk: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw_frame_len(chunk.len()));
+    out.extend_from_slice(&ZSTD_MAGIC);
+    let fcs_len = fcs_field_len(chunk.len());
+    let fcs_flag: u8 = match fcs_len {
+        1 => 0,
+        2 => 1,
+        _ => 2,
+    };
+    // Frame_Header_Descriptor: FCS flag (bits 7-6), Single_Segment (bit 5), checksum (bit 2).
+    out.push((fcs_flag << 6) | (1 << 5) | (1 << 2));
+    let len = chunk.len() as u64;
+    match fcs_len {
+        1 => out.push(len as u8),
+        2 => out.extend_from_slice(&((len - 256) as u16).to_le_bytes()),
+        _ => out.extend_from_slice(&(len as u32).to_le_bytes()),
+    }
+    let mut blocks = chunk.chunks(RAW_BLOCK_MAX).peekable();
+    while let Some(block) = blocks.next() {
+        let last = u32::from(blocks.peek().is_none());
+        // Block_Header: Last_Block (bit 0), Block_Type 0 = raw (bits 1-2), Block_Size (bits 3-23).
+        let header = last | ((block.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(block);
+    }
+    let checksum = xxhash_rust::xxh64::xxh64(chunk, 0) as u32;
+    out.extend_from_slice(&checksum.to_le_bytes());
+    out
+}
+
+/// What a chunk frame's header declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Frame_Content_Size.
+    pub content_size: u64,
+    /// Window size in bytes (the content size for single-segment frames).
+    pub window_size: u64,
+    /// Length of the header, magic included.
+    pub header_len: usize,
+}
+
+/// Parses and checks the header of a chunk frame: magic, no dictionary, content size present,
+/// checksum on, window at most 1 MiB.
+pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, Error> {
+    if frame.get(..4).ok_or(Error::Truncated)? != ZSTD_MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let fhd = *frame.get(4).ok_or(Error::Truncated)?;
+    let fcs_flag = fhd >> 6;
+    let single_segment = fhd & (1 << 5) != 0;
+    if fhd & (1 << 3) != 0 {
+        return Err(Error::BadHeader("has the reserved bit set"));
+    }
+    if fhd & (1 << 2) == 0 {
+        return Err(Error::BadHeader("has no content checksum"));
+    }
+    if fhd & 0b11 != 0 {
+        return Err(Error::BadHeader("names a dictionary"));
+    }
+    let mut pos = 5usize;
+    let mut window_size = 0u64;
+    if !single_segment {
+        let wd = *frame.get(pos).ok_or(Error::Truncated)?;
+        pos += 1;
+        let exponent = u32::from(wd >> 3);
+        let window_log = 10 + exponent;
+        let base = 1u64 << window_log;
+        window_size = base + (base / 8) * u64::from(wd & 7);
+    }
+    let fcs_len = match (fcs_flag, single_segment) {
+        (0, false) => return Err(Error::BadHeader("has no content size")),
+        (0, true) => 1,
+        (1, _) => 2,
+        (2, _) => 4,
+        _ => 8,
+    };
+    let field = frame.get(pos..pos + fcs_len).ok_or(Error::Truncated)?;
+    let mut bytes = [0u8; 8];
+    bytes[..fcs_len].copy_from_slice(field);
+    let mut content_size = u64::from_le_bytes(bytes);
+    if fcs_len == 2 {
+        content_size += 256;
+    }
+    pos += fcs_len;
+    if single_segment {
+        window_size = content_size;
+    }
+    if window_size > 1 << WINDOW_LOG_MAX {
+        return Err(Error::WindowTooLarge(window_size));
+    }
+    Ok(FrameHeader {
+        content_size,
+        window_size,
+        header_len: pos,
+    })
+}
+
+/// Decodes chunk frames; owns a zstd context, so keep one per thread.
+pub struct Decoder {
+    ctx: zstd::bulk::Decompressor<'static>,
+}
+
+impl Decoder {
+    /// A decoder that refuses windows above 1 MiB.
+    pub fn new() -> Result<Self, Error> {
+        let mut ctx = zstd::bulk::Decompressor::new().map_err(Error::Zstd)?;
+        ctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))
+            .map_err(Error::Zstd)?;
+        Ok(Self { ctx })
+    }
+
+    /// Decodes the frame of a chunk of `expected_len` bytes. The header is checked before any
+    /// allocation; the content checksum is verified by zstd. The caller checks the sha256.
+    pub fn decode(&mut self, frame: &[u8], expected_len: u32) -> Result<Vec<u8>, Error> {
+        let header = parse_header(frame)?;
+        if header.content_size != u64::from(expected_len) {
+            return Err(Error::SizeMismatch {
+                declared: header.content_size,
+                expected: expected_len,
+            });
+        }
+        let frame_len = zstd::zstd_safe::find_frame_compressed_size(frame)
+            .map_err(|code| Error::Corrupt(zstd::zstd_safe::get_error_name(code).to_string()))?;
+        if frame_len != frame.len() {
+            return Err(Error::TrailingBytes(frame.len().saturating_sub(frame_len)));
+        }
+        let mut out = Vec::with_capacity(expected_len as usize);
+        let n = self
+            .ctx
+            .decompress_to_buffer(frame, &mut out)
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        if n != expected_len as usize {
+            return Err(Error::SizeMismatch {
+                declared: n as u64,
+                expected: expected_len,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compressible_chunks_round_trip_as_zstd_frames() {
+        let mut enc = Encoder::new(DEFAULT_LEVEL).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let frame = enc.encode(&data).unwrap();
+        assert!(frame.len() < data.len() / 10);
+        let h = parse_header(&frame).unwrap();
+        assert_eq!(h.content_size, data.len() as u64);
+        // zstd fits the window to the chunk, so small chunks need small windows.
+        assert!(h.window_size <= 256 * 1024, "window {}", h.window_size);
+        assert_eq!(dec.decode(&frame, data.len() as u32).unwrap(), data);
+    }
+
+    #[test]
+    fn incompressible_chunks_become_raw_frames_zstd_accepts() {
+        let mut enc = Encoder::new(3).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        for len in [
+            1usize,
+            255,
+            256,
+            65_791,
+            65_792,
+            131_072,
+            131_073,
+            CHUNK_FRAME_MAX as usize,
+        ] {
+            let data = noise(len, len as u64);
+            let frame = enc.encode(&data).unwrap();
+            assert_eq!(frame.len(), raw_frame_len(len), "len {len}");
+            assert_eq!(parse_header(&frame).unwrap().content_size, len as u64);
+            // The reference decoder agrees with ours.
+            assert_eq!(
+                zstd::bulk::decompress(&frame, len).unwrap(),
+                data,
+                "len {len}"
+            );
+            assert_eq!(dec.decode(&frame, len as u32).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn frames_are_deterministic() {
+        let data = noise(100_000, 7).iter().map(|b| b & 7).collect::<Vec<_>>();
+        let a = Encoder::new(9).unwrap().encode(&data).unwrap();
+        let b = Encoder::new(9).unwrap().encode(&data).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn damaged_frames_are_refused() {
+        let mut enc = Encoder::new(3).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        for data in [vec![b'a'; 50_000], noise(50_000, 3)] {
+            let frame = enc.encode(&data).unwrap();
+            assert!(matches!(
+                dec.decode(&frame, 49_999),
+                Err(Error::SizeMismatch { .. })
+            ));
+            assert!(matches!(
+                dec.decode(&frame[..frame.len() - 1], 50_000),
+                Err(Error::Corrupt(_))
+            ));
+            let mut extra = frame.clone();
+            extra.push(0);
+            assert!(matches!(
+                dec.decode(&extra, 50_000),
+                Err(Error::TrailingBytes(1))
+            ));
+            let mut flipped = frame.clone();
+            let last = flipped.len() - 6;
+            flipped[last] ^= 0x40;
+            assert!(dec.decode(&flipped, 50_000).is_err());
+            let mut magic = frame.clone();
+            magic[0] ^= 1;
+            assert!(matches!(dec.decode(&magic, 50_000), Err(Error::BadMagic)));
+        }
+        assert!(matches!(
+            dec.decode(&[0x28, 0xb5], 1),
+            Err(Error::Truncated)
+        ));
+        assert!(matches!(enc.encode(&[]), Err(Error::BadChunkSize(0))));
+        assert!(matches!(Encoder::new(99), Err(Error::BadLevel(99))));
+    }
+}
