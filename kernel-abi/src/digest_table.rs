@@ -68,38 +68,9 @@ impl<'a> DigestTable<'a> {
     /// Parses and validates a whole table; `bytes` may extend past its end.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, AbiError> {
         const WHAT: &str = "digest table";
-        let (hdr, rest) =
-            DigestTableHeader::ref_from_prefix(bytes).ok_or(AbiError::Truncated { what: WHAT })?;
-        if hdr.magic != DIGEST_TABLE_MAGIC {
-            return Err(AbiError::BadMagic { what: WHAT });
-        }
-        let version = hdr.version.get();
-        if version != DIGEST_TABLE_VERSION {
-            return Err(AbiError::UnknownVersion {
-                what: WHAT,
-                version,
-            });
-        }
-        let entry_size = hdr.entry_size.get() as usize;
-        if entry_size < core::mem::size_of::<DigestEntry>() || entry_size > 4096 {
-            return Err(AbiError::BadField {
-                field: "digest table entry size",
-                value: entry_size as u64,
-            });
-        }
-        let count =
-            usize::try_from(hdr.count.get()).map_err(|_| AbiError::Truncated { what: WHAT })?;
-        let len = count
-            .checked_mul(entry_size)
-            .ok_or(AbiError::Truncated { what: WHAT })?;
-        let entries = rest.get(..len).ok_or(AbiError::Truncated { what: WHAT })?;
-        let table = Self {
-            entries,
-            entry_size,
-            count,
-        };
+        let table = Self::view(bytes)?;
         let mut prev_end: Option<(u16, u64)> = None;
-        for i in 0..count {
+        for i in 0..table.count {
             let e = table.entry(i).ok_or(AbiError::Truncated { what: WHAT })?;
             let (dev, off, len) = (
                 e.device.get(),
@@ -129,6 +100,43 @@ impl<'a> DigestTable<'a> {
         Ok(table)
     }
 
+    /// Views a table already checked by [`DigestTable::parse`], checking only its header and
+    /// length (O(1)). On bytes that were never parsed, lookups may give wrong answers but never
+    /// panic or read out of bounds.
+    pub fn view(bytes: &'a [u8]) -> Result<Self, AbiError> {
+        const WHAT: &str = "digest table";
+        let (hdr, rest) =
+            DigestTableHeader::ref_from_prefix(bytes).ok_or(AbiError::Truncated { what: WHAT })?;
+        if hdr.magic != DIGEST_TABLE_MAGIC {
+            return Err(AbiError::BadMagic { what: WHAT });
+        }
+        let version = hdr.version.get();
+        if version != DIGEST_TABLE_VERSION {
+            return Err(AbiError::UnknownVersion {
+                what: WHAT,
+                version,
+            });
+        }
+        let entry_size = hdr.entry_size.get() as usize;
+        if entry_size < core::mem::size_of::<DigestEntry>() || entry_size > 4096 {
+            return Err(AbiError::BadField {
+                field: "digest table entry size",
+                value: entry_size as u64,
+            });
+        }
+        let count =
+            usize::try_from(hdr.count.get()).map_err(|_| AbiError::Truncated { what: WHAT })?;
+        let len = count
+            .checked_mul(entry_size)
+            .ok_or(AbiError::Truncated { what: WHAT })?;
+        let entries = rest.get(..len).ok_or(AbiError::Truncated { what: WHAT })?;
+        Ok(Self {
+            entries,
+            entry_size,
+            count,
+        })
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.count
@@ -154,17 +162,24 @@ impl<'a> DigestTable<'a> {
 
     /// The entry of the frame that starts exactly at `(device, offset)`, by binary search.
     pub fn find(&self, device: u16, offset: u64) -> Option<&'a DigestEntry> {
+        self.first_at_or_after(device, offset)
+            .filter(|e| (e.device.get(), e.offset.get()) == (device, offset))
+    }
+
+    /// The first entry at or after `(device, offset)` in table order, by binary search: the frame
+    /// that starts at `offset` or, if none does, the next one (e.g. behind zero padding).
+    pub fn first_at_or_after(&self, device: u16, offset: u64) -> Option<&'a DigestEntry> {
         let (mut lo, mut hi) = (0usize, self.count);
         while lo < hi {
-            let mid = lo + (hi - lo) / 2;
+            let mid = lo.wrapping_add(hi.wrapping_sub(lo) / 2);
             let e = self.entry(mid)?;
-            match (e.device.get(), e.offset.get()).cmp(&(device, offset)) {
-                core::cmp::Ordering::Equal => return Some(e),
-                core::cmp::Ordering::Less => lo = mid + 1,
-                core::cmp::Ordering::Greater => hi = mid,
+            if (e.device.get(), e.offset.get()) < (device, offset) {
+                lo = mid.wrapping_add(1);
+            } else {
+                hi = mid;
             }
         }
-        None
+        self.entry(lo)
     }
 
     /// All entries in order.
@@ -176,7 +191,8 @@ impl<'a> DigestTable<'a> {
 
 /// Bytes needed to encode a table of `count` entries.
 pub const fn encoded_len(count: usize) -> usize {
-    core::mem::size_of::<DigestTableHeader>() + count * core::mem::size_of::<DigestEntry>()
+    let entries = count.saturating_mul(core::mem::size_of::<DigestEntry>());
+    entries.saturating_add(core::mem::size_of::<DigestTableHeader>())
 }
 
 /// The header of a table of `count` entries of the standard size.
@@ -231,6 +247,10 @@ mod tests {
         assert_eq!(t.find(0, 4196).unwrap().sha256, [2; 32]);
         assert_eq!(t.find(1, 0).unwrap().sha256, [3; 32]);
         assert!(t.find(0, 4197).is_none());
+        assert_eq!(t.first_at_or_after(0, 4100).unwrap().sha256, [2; 32]);
+        assert_eq!(t.first_at_or_after(0, 5000).unwrap().sha256, [3; 32]);
+        assert!(t.first_at_or_after(1, 1).is_none());
+        assert_eq!(DigestTable::view(&bytes).unwrap().len(), 3);
     }
 
     #[test]

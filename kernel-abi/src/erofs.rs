@@ -129,6 +129,9 @@ pub const Z_ADVISE_BIG_PCLUSTER_1: u16 = 0x0002;
 pub const Z_ADVISE_BIG_PCLUSTER_2: u16 = 0x0004;
 /// `h_advise`: the tail pcluster is inline after the inode.
 pub const Z_ADVISE_INLINE_PCLUSTER: u16 = 0x0008;
+/// `h_advise`: uncompressed (PLAIN / format 0) clusters of one block are stored rotated by the
+/// logical start's offset in its block.
+pub const Z_ADVISE_INTERLACED_PCLUSTER: u16 = 0x0010;
 /// `h_advise`: the file's tail is a fragment in the packed inode.
 pub const Z_ADVISE_FRAGMENT_PCLUSTER: u16 = 0x0020;
 /// `h_advise` bits 1-2 (with EXTENTS): record size is `4 << value` bytes.

@@ -44,6 +44,13 @@ pub enum AbiError {
         /// The value found.
         value: u64,
     },
+    /// A valid EROFS construct this reader does not implement (e.g. an LZ4-compressed extent).
+    Unsupported {
+        /// What is not supported.
+        what: &'static str,
+        /// The value found.
+        value: u64,
+    },
 }
 
 impl AbiError {
@@ -53,7 +60,9 @@ impl AbiError {
         const EIO: i32 = 5;
         const EOPNOTSUPP: i32 = 95;
         match self {
-            Self::UnknownVersion { .. } | Self::UnknownIncompat(_) => EOPNOTSUPP,
+            Self::UnknownVersion { .. } | Self::UnknownIncompat(_) | Self::Unsupported { .. } => {
+                EOPNOTSUPP
+            }
             _ => EIO,
         }
     }
@@ -75,8 +84,43 @@ impl core::fmt::Display for AbiError {
                 write!(f, "{table} entry {index} is out of order or overlaps")
             }
             Self::BadField { field, value } => write!(f, "{field} has invalid value {value}"),
+            Self::Unsupported { what, value } => write!(f, "unsupported {what} ({value})"),
         }
     }
 }
 
 impl core::error::Error for AbiError {}
+
+/// An [`AbiError`] found while validating a descriptor, with the nid of the inode it was found in
+/// (`None` for the superblock, compression configs and device table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// The inode being validated, if any.
+    pub nid: Option<u64>,
+    /// What is wrong.
+    pub error: AbiError,
+}
+
+impl ParseError {
+    /// The errno a filesystem should report (see [`AbiError::to_errno`]).
+    pub const fn to_errno(self) -> i32 {
+        self.error.to_errno()
+    }
+}
+
+impl From<AbiError> for ParseError {
+    fn from(error: AbiError) -> Self {
+        Self { nid: None, error }
+    }
+}
+
+impl core::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.nid {
+            Some(nid) => write!(f, "inode nid {nid}: {}", self.error),
+            None => write!(f, "{}", self.error),
+        }
+    }
+}
+
+impl core::error::Error for ParseError {}

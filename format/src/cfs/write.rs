@@ -276,10 +276,23 @@ impl CfsWriter {
     /// Writes everything after the chunk region and the header, then renames the file into
     /// place. `locations[i]` is where chunk `i` was written by `sink`.
     pub fn finish(
+        self,
+        sink: CfsSink,
+        image: &Image,
+        locations: &[Option<ChunkLocation>],
+    ) -> Result<Summary, Error> {
+        self.finish_with_metadata(sink, image, locations, None)
+    }
+
+    /// [`CfsWriter::finish`], storing `metadata_blob` verbatim when given instead of encoding
+    /// `image`: converting from an OCI layout keeps the metadata digest (docs/format.md §7.9).
+    /// The blob must be the one `image` was decoded from.
+    pub fn finish_with_metadata(
         mut self,
         sink: CfsSink,
         image: &Image,
         locations: &[Option<ChunkLocation>],
+        metadata_blob: Option<&[u8]>,
     ) -> Result<Summary, Error> {
         let path = self.dest.clone();
         let io = |op, source| Error::Io {
@@ -321,14 +334,23 @@ impl CfsWriter {
             path: path.clone(),
             problem,
         })?;
-        let raw = crate::schema::codec::encode(image).map_err(|source| Error::Metadata {
+        let metadata_err = |source| Error::Metadata {
             path: path.clone(),
             source,
-        })?;
-        let blob = crate::schema::codec::compress(&raw).map_err(|source| Error::Metadata {
-            path: path.clone(),
-            source,
-        })?;
+        };
+        let (blob, raw_len) = match metadata_blob {
+            Some(blob) => {
+                let declared = zstd::zstd_safe::get_frame_content_size(blob).ok().flatten();
+                let raw_len = declared
+                    .ok_or_else(|| metadata_err(crate::schema::codec::Error::BadSize(declared)))?;
+                (blob.to_vec(), raw_len)
+            }
+            None => {
+                let raw = crate::schema::codec::encode(image).map_err(metadata_err)?;
+                let blob = crate::schema::codec::compress(&raw).map_err(metadata_err)?;
+                (blob, raw.len() as u64)
+            }
+        };
         let index = crate::index::encode(&image.chunks, &located);
 
         let erofs_meta = Region {
@@ -363,7 +385,7 @@ impl CfsWriter {
             image_len,
             erofs_block_size: block as u32,
             chunk_count: image.chunks.len() as u64,
-            metadata_raw_len: raw.len() as u64,
+            metadata_raw_len: raw_len,
             erofs_head: Region {
                 offset: EROFS_HEAD_OFFSET,
                 len: head.len() as u64,

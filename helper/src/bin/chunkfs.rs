@@ -36,6 +36,10 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Write an image's EROFS descriptor as a standalone file, or print it.
     Descriptor(cmd::descriptor::Args),
+    /// Remove the blobs of an OCI layout that no tag reaches.
+    Gc(cmd::gc::Args),
+    /// Untag an image in an OCI layout.
+    Rm(cmd::rm::Args),
     /// Build an initramfs that boots a chunkfs image as the root filesystem.
     Initramfs(cmd::initramfs::Args),
 }
@@ -56,6 +60,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Descriptor(a) => cmd::descriptor::run(a),
+        Command::Gc(a) => cmd::gc::run(a),
+        Command::Rm(a) => cmd::rm::run(a),
         Command::Initramfs(a) => cmd::initramfs::run(a)
             .map(|_| ())
             .map_err(|e| chunkfs_helper::Error::failed(e.to_string())),

@@ -1,8 +1,11 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
 pub mod descriptor;
+pub mod gc;
 pub mod initramfs;
 pub mod inspect;
+pub mod oci_pack;
 pub mod pack;
+pub mod rm;
 pub mod unpack;
 pub mod verify;

@@ -16,15 +16,23 @@ use crate::progress::Progress;
 #[command(after_help = concat!(
     "Examples:\n",
     "  chunkfs pack ./rootfs image.cfs\n",
-    "  chunkfs pack --compression-level 19 --align 512 ./rootfs image-6.12.cfs\n\n",
+    "  chunkfs pack --compression-level 19 --align 512 ./rootfs image-6.12.cfs\n",
+    "  chunkfs pack ./rootfs layout:v1          (into an OCI layout; tags share chunks)\n",
+    "  chunkfs pack layout:v1 image.cfs         (a chunkfs or an ordinary container image)\n\n",
+    "SRC and DEST: LAYOUT:TAG or oci:LAYOUT[:TAG] is an OCI image layout; an existing path is that\n",
+    "path (a directory holding oci-layout is a layout); see docs/format.md §7.7.\n\n",
     "The image is written to a temporary file next to DEST and renamed when complete.\n\n",
     crate::exit_help!()
 ))]
 pub struct Args {
-    /// The directory to pack.
+    /// The directory to pack (or a .cfs or LAYOUT[:TAG] to convert).
     pub src: PathBuf,
-    /// The image file to write.
+    /// The image file to write (or LAYOUT:TAG).
     pub dest: PathBuf,
+    /// For a multi-platform container image: the platform to convert, OS/ARCH[/VARIANT]
+    /// (default: the host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
     /// zstd level of the chunk frames (-7..=22).
     #[arg(short = 'l', long, default_value_t = DEFAULT_LEVEL, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(i64::from(LEVEL_MIN)..=i64::from(LEVEL_MAX)))]
@@ -60,6 +68,9 @@ fn parse_chunk_sizes(s: &str) -> Result<ChunkParams, String> {
 
 /// Runs `chunkfs pack`.
 pub fn run(args: &Args) -> Result<(), Error> {
+    if super::oci_pack::wants(args) {
+        return super::oci_pack::run(args);
+    }
     let options = PackOptions {
         build: BuildOptions {
             chunking: args.chunk_sizes.unwrap_or_default(),

@@ -10,7 +10,8 @@ use crate::Error;
 #[derive(clap::Args, Debug)]
 #[command(after_help = concat!(
     "Example:\n",
-    "  chunkfs unpack image.cfs ./rootfs\n\n",
+    "  chunkfs unpack image.cfs ./rootfs\n",
+    "  chunkfs unpack layout:v1 ./rootfs      (a chunkfs image in an OCI layout)\n\n",
     "DIR is created if missing and must be empty otherwise. Every chunk is checked against its\n",
     "sha256 before it is written. Nothing is written outside DIR and no symlink of the image is\n",
     "followed. As non-root, owners, device nodes and trusted.*/security.* xattrs are skipped\n",
@@ -19,7 +20,7 @@ use crate::Error;
     crate::exit_help!()
 ))]
 pub struct Args {
-    /// The image to unpack.
+    /// The image to unpack (a .cfs, or LAYOUT[:TAG] holding a chunkfs image).
     pub image: PathBuf,
     /// The directory to create the tree in.
     pub dir: PathBuf,
@@ -27,6 +28,9 @@ pub struct Args {
 
 /// Runs `chunkfs unpack`.
 pub fn run(args: &Args) -> Result<(), Error> {
+    if let Some(result) = super::oci_pack::unpack(args) {
+        return result;
+    }
     let cfs = Cfs::open(&args.image)?;
     let mut chunks = cfs.chunks()?;
     let report = chunkfs_format::unpack::unpack(cfs.image(), &mut chunks, &args.dir)?;

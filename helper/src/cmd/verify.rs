@@ -13,7 +13,8 @@ use crate::progress::Progress;
 #[derive(clap::Args, Debug)]
 #[command(after_help = concat!(
     "Example:\n",
-    "  chunkfs verify image.cfs && echo intact\n\n",
+    "  chunkfs verify image.cfs && echo intact\n",
+    "  chunkfs verify layout:v1               (a chunkfs image in an OCI layout)\n\n",
     "Checks the header and its checksum, the metadata against its digest and the format's\n",
     "invariants, the chunk index against its digest and the metadata, the zero padding, the\n",
     "EROFS descriptor against the one re-derived from the metadata, and decompresses and\n",
@@ -21,7 +22,7 @@ use crate::progress::Progress;
     crate::exit_help!()
 ))]
 pub struct Args {
-    /// The image.
+    /// The image (a .cfs, or LAYOUT[:TAG] holding a chunkfs image).
     pub image: PathBuf,
     /// Threads (0: one per CPU).
     #[arg(short, long, default_value_t = 0)]
@@ -30,6 +31,9 @@ pub struct Args {
 
 /// Runs `chunkfs verify`.
 pub fn run(args: &Args) -> Result<(), Error> {
+    if let Some(result) = super::oci_pack::verify(args) {
+        return result;
+    }
     let done = Arc::new(AtomicU64::new(0));
     let d = done.clone();
     let bar = Progress::start(None, move || (d.load(Ordering::Relaxed), String::new()));

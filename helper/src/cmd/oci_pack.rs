@@ -1,0 +1,238 @@
+//! The OCI branches of `chunkfs pack`: any conversion whose source or destination is an OCI
+//! image layout (docs/format.md §7).
+
+use std::path::Path;
+
+use chunkfs_format::build::BuildOptions;
+use chunkfs_format::cfs::write::PackOptions;
+use chunkfs_format::oci::convert::{self, Dest, Outcome, Source};
+use chunkfs_format::oci::reference::{Reference, Role};
+use chunkfs_format::oci::select::PlatformSpec;
+use indicatif::HumanBytes;
+
+use super::pack::Args;
+use crate::Error;
+use crate::error::{EXIT_CORRUPT, EXIT_IO, EXIT_USAGE};
+use crate::progress::Progress;
+
+fn classify(path: &Path, role: Role) -> Reference {
+    match path.to_str() {
+        Some(s) => Reference::parse(s, role),
+        // A non-UTF-8 path cannot be spelled as a reference.
+        None => Reference::File(path.to_owned()),
+    }
+}
+
+/// True if SRC or DEST names an OCI layout.
+pub fn wants(args: &Args) -> bool {
+    matches!(classify(&args.src, Role::Source), Reference::Oci { .. })
+        || matches!(
+            classify(&args.dest, Role::Destination),
+            Reference::Oci { .. }
+        )
+}
+
+/// Runs `chunkfs pack` with a layout on either side.
+pub fn run(args: &Args) -> Result<(), Error> {
+    let options = PackOptions {
+        build: BuildOptions {
+            chunking: args.chunk_sizes.unwrap_or_default(),
+            level: args.compression_level,
+            jobs: args.jobs,
+            small_file_max: args.small_file_max,
+        },
+        align512: args.align.is_some(),
+    };
+    let platform = match &args.platform {
+        Some(p) => Some(PlatformSpec::parse(p).ok_or_else(|| {
+            Error::usage(format!(
+                "--platform {p:?}: expected OS/ARCH or OS/ARCH/VARIANT"
+            ))
+        })?),
+        None => None,
+    };
+    let src_ref = classify(&args.src, Role::Source);
+    let dest_ref = classify(&args.dest, Role::Destination);
+    let src = match &src_ref {
+        Reference::Dir(d) => Source::Dir(d),
+        Reference::File(f) => Source::Cfs(f),
+        Reference::Oci { dir, tag } => Source::Layout {
+            dir,
+            tag: tag.as_deref(),
+            platform: platform.as_ref(),
+        },
+    };
+    if platform.is_some() && !matches!(src, Source::Layout { .. }) {
+        return Err(Error::usage(
+            "--platform applies only to a container image in an OCI layout",
+        ));
+    }
+    let dest = match &dest_ref {
+        Reference::Oci {
+            dir,
+            tag: Some(tag),
+        } => Dest::Layout { dir, tag },
+        Reference::Oci { dir, tag: None } => {
+            return Err(Error::usage(format!(
+                "{}: a layout destination needs a tag: {}:TAG",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        Reference::File(f) => Dest::Cfs(f),
+        Reference::Dir(d) => {
+            return Err(Error::usage(format!(
+                "{}: is a directory; the destination is a .cfs file or LAYOUT:TAG",
+                d.display()
+            )));
+        }
+    };
+    if let (Source::Dir(_), Dest::Cfs(_)) | (Source::Cfs(_), Dest::Cfs(_)) = (src, dest) {
+        return Err(Error::usage(format!(
+            "{}: not an OCI layout reference",
+            args.src.display()
+        )));
+    }
+    let mut bar = None;
+    let outcome = convert::convert(src, dest, &options, |p| bar = Progress::for_build(p))
+        .map_err(convert_error)?;
+    drop(bar);
+    report(&dest_ref, &outcome);
+    Ok(())
+}
+
+fn report(dest: &Reference, o: &Outcome) {
+    if let Some(c) = &o.layout {
+        println!(
+            "{dest}: {} inodes, {} chunks, {} pack layers ({} new), {} new blobs ({}), manifest {} ({} bytes), metadata {}",
+            o.inodes,
+            o.chunks,
+            c.packs,
+            c.new_packs,
+            c.new_blobs,
+            HumanBytes(c.new_bytes),
+            c.manifest.digest,
+            c.manifest_len,
+            o.metadata_digest
+        );
+    } else if let Some(s) = &o.cfs {
+        println!(
+            "{dest}: {} inodes, {} chunks, {} ({} of chunk frames), from a {}, metadata {}",
+            o.inodes,
+            o.chunks,
+            HumanBytes(s.image_len),
+            HumanBytes(s.stored_bytes),
+            o.source_kind,
+            o.metadata_digest
+        );
+    }
+}
+
+/// Exit status of a failed conversion: usage for a reference that names no image, I/O when an
+/// OS error is at the root, corrupt otherwise.
+fn convert_error(e: convert::Error) -> Error {
+    use chunkfs_format::oci::{read, select, tar_image, write};
+    let select_usage = |s: &select::Error| {
+        matches!(
+            s,
+            select::Error::NoSuchTag { .. }
+                | select::Error::Ambiguous { .. }
+                | select::Error::NoPlatform { .. }
+                | select::Error::Empty { .. }
+        )
+    };
+    let usage = match &e {
+        convert::Error::Select(s)
+        | convert::Error::Read(read::Error::Select(s))
+        | convert::Error::TarImage(tar_image::Error::Select(s)) => select_usage(s),
+        convert::Error::Write(write::Error::BadTag { .. }) | convert::Error::Unsupported { .. } => {
+            true
+        }
+        convert::Error::Read(read::Error::NotChunkfs { .. }) => true,
+        _ => false,
+    };
+    let code = if usage { EXIT_USAGE } else { exit_code(&e) };
+    Error {
+        message: e.to_string(),
+        exit_code: code,
+    }
+}
+
+/// EXIT_IO if an `io::Error` other than a decoding complaint is in the error's chain.
+pub(crate) fn exit_code(e: &(dyn std::error::Error + 'static)) -> i32 {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::Other
+            ) {
+                return EXIT_IO;
+            }
+        }
+        cur = err.source();
+    }
+    EXIT_CORRUPT
+}
+
+/// `chunkfs unpack LAYOUT[:TAG] DIR`: `None` unless the image names a layout.
+pub fn unpack(args: &super::unpack::Args) -> Option<Result<(), Error>> {
+    let Reference::Oci { dir, tag } = classify(&args.image, Role::Source) else {
+        return None;
+    };
+    Some((|| {
+        let read_err = |e| convert_error(convert::Error::Read(e));
+        let img = chunkfs_format::oci::read::open_image(&dir, tag.as_deref()).map_err(read_err)?;
+        let mut chunks = img
+            .chunks()
+            .map_err(|e| Error::failed(format!("{}: {e}", dir.display())))?;
+        let report = chunkfs_format::unpack::unpack(&img.image, &mut chunks, &args.dir)?;
+        for (kind, (count, first)) in &report.skipped {
+            eprintln!(
+                "chunkfs: warning: skipped {kind} for {count} entries (first: {})",
+                first.display()
+            );
+        }
+        Ok(())
+    })())
+}
+
+/// `chunkfs verify LAYOUT[:TAG]`: `None` unless the image names a layout.
+pub fn verify(args: &super::verify::Args) -> Option<Result<(), Error>> {
+    use chunkfs_format::oci::verify::{Error as V, verify_image};
+    let Reference::Oci { dir, tag } = classify(&args.image, Role::Source) else {
+        return None;
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let d = done.clone();
+    let bar = Progress::start(None, move || {
+        (d.load(std::sync::atomic::Ordering::Relaxed), String::new())
+    });
+    let result = verify_image(&dir, tag.as_deref(), &done);
+    drop(bar);
+    Some(match result {
+        Ok(r) => {
+            println!(
+                "{}: ok: manifest {}, {} pack blobs ({}) hashed, {} chunks ({}) decompressed and hashed, metadata {}",
+                args.image.display(),
+                r.manifest_digest,
+                r.packs,
+                HumanBytes(r.pack_bytes),
+                r.chunks,
+                HumanBytes(r.chunk_bytes),
+                r.metadata_digest
+            );
+            Ok(())
+        }
+        Err(V::Open(e)) => Err(convert_error(convert::Error::Read(e))),
+        Err(e) => {
+            let code = exit_code(&e);
+            Err(Error {
+                message: e.to_string(),
+                exit_code: code,
+            })
+        }
+    })
+}

@@ -1,0 +1,152 @@
+//! Loading one chunk: find its digest entry, check the frame header's content size against it,
+//! decompress into a buffer of exactly that size, and check the sha256 before anything is served.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use chunkfs_kernel_abi::digest_table::DIGEST_FLAG_ZSTD;
+use sha2::{Digest as _, Sha256};
+use zstd::zstd_safe::{self, DParameter};
+
+use crate::cache::Chunk;
+use crate::digests::Digests;
+use crate::error::ChunkError;
+
+/// Largest decompressed chunk accepted (the kernel's limit for one extent).
+pub(crate) const MAX_RAW: u64 = 12 << 20;
+/// zstd windows above 1 MiB are refused, as the kernel's zstd config allows no more.
+const WINDOW_LOG_MAX: u32 = 20;
+
+thread_local! {
+    static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn decompress(frame: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+    DCTX.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let d = match cell.as_mut() {
+            Some(d) => d,
+            None => {
+                let mut d = zstd::bulk::Decompressor::new()
+                    .map_err(|e| ChunkError::Decompress(e.to_string()))?;
+                d.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))
+                    .map_err(|e| ChunkError::Decompress(e.to_string()))?;
+                cell.insert(d)
+            }
+        };
+        d.decompress_to_buffer(frame, out)
+            .map_err(|e| ChunkError::Decompress(e.to_string()))
+    })
+}
+
+/// Decompresses `frame`, which must declare `len` bytes of content, into exactly `len` bytes.
+fn decompress_exact(frame: &[u8], len: u64) -> Result<Vec<u8>, ChunkError> {
+    let declared = zstd_safe::get_frame_content_size(frame).ok().flatten();
+    let expected = u32::try_from(len).unwrap_or(u32::MAX);
+    if declared != Some(len) || len > MAX_RAW {
+        return Err(ChunkError::ContentSize { declared, expected });
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(len as usize)
+        .map_err(|_| ChunkError::Decompress("out of memory".into()))?;
+    let n = decompress(frame, &mut out)?;
+    if n as u64 != len || out.len() as u64 != len {
+        return Err(ChunkError::ContentSize {
+            declared: Some(n as u64),
+            expected,
+        });
+    }
+    Ok(out)
+}
+
+/// Loads the chunk of the cluster `[start, start + len)` of a device whose bytes are `device`.
+///
+/// The frame is the digest entry ending at the cluster's end; bytes between the cluster start and
+/// the frame (the cluster layout's padding) must be zero, as the kernel skips only zeros. A
+/// cluster without a digest entry is accepted only if it is a frame of zeros (the descriptor's
+/// hole frame), which needs no digest.
+pub(crate) fn load(
+    digests: &Digests,
+    device_id: u16,
+    device: &[u8],
+    start: u64,
+    len: u64,
+) -> Result<Chunk, ChunkError> {
+    let end = start.checked_add(len).ok_or(ChunkError::OutOfDevice)?;
+    let range = |a: u64, b: u64| -> Result<&[u8], ChunkError> {
+        let a = usize::try_from(a).map_err(|_| ChunkError::OutOfDevice)?;
+        let b = usize::try_from(b).map_err(|_| ChunkError::OutOfDevice)?;
+        device.get(a..b).ok_or(ChunkError::OutOfDevice)
+    };
+    let cluster = range(start, end)?;
+    let Some(entry) = digests.frame_in(device_id, start, end) else {
+        return zero_frame(cluster);
+    };
+    let frame_start = entry.offset.get();
+    if range(start, frame_start)?.iter().any(|&b| b != 0) {
+        return Err(ChunkError::Padding);
+    }
+    let flags = entry.flags.get();
+    if flags & DIGEST_FLAG_ZSTD == 0 {
+        return Err(ChunkError::NotZstd(flags));
+    }
+    let frame = range(frame_start, end)?;
+    let raw_len = entry.raw_len.get();
+    let out = decompress_exact(frame, raw_len.into())?;
+    if Sha256::digest(&out).as_slice() != entry.sha256 {
+        return Err(ChunkError::Digest);
+    }
+    Ok(Arc::new(out))
+}
+
+/// A cluster without a digest: serve it only if it holds a zstd frame whose content is all zeros.
+fn zero_frame(cluster: &[u8]) -> Result<Chunk, ChunkError> {
+    let at = cluster
+        .iter()
+        .position(|&b| b != 0)
+        .ok_or(ChunkError::NoDigest)?;
+    let frame = cluster.get(at..).ok_or(ChunkError::NoDigest)?;
+    let declared = zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten()
+        .ok_or(ChunkError::NoDigest)?;
+    let out = decompress_exact(frame, declared).map_err(|_| ChunkError::NoDigest)?;
+    if out.iter().any(|&b| b != 0) {
+        return Err(ChunkError::NoDigest);
+    }
+    Ok(Arc::new(out))
+}
+
+/// Loads uncompressed data starting at `start` of a device: it is served only if a digest entry
+/// (without the zstd flag) starts exactly there, and then only the bytes it covers, checked.
+pub(crate) fn load_raw(
+    digests: &Digests,
+    device_id: u16,
+    device: &[u8],
+    start: u64,
+) -> Result<Chunk, ChunkError> {
+    let entry = digests
+        .frame_at(device_id, start)
+        .ok_or(ChunkError::NoDigest)?;
+    let flags = entry.flags.get();
+    let len = entry.stored_len.get();
+    if flags & DIGEST_FLAG_ZSTD != 0 || entry.raw_len.get() != len {
+        return Err(ChunkError::NotZstd(flags));
+    }
+    // Bounded like decompressed chunks: the copy is cached whole.
+    if u64::from(len) > MAX_RAW {
+        return Err(ChunkError::ContentSize {
+            declared: Some(len.into()),
+            expected: len,
+        });
+    }
+    let a = usize::try_from(start).map_err(|_| ChunkError::OutOfDevice)?;
+    let bytes = a
+        .checked_add(len as usize)
+        .and_then(|b| device.get(a..b))
+        .ok_or(ChunkError::OutOfDevice)?;
+    if Sha256::digest(bytes).as_slice() != entry.sha256 {
+        return Err(ChunkError::Digest);
+    }
+    Ok(Arc::new(bytes.to_vec()))
+}

@@ -1,0 +1,329 @@
+//! The reader without FUSE: a validated descriptor, its devices, its digests and the chunk
+//! cache, and reads of file ranges through them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chunkfs_kernel_abi::Descriptor;
+use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind, Mapping};
+
+use crate::cache::{Cache, CacheStats, Chunk};
+use crate::chunk;
+use crate::devices::{self, Map};
+use crate::digests::{DigestSource, Digests};
+use crate::error::{ChunkError, OpenError, ReadError};
+
+/// What to serve and how.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The primary device: a `.cfs` image, or a descriptor file (OCI form).
+    pub primary: PathBuf,
+    /// The extra devices (OCI pack blobs), in the descriptor's device-table order.
+    pub devices: Vec<PathBuf>,
+    /// The digest tables covering every chunk frame.
+    pub digests: Vec<DigestSource>,
+    /// Bytes of decompressed chunks to keep in memory.
+    pub cache_bytes: u64,
+    /// FUSE worker threads (each with its own `/dev/fuse` clone).
+    pub threads: usize,
+    /// Let users other than the mounter access the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Honour set-user-id bits and device files, as a kernel mount does (root only).
+    pub suid_dev: bool,
+    /// Log every failed request to stderr.
+    pub debug: bool,
+}
+
+impl Config {
+    /// A configuration with the defaults: 256 MiB of cache, one thread per CPU (at least 2: on
+    /// this 2-core machine more threads only added scheduling overhead to cold reads).
+    pub fn new(
+        primary: impl Into<PathBuf>,
+        devices: Vec<PathBuf>,
+        digests: Vec<DigestSource>,
+    ) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Config {
+            primary: primary.into(),
+            devices,
+            digests,
+            cache_bytes: 256 << 20,
+            threads: cpus.max(2),
+            allow_other: true,
+            suid_dev: true,
+            debug: false,
+        }
+    }
+}
+
+/// A validated image ready to be read, by FUSE or directly.
+pub struct Reader {
+    desc: Descriptor<Map>,
+    /// Extra devices, ids 1, 2, ...
+    devices: Vec<Map>,
+    digests: Digests,
+    cache: Cache,
+    pub(crate) config: Config,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Maps the devices, validates the descriptor and the digest tables, and checks that every
+    /// device file is as long as the descriptor says.
+    pub fn open(config: Config) -> Result<Self, OpenError> {
+        let primary = devices::map(&config.primary)?;
+        let desc = Descriptor::parse(primary).map_err(|source| OpenError::Descriptor {
+            path: config.primary.clone(),
+            source,
+        })?;
+        if usize::from(desc.extra_devices()) != config.devices.len() {
+            return Err(OpenError::DeviceCount {
+                expected: desc.extra_devices(),
+                given: config.devices.len(),
+            });
+        }
+        let mut maps = Vec::with_capacity(config.devices.len());
+        for (id, path) in (1u16..).zip(&config.devices) {
+            let map = devices::map(path)?;
+            let need = desc
+                .device(id)
+                .map_or(0, |d| d.blocks.saturating_mul(desc.block_size().into()));
+            let len = map.as_ref().len() as u64;
+            if len < need {
+                return Err(OpenError::DeviceTooSmall {
+                    path: path.clone(),
+                    len,
+                    need,
+                });
+            }
+            maps.push(map);
+        }
+        let devices = maps;
+        let digests = Digests::new(config.digests.clone())?;
+        let cache = Cache::new(config.cache_bytes);
+        Ok(Reader {
+            desc,
+            devices,
+            digests,
+            cache,
+            config,
+        })
+    }
+
+    /// The validated descriptor.
+    pub fn descriptor(&self) -> &Descriptor<impl AsRef<[u8]>> {
+        &self.desc
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Entries in all digest tables.
+    pub fn digest_count(&self) -> usize {
+        self.digests.len()
+    }
+
+    fn device_bytes(&self, id: u16) -> &[u8] {
+        if id == 0 {
+            self.desc.bytes()
+        } else {
+            self.devices
+                .get(usize::from(id) - 1)
+                .map_or(&[], |m| m.as_ref())
+        }
+    }
+
+    /// The verified chunk of the cluster `[offset, offset + len)` of `device`.
+    fn chunk(&self, device: u16, offset: u64, len: u64) -> Result<Chunk, ChunkError> {
+        self.cache.get_or_load((device, offset), || {
+            chunk::load(
+                &self.digests,
+                device,
+                self.device_bytes(device),
+                offset,
+                len,
+            )
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset` of regular file `nid`; fewer at the end of the file.
+    pub fn read(&self, nid: u64, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+        self.read_with(nid, offset, size, <[u8]>::to_vec)
+    }
+
+    /// Like [`Reader::read`], but hands the bytes to `f` instead of returning them: a read inside
+    /// one chunk is passed straight from the cache, without a copy.
+    pub fn read_with<R>(
+        &self,
+        nid: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, ReadError> {
+        let inode = self.desc.inode(nid).ok_or(ReadError::NoInode(nid))?;
+        if inode.kind() != Kind::File {
+            return Err(ReadError::NotFile(nid));
+        }
+        let end = offset.saturating_add(size.into()).min(inode.size());
+        if offset >= end {
+            return Ok(f(&[]));
+        }
+        self.range(inode, offset, end, f, true)
+    }
+
+    /// Bytes `[pos, end)` of `inode` to `f`: directly from one chunk when they lie in one,
+    /// assembled otherwise.
+    fn range<R>(
+        &self,
+        inode: InodeView<'_>,
+        pos: u64,
+        end: u64,
+        f: impl FnOnce(&[u8]) -> R,
+        fragments: bool,
+    ) -> Result<R, ReadError> {
+        let nid = inode.nid();
+        let m = inode.map(pos).ok_or(ReadError::Map { nid, pos })?;
+        if m.logical_start.saturating_add(m.logical_len) >= end {
+            let skip = pos.saturating_sub(m.logical_start);
+            let n = end.saturating_sub(pos);
+            match m.kind {
+                MapKind::Hole if n <= ZEROS.len() as u64 => return Ok(f(&ZEROS[..n as usize])),
+                MapKind::Encoded { .. } | MapKind::Raw { .. } => {
+                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let bytes = chunk.get(skip as usize..(skip + n) as usize);
+                    return Ok(f(bytes.ok_or(ReadError::Map { nid, pos })?));
+                }
+                MapKind::Fragment { packed_offset } if fragments => {
+                    let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
+                    return self.range(packed, start, stop, f, false);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::with_capacity(end.saturating_sub(pos) as usize);
+        self.read_into(inode, pos, end, &mut out, fragments)?;
+        Ok(f(&out))
+    }
+
+    /// The packed inode and the range `[start, stop)` of it backing a fragment.
+    fn fragment(
+        &self,
+        nid: u64,
+        pos: u64,
+        packed_offset: u64,
+        skip: u64,
+        n: u64,
+    ) -> Result<(InodeView<'_>, u64, u64), ReadError> {
+        let bad = || ReadError::Map { nid, pos };
+        let packed = self.desc.packed().ok_or_else(bad)?;
+        let start = packed_offset.checked_add(skip).ok_or_else(bad)?;
+        let stop = start
+            .checked_add(n)
+            .filter(|&s| s <= packed.size())
+            .ok_or_else(bad)?;
+        Ok((packed, start, stop))
+    }
+
+    /// The verified chunk behind an encoded or stored mapping, long enough for the whole mapping.
+    fn chunk_of(&self, nid: u64, pos: u64, m: &Mapping) -> Result<Chunk, ReadError> {
+        let (device, offset, chunk) = match m.kind {
+            MapKind::Encoded {
+                device,
+                offset,
+                len,
+                ..
+            } => (device, offset, self.chunk(device, offset, len)),
+            MapKind::Raw { device, offset } | MapKind::Interlaced { device, offset } => {
+                let load =
+                    || chunk::load_raw(&self.digests, device, self.device_bytes(device), offset);
+                match self.cache.get_or_load((device, offset), load) {
+                    // Uncompressed bytes no digest vouches for (e.g. inline data).
+                    Err(ChunkError::NoDigest) => return Err(ReadError::Unverifiable { nid, pos }),
+                    r => (device, offset, r),
+                }
+            }
+            _ => return Err(ReadError::Unverifiable { nid, pos }),
+        };
+        let chunk_err = |error| ReadError::Chunk {
+            nid,
+            device,
+            offset,
+            error,
+        };
+        let chunk = chunk.map_err(chunk_err)?;
+        // The extent uses a prefix of the chunk (an interlaced one: a whole rotated block): it
+        // must be long enough for all of it.
+        let need = match m.kind {
+            MapKind::Interlaced { .. } => self.desc.block_size().into(),
+            _ => m.logical_len,
+        };
+        if (chunk.len() as u64) < need {
+            return Err(chunk_err(ChunkError::Short {
+                len: chunk.len(),
+                need,
+            }));
+        }
+        Ok(chunk)
+    }
+
+    /// Appends logical bytes `[pos, end)` of `inode` to `out`. Fragments are read from the packed
+    /// inode, which itself never holds fragments (`fragments` is false there).
+    fn read_into(
+        &self,
+        inode: InodeView<'_>,
+        mut pos: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+        fragments: bool,
+    ) -> Result<(), ReadError> {
+        let nid = inode.nid();
+        while pos < end {
+            let m = inode.map(pos).ok_or(ReadError::Map { nid, pos })?;
+            let m_end = m.logical_start.saturating_add(m.logical_len).min(end);
+            let skip = pos.saturating_sub(m.logical_start);
+            let n = m_end.saturating_sub(pos);
+            match m.kind {
+                MapKind::Hole => out.resize(out.len() + n as usize, 0),
+                MapKind::Fragment { packed_offset } if fragments => {
+                    let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
+                    self.read_into(packed, start, stop, out, false)?;
+                }
+                MapKind::Interlaced { .. } => {
+                    // Logical byte p is at p mod block size of the stored block.
+                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let blksz = u64::from(self.desc.block_size());
+                    let mut p = pos;
+                    while p < m_end {
+                        let at = p % blksz;
+                        let take = (blksz - at).min(m_end - p);
+                        let bytes = chunk.get(at as usize..(at + take) as usize);
+                        out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
+                        p += take;
+                    }
+                }
+                _ => {
+                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let bytes = chunk.get(skip as usize..(skip + n) as usize);
+                    out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
+                }
+            }
+            pos = m_end;
+        }
+        Ok(())
+    }
+}
+
+/// Zeros for holes, served without allocating.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Shared handle used by the FUSE layer.
+pub(crate) type Shared = Arc<Reader>;
