@@ -81,12 +81,19 @@ fn dumps_and_chooses_the_layout_from_the_image() {
     let tmp = chunkfs_tests::scratch_dir("descriptor-dump");
     let image = packed(&tmp, true);
     let dump = ok(chunkfs(&[&"descriptor", &"--dump", &image]));
-    assert!(dump.contains("compr_cfgs+big_pcluster"), "{dump}");
+    assert!(
+        dump.contains("zero_padding compr_cfgs/big_pcluster"),
+        "{dump}"
+    );
     assert_eq!(
-        dump.lines().filter(|l| l.starts_with("inode ")).count(),
+        dump.lines().filter(|l| l.contains(" nid=")).count(),
         5,
         "{dump}"
     );
+    assert!(dump.contains("/link nid="), "{dump}");
+    assert!(dump.contains(" -> d/file"), "{dump}");
+    assert!(dump.lines().any(|l| l.contains("zstd dev1@")), "{dump}");
+    assert!(dump.lines().any(|l| l.contains("fragment @")), "{dump}");
     let out = tmp.join("b48.erofs");
     let text = ok(chunkfs(&[
         &"descriptor",

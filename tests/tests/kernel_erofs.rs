@@ -1022,7 +1022,21 @@ fn corner_tree(tmp: &Path) -> (PathBuf, harness::Walked) {
     (src, w)
 }
 
+/// The FUSE reader's validating parser must accept what the kernel mounts.
+fn assert_parses(primary: &Path) {
+    let bytes = fs::read(primary).unwrap();
+    let mut scratch =
+        vec![0u8; chunkfs_kernel_abi::Descriptor::<&[u8]>::scratch_len(&bytes).unwrap()];
+    if let Err(e) = chunkfs_kernel_abi::Descriptor::parse_in(&bytes[..], &mut scratch) {
+        panic!(
+            "{}: kernel-abi refuses the descriptor: {e}",
+            primary.display()
+        );
+    }
+}
+
 fn mount_and_compare(tmp: &Path, src: &Path, built: &harness::Built) {
+    assert_parses(&built.primary);
     let mnt = tmp.join("mnt");
     fs::create_dir_all(&mnt).unwrap();
     let m = Mounted::erofs(&built.primary, &mnt, &built.packs).unwrap_or_else(|e| panic!("{e}"));
@@ -1685,6 +1699,7 @@ fn standalone_descriptor_over_an_image_file() {
         );
         // Frames in the primary device cannot go into a standalone file.
         assert!(built.descriptor.write_standalone(&mut Vec::new()).is_err());
+        assert_parses(&desc);
         let mnt = tmp.path().join("mnt");
         fs::create_dir_all(&mnt).unwrap();
         let m = Mounted::erofs(&desc, &mnt, std::slice::from_ref(&built.primary))
@@ -1765,6 +1780,7 @@ fn packer_images_under_a_standalone_descriptor() {
             let desc = tmp.path().join("image.erofs");
             d.write_standalone(&mut fs::File::create(&desc).unwrap())
                 .unwrap();
+            assert_parses(&desc);
             let mnt = tmp.path().join("mnt");
             fs::create_dir_all(&mnt).unwrap();
             let m = Mounted::erofs(&desc, &mnt, std::slice::from_ref(&image))

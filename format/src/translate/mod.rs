@@ -22,7 +22,6 @@
 
 mod clusters;
 mod dir;
-mod dump;
 mod extents;
 mod inode;
 mod plan;
@@ -180,7 +179,6 @@ pub struct Descriptor {
     primary_data_end: u64,
     primary_frames: bool,
     stats: Stats,
-    dump: dump::Summary,
 }
 
 impl Descriptor {
@@ -284,12 +282,6 @@ impl Descriptor {
         at += self.meta.len() as u64;
         put(&zeros[..(len - at) as usize])?;
         Ok(len)
-    }
-
-    /// A readable listing of the superblock and every inode as written (the writer's own view;
-    /// to be replaced by a dump of the parsed descriptor).
-    pub fn dump(&self, image: &Image) -> String {
-        self.dump.render(image, &self.head, &self.stats)
     }
 }
 

@@ -5,7 +5,6 @@ use chunkfs_kernel_abi::erofs::{self, ISLOT_SIZE, PCLUSTER_MAX_SIZE};
 
 use super::clusters::{self, ClusterPlan};
 use super::dir;
-use super::dump::Summary;
 use super::extents::{self, Segment};
 use super::inode::{self, Core, Times};
 use super::superblock::{Head, HeadParams};
@@ -429,7 +428,6 @@ pub(super) fn build(
         primary_data_end,
         primary_frames,
         stats,
-        dump: Summary::new(nodes),
     })
 }
 

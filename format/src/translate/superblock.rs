@@ -3,7 +3,7 @@
 
 use chunkfs_kernel_abi::Pod;
 use chunkfs_kernel_abi::erofs::{
-    self, DeviceSlot, FEATURE_COMPAT_MTIME, FEATURE_INCOMPAT_48BIT, FEATURE_INCOMPAT_COMPR_CFGS,
+    DeviceSlot, FEATURE_COMPAT_MTIME, FEATURE_INCOMPAT_48BIT, FEATURE_INCOMPAT_COMPR_CFGS,
     FEATURE_INCOMPAT_DEVICE_TABLE, FEATURE_INCOMPAT_FRAGMENTS, FEATURE_INCOMPAT_ZERO_PADDING,
     SUPER_MAGIC, SUPER_OFFSET, SuperBlock, ZstdCfgs, compr,
 };
@@ -175,10 +175,6 @@ impl Head {
         self.geo.layout
     }
 
-    pub fn superblock(&self) -> &SuperBlock {
-        &self.sb
-    }
-
     pub fn device_base(&self, device: u16) -> Option<u64> {
         if device == 0 {
             return None;
@@ -232,30 +228,4 @@ impl Head {
         }
         out
     }
-}
-
-/// The feature names of an incompat mask, for dumps.
-pub(super) fn incompat_names(bits: u32, layout: ExtentLayout) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let names: [(u32, &str); 6] = [
-        (erofs::FEATURE_INCOMPAT_ZERO_PADDING, "zero_padding"),
-        (
-            erofs::FEATURE_INCOMPAT_COMPR_CFGS,
-            if layout == ExtentLayout::Clusters {
-                "compr_cfgs+big_pcluster"
-            } else {
-                "compr_cfgs"
-            },
-        ),
-        (erofs::FEATURE_INCOMPAT_DEVICE_TABLE, "device_table"),
-        (erofs::FEATURE_INCOMPAT_FRAGMENTS, "fragments+dedupe"),
-        (erofs::FEATURE_INCOMPAT_48BIT, "48bit"),
-        (erofs::FEATURE_INCOMPAT_CHUNKED_FILE, "chunked_file"),
-    ];
-    for (b, n) in names {
-        if bits & b != 0 {
-            v.push(n);
-        }
-    }
-    v
 }

@@ -369,18 +369,3 @@ fn huge_sparse_file_is_refused_in_the_cluster_layout_without_allocating() {
     let d = translate(&img, &locations(false), &bit48()).unwrap();
     assert_eq!(d.stats().extent_records, 2 + 1);
 }
-
-#[test]
-fn dump_lists_superblock_and_every_inode() {
-    let img = sample();
-    let d = translate(&img, &locations(false), &bit48()).unwrap();
-    let text = d.dump(&img);
-    assert!(text.contains("48bit"), "{text}");
-    assert!(text.contains("root nid        1"), "{text}");
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("inode ")).count(),
-        img.inodes.len()
-    );
-    assert!(text.lines().any(|l| l.starts_with("packed ")), "{text}");
-    assert!(text.contains("fragment at 10"), "{text}");
-}

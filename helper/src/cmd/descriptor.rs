@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::translate::{self, ChunkLocation, Descriptor, ExtentLayout, ExtraDevice};
+use chunkfs_kernel_abi::Descriptor as AbiDescriptor;
+use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
 
 use crate::Error;
 
@@ -70,9 +72,165 @@ pub fn run(args: &Args) -> Result<(), Error> {
         }
     }
     if args.dump {
-        print!("{}", d.dump(cfs.image()));
+        // The dump reads the descriptor back through the same validating parser the FUSE
+        // reader uses, so it shows what readers see, not what the writer meant.
+        let mut bytes = Vec::new();
+        d.write_standalone(&mut bytes)
+            .map_err(|e| Error::failed(format!("{}: {e}", args.image.display())))?;
+        let text = dump(&bytes).map_err(|e| {
+            Error::failed(format!(
+                "{}: the descriptor does not parse back: {e}",
+                args.image.display()
+            ))
+        })?;
+        print!("{text}");
     }
     Ok(())
+}
+
+/// A readable listing of a descriptor (a whole primary device), read back with
+/// `chunkfs_kernel_abi::Descriptor::parse_in`: the superblock, then one line per path with what
+/// `stat` shows, xattrs, and each file's map.
+pub fn dump(bytes: &[u8]) -> Result<String, chunkfs_kernel_abi::ParseError> {
+    use std::fmt::Write as _;
+    let mut scratch = vec![0u8; AbiDescriptor::<&[u8]>::scratch_len(bytes)?];
+    let d = AbiDescriptor::parse_in(bytes, &mut scratch)?;
+    let mut s = String::new();
+    let incompat = d.feature_incompat();
+    let _ = writeln!(
+        s,
+        "block size {}, {} blocks, {} inodes, root nid {}",
+        d.block_size(),
+        d.primary_blocks(),
+        d.inos(),
+        d.root_nid()
+    );
+    let _ = writeln!(
+        s,
+        "incompat {incompat:#x}: {}",
+        feature_names(incompat).join(" ")
+    );
+    if let Some(p) = d.packed() {
+        let _ = writeln!(s, "packed inode: nid {}, {} bytes", p.nid(), p.size());
+    }
+    for k in 1..=d.extra_devices() {
+        if let Some(dev) = d.device(k) {
+            let tag =
+                String::from_utf8_lossy(dev.tag.split(|&b| b == 0).next().unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "device {k}: {} blocks at unified block {}, tag {tag}",
+                dev.blocks, dev.uniaddr
+            );
+        }
+    }
+    let mut stack = vec![(String::from("/"), d.root())];
+    while let Some((path, i)) = stack.pop() {
+        line(&mut s, &path, i);
+        let Some(entries) = i.entries() else { continue };
+        let mut children = Vec::new();
+        for e in entries.flatten() {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let name = String::from_utf8_lossy(e.name).escape_debug().to_string();
+            let child_path = if path == "/" {
+                format!("/{name}")
+            } else {
+                format!("{path}/{name}")
+            };
+            if let Some(child) = d.inode(e.nid) {
+                children.push((child_path, child));
+            }
+        }
+        stack.extend(children.into_iter().rev());
+    }
+    Ok(s)
+}
+
+fn line(s: &mut String, path: &str, i: InodeView<'_>) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        s,
+        "{path} nid={} mode={:o} nlink={} uid={} gid={} size={} mtime={}.{:09}",
+        i.nid(),
+        i.mode(),
+        i.nlink(),
+        i.uid(),
+        i.gid(),
+        i.size(),
+        i.mtime(),
+        i.mtime_nsec()
+    );
+    if matches!(i.kind(), Kind::CharDevice | Kind::BlockDevice) {
+        let _ = write!(s, " rdev={:#x}", i.rdev());
+    }
+    if let Some([a, b]) = i.symlink_target() {
+        let _ = write!(
+            s,
+            " -> {}{}",
+            String::from_utf8_lossy(a),
+            String::from_utf8_lossy(b)
+        );
+    }
+    for x in i.xattrs().flatten() {
+        let _ = write!(
+            s,
+            " xattr {}{} ({} bytes)",
+            String::from_utf8_lossy(x.prefix),
+            String::from_utf8_lossy(x.suffix),
+            x.value.len()
+        );
+    }
+    let _ = writeln!(s);
+    if i.kind() != Kind::File {
+        return;
+    }
+    let mut pos = 0;
+    while let Some(m) = i.map(pos) {
+        let what = match m.kind {
+            MapKind::Hole => "hole".to_string(),
+            MapKind::Raw { device, offset } => format!("raw dev{device}@{offset}"),
+            MapKind::Interlaced { device, offset } => format!("interlaced dev{device}@{offset}"),
+            MapKind::Encoded {
+                device,
+                offset,
+                len,
+                partial,
+                ..
+            } => format!(
+                "zstd dev{device}@{offset}+{len}{}",
+                if partial { " partial" } else { "" }
+            ),
+            MapKind::Fragment { packed_offset } => format!("fragment @{packed_offset}"),
+        };
+        let _ = writeln!(
+            s,
+            "    [{}, {}) {what}",
+            m.logical_start,
+            m.logical_start + m.logical_len
+        );
+        pos = m.logical_start + m.logical_len;
+    }
+}
+
+fn feature_names(bits: u32) -> Vec<&'static str> {
+    use chunkfs_kernel_abi::erofs as e;
+    [
+        (e::FEATURE_INCOMPAT_ZERO_PADDING, "zero_padding"),
+        (e::FEATURE_INCOMPAT_COMPR_CFGS, "compr_cfgs/big_pcluster"),
+        (e::FEATURE_INCOMPAT_CHUNKED_FILE, "chunked_file"),
+        (e::FEATURE_INCOMPAT_DEVICE_TABLE, "device_table"),
+        (e::FEATURE_INCOMPAT_ZTAILPACKING, "ztailpacking"),
+        (e::FEATURE_INCOMPAT_FRAGMENTS, "fragments/dedupe"),
+        (e::FEATURE_INCOMPAT_XATTR_PREFIXES, "xattr_prefixes"),
+        (e::FEATURE_INCOMPAT_48BIT, "48bit"),
+        (e::FEATURE_INCOMPAT_METABOX, "metabox"),
+    ]
+    .into_iter()
+    .filter(|&(b, _)| bits & b != 0)
+    .map(|(_, n)| n)
+    .collect()
 }
 
 /// Translates the image with its frames on device 1 (the image file itself).
