@@ -137,3 +137,34 @@ fn refuses_cleanly() {
     assert!(!tmp.join("x").exists());
     let _ = fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn describes_an_oci_image_with_its_pack_blobs_as_devices() {
+    let tmp = chunkfs_tests::scratch_dir("descriptor-oci");
+    let src = tmp.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), "oci descriptor\n".repeat(9000)).unwrap();
+    let reference = format!("oci:{}:v1", tmp.join("layout").display());
+    ok(chunkfs(&[&"pack", &src, &reference]));
+    let out = tmp.join("v1.erofs");
+    let text = ok(chunkfs(&[&"descriptor", &reference, &out]));
+    let blobs = fs::canonicalize(tmp.join("layout/blobs/sha256")).unwrap();
+    assert!(
+        text.contains(&format!("device={}/", blobs.display())),
+        "{text}"
+    );
+    let dump = ok(chunkfs(&[&"descriptor", &"--dump", &reference]));
+    assert!(dump.contains("device 1: "), "{dump}");
+    assert!(dump.lines().any(|l| l.contains("zstd dev1@")), "{dump}");
+    fails(
+        chunkfs(&[
+            &"descriptor",
+            &format!("oci:{}:nope", tmp.join("layout").display()),
+            &out,
+        ]),
+        1,
+        "nope",
+    );
+    fails(chunkfs(&[&"descriptor", &src, &out]), 2, "chunkfs pack");
+    let _ = fs::remove_dir_all(&tmp);
+}

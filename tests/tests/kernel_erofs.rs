@@ -1793,3 +1793,45 @@ fn packer_images_under_a_standalone_descriptor() {
         }
     }
 }
+
+/// An OCI layout written by the packer: the descriptor built as `chunkfs descriptor oci:...`
+/// does (frames in the pack blobs, devices in layer order), mounted with the blobs as devices.
+#[test]
+fn oci_layout_under_a_standalone_descriptor() {
+    use chunkfs_format::cfs::write::PackOptions;
+    use chunkfs_format::oci::convert::{Dest, Source, convert};
+    use chunkfs_format::oci::read::open_image;
+    use chunkfs_format::translate::standalone_layout;
+    require_kernel!(true);
+    let tmp = scratch();
+    let src = tmp.path().join("src");
+    make_corner_tree(&src);
+    let layout_dir = tmp.path().join("layout");
+    convert(
+        Source::Dir(&src),
+        Dest::Layout {
+            dir: &layout_dir,
+            tag: "v1",
+        },
+        &PackOptions::default(),
+        |_| {},
+    )
+    .unwrap();
+    let oci = open_image(&layout_dir, Some("v1")).unwrap();
+    let l = standalone_layout(12, ExtentLayout::Bit48, oci.extra_devices());
+    let d = translate(&oci.image, &oci.locations, &l).unwrap();
+    let desc = tmp.path().join("v1.erofs");
+    d.write_standalone(&mut fs::File::create(&desc).unwrap())
+        .unwrap();
+    assert_parses(&desc);
+    let packs: Vec<PathBuf> = oci.packs.iter().map(|p| p.path.clone()).collect();
+    eprintln!(
+        "OCI image: {} inodes, {} pack blobs",
+        oci.image.inodes.len(),
+        packs.len()
+    );
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let m = Mounted::erofs(&desc, &mnt, &packs).unwrap_or_else(|e| panic!("{e}"));
+    assert_same(&src, &m.dir);
+}

@@ -1,10 +1,13 @@
-//! `chunkfs descriptor IMAGE OUT`: a standalone EROFS descriptor for an image, whose one extra
-//! device is the image itself (docs/descriptor.md §5.1).
+//! `chunkfs descriptor IMAGE OUT`: a standalone EROFS descriptor for an image, whose extra
+//! devices hold its chunk frames: the `.cfs` itself, or an OCI image's pack blobs in layer order
+//! (docs/descriptor.md §5.1).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use chunkfs_format::cfs::read::Cfs;
+use chunkfs_format::oci::read::{OciImage, open_image};
+use chunkfs_format::oci::reference::{Reference, Role};
 use chunkfs_format::translate::{self, ChunkLocation, Descriptor, ExtentLayout, ExtraDevice};
 use chunkfs_kernel_abi::Descriptor as AbiDescriptor;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
@@ -26,14 +29,17 @@ pub enum Extents {
 #[command(after_help = concat!(
     "Examples:\n",
     "  chunkfs descriptor image.cfs image.erofs\n",
+    "  chunkfs descriptor oci:./layout:v1 v1.erofs\n",
     "  chunkfs descriptor --dump image.cfs\n\n",
-    "Writes EROFS metadata whose file extents point into IMAGE, which becomes the mount's extra\n",
-    "device, and prints the `device=` option to mount it with. OUT must be on a disk file system\n",
-    "or ramfs (the kernel refuses file-backed mounts of files on tmpfs).\n\n",
+    "Writes EROFS metadata whose file extents point into IMAGE (a .cfs, or an OCI image's pack\n",
+    "blobs), which become the mount's extra devices, and prints the `device=` options to mount\n",
+    "it with. OUT must be on a disk file system or ramfs (the kernel refuses file-backed mounts\n",
+    "of files on tmpfs). With several pack blobs, see docs/descriptor.md §5 before mounting\n",
+    "them file-backed.\n\n",
     crate::exit_help!()
 ))]
 pub struct Args {
-    /// The image (.cfs).
+    /// The image: a .cfs file, or oci:DIR[:TAG].
     pub image: PathBuf,
     /// Where to write the descriptor; omit with --dump to only print it.
     pub out: Option<PathBuf>,
@@ -52,18 +58,38 @@ pub fn run(args: &Args) -> Result<(), Error> {
             "chunkfs descriptor: give OUT, or --dump to print the descriptor",
         ));
     }
-    let cfs = Cfs::open(&args.image)?;
-    let d = build(&cfs, args.extents)?;
+    let (d, devices) = match classify(&args.image) {
+        Reference::File(path) => {
+            let cfs = Cfs::open(&path)?;
+            let d = build_cfs(&cfs, args.extents)?;
+            (d, vec![path])
+        }
+        Reference::Oci { dir, tag } => {
+            let oci = open_image(&dir, tag.as_deref()).map_err(|e| oci_error(&dir, &e))?;
+            let d = build_oci(&oci, &args.image, args.extents)?;
+            (d, oci.packs.iter().map(|p| p.path.clone()).collect())
+        }
+        Reference::Dir(dir) => {
+            return Err(Error::usage(format!(
+                "{}: a directory, not an image: `chunkfs pack` it first",
+                dir.display()
+            )));
+        }
+    };
     if let Some(out) = &args.out {
         let len = write_atomically(out, &d)?;
-        let device = std::fs::canonicalize(&args.image)
-            .map_err(|e| Error::io(format!("{}: {e}", args.image.display())))?;
+        let mut paths = Vec::with_capacity(devices.len());
+        for p in &devices {
+            paths.push(
+                std::fs::canonicalize(p).map_err(|e| Error::io(format!("{}: {e}", p.display())))?,
+            );
+        }
         println!(
             "{}: EROFS descriptor, {len} bytes, {}",
             out.display(),
             describe(&d)
         );
-        println!("mount options: {}", translate::device_options(&[device]));
+        println!("mount options: {}", translate::device_options(&paths));
         if on_tmpfs(out) {
             eprintln!(
                 "chunkfs: note: {} is on tmpfs; the kernel refuses file-backed mounts of it",
@@ -86,6 +112,72 @@ pub fn run(args: &Args) -> Result<(), Error> {
         print!("{text}");
     }
     Ok(())
+}
+
+fn classify(path: &Path) -> Reference {
+    match path.to_str() {
+        Some(s) => Reference::parse(s, Role::Source),
+        // A non-UTF-8 path cannot be spelled as a reference.
+        None => Reference::File(path.to_owned()),
+    }
+}
+
+fn oci_error(dir: &Path, e: &chunkfs_format::oci::read::Error) -> Error {
+    use chunkfs_format::oci::{layout, read};
+    let message = format!("{}: {e}", dir.display());
+    match e {
+        read::Error::Layout(layout::Error::Io { .. } | layout::Error::NotALayout { .. }) => {
+            Error::io(message)
+        }
+        _ => Error::failed(message),
+    }
+}
+
+/// The extent encoding and block size bits: the requested one, else clusters for aligned frames.
+fn choose(
+    name: &Path,
+    aligned: bool,
+    extents: Option<Extents>,
+) -> Result<(u8, ExtentLayout), Error> {
+    match extents.unwrap_or(if aligned {
+        Extents::Clusters
+    } else {
+        Extents::Bit48
+    }) {
+        Extents::Bit48 => Ok((12, ExtentLayout::Bit48)),
+        Extents::Clusters if aligned => Ok((9, ExtentLayout::Clusters)),
+        Extents::Clusters => Err(Error::usage(format!(
+            "{}: the cluster layout needs an image packed with --align 512",
+            name.display()
+        ))),
+    }
+}
+
+/// Translates a `.cfs` with its frames on device 1 (the image file itself).
+fn build_cfs(cfs: &Cfs, extents: Option<Extents>) -> Result<Descriptor, Error> {
+    let h = cfs.header();
+    let (bits, layout) = choose(cfs.path(), h.erofs_block_size == 512, extents)?;
+    let locations: Vec<ChunkLocation> = cfs
+        .locations()
+        .into_iter()
+        .map(|l| ChunkLocation { device: 1, ..l })
+        .collect();
+    // The tag names the image by its metadata digest: 64 hex characters fill the slot.
+    let device = ExtraDevice {
+        tag: h.metadata_digest.to_hex().into_bytes(),
+        len: cfs.bytes().len() as u64,
+    };
+    let layout = translate::standalone_layout(bits, layout, vec![device]);
+    translate::translate(cfs.image(), &locations, &layout)
+        .map_err(|e| Error::failed(format!("{}: {e}", cfs.path().display())))
+}
+
+/// Translates an OCI image: its chunk locations already name the packs as devices 1, 2, ...
+fn build_oci(oci: &OciImage, name: &Path, extents: Option<Extents>) -> Result<Descriptor, Error> {
+    let (bits, layout) = choose(name, oci.align512, extents)?;
+    let layout = translate::standalone_layout(bits, layout, oci.extra_devices());
+    translate::translate(&oci.image, &oci.locations, &layout)
+        .map_err(|e| Error::failed(format!("{}: {e}", name.display())))
 }
 
 /// A readable listing of a descriptor (a whole primary device), read back with
@@ -231,40 +323,6 @@ fn feature_names(bits: u32) -> Vec<&'static str> {
     .filter(|&(b, _)| bits & b != 0)
     .map(|(_, n)| n)
     .collect()
-}
-
-/// Translates the image with its frames on device 1 (the image file itself).
-fn build(cfs: &Cfs, extents: Option<Extents>) -> Result<Descriptor, Error> {
-    let name = cfs.path().display();
-    let h = cfs.header();
-    let aligned = h.erofs_block_size == 512;
-    let extents = extents.unwrap_or(if aligned {
-        Extents::Clusters
-    } else {
-        Extents::Bit48
-    });
-    if extents == Extents::Clusters && !aligned {
-        return Err(Error::usage(format!(
-            "{name}: the cluster layout needs an image packed with --align 512"
-        )));
-    }
-    let (bits, layout) = match extents {
-        Extents::Bit48 => (12, ExtentLayout::Bit48),
-        Extents::Clusters => (9, ExtentLayout::Clusters),
-    };
-    let locations: Vec<ChunkLocation> = cfs
-        .locations()
-        .into_iter()
-        .map(|l| ChunkLocation { device: 1, ..l })
-        .collect();
-    // The tag names the image by its metadata digest: 64 hex characters fill the slot.
-    let device = ExtraDevice {
-        tag: h.metadata_digest.to_hex().into_bytes(),
-        len: cfs.bytes().len() as u64,
-    };
-    let layout = translate::standalone_layout(bits, layout, vec![device]);
-    translate::translate(cfs.image(), &locations, &layout)
-        .map_err(|e| Error::failed(format!("{name}: {e}")))
 }
 
 fn describe(d: &Descriptor) -> &'static str {
