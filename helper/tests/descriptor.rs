@@ -8,6 +8,28 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chunkfs");
 
+/// A scratch directory removed when the test ends, passed or failed.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        Self(chunkfs_tests::scratch_dir(name))
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn chunkfs(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(BIN)
         .args(args.iter().map(|a| a.as_ref()))
@@ -50,7 +72,7 @@ fn packed(dir: &Path, align: bool) -> std::path::PathBuf {
 
 #[test]
 fn writes_a_standalone_descriptor_and_prints_its_device_option() {
-    let tmp = chunkfs_tests::scratch_dir("descriptor-write");
+    let tmp = Scratch::new("descriptor-write");
     let image = packed(&tmp, false);
     let out = tmp.join("image.erofs");
     let text = ok(chunkfs(&[&"descriptor", &image, &out]));
@@ -66,7 +88,7 @@ fn writes_a_standalone_descriptor_and_prints_its_device_option() {
     // Deterministic: a second run writes the same bytes.
     ok(chunkfs(&[&"descriptor", &image, &out]));
     assert_eq!(fs::read(&out).unwrap(), bytes);
-    let names: Vec<String> = fs::read_dir(&tmp)
+    let names: Vec<String> = fs::read_dir(&*tmp)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -78,7 +100,7 @@ fn writes_a_standalone_descriptor_and_prints_its_device_option() {
 
 #[test]
 fn dumps_and_chooses_the_layout_from_the_image() {
-    let tmp = chunkfs_tests::scratch_dir("descriptor-dump");
+    let tmp = Scratch::new("descriptor-dump");
     let image = packed(&tmp, true);
     let dump = ok(chunkfs(&[&"descriptor", &"--dump", &image]));
     assert!(
@@ -103,12 +125,11 @@ fn dumps_and_chooses_the_layout_from_the_image() {
         &out,
     ]));
     assert!(text.contains("48-bit"), "{text}");
-    let _ = fs::remove_dir_all(&tmp);
 }
 
 #[test]
 fn refuses_cleanly() {
-    let tmp = chunkfs_tests::scratch_dir("descriptor-refuse");
+    let tmp = Scratch::new("descriptor-refuse");
     let image = packed(&tmp, false);
     fails(chunkfs(&[&"descriptor", &image]), 2, "--dump");
     fails(
@@ -135,12 +156,11 @@ fn refuses_cleanly() {
         "junk.cfs",
     );
     assert!(!tmp.join("x").exists());
-    let _ = fs::remove_dir_all(&tmp);
 }
 
 #[test]
 fn describes_an_oci_image_with_its_pack_blobs_as_devices() {
-    let tmp = chunkfs_tests::scratch_dir("descriptor-oci");
+    let tmp = Scratch::new("descriptor-oci");
     let src = tmp.join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("file"), "oci descriptor\n".repeat(9000)).unwrap();
@@ -166,5 +186,4 @@ fn describes_an_oci_image_with_its_pack_blobs_as_devices() {
         "nope",
     );
     fails(chunkfs(&[&"descriptor", &src, &out]), 2, "chunkfs pack");
-    let _ = fs::remove_dir_all(&tmp);
 }
