@@ -119,6 +119,9 @@ pub fn verify_cfs(path: &Path, jobs: usize, done_bytes: &AtomicU64) -> Result<Re
     }
     let derived = crate::cfs::write::erofs_descriptor(cfs.image(), &cfs.locations(), &layout)
         .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
+    let derived_head = derived
+        .head(h.image_len)
+        .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
     for (what, stored, expected) in [
         (
             "EROFS metadata area",
@@ -128,7 +131,7 @@ pub fn verify_cfs(path: &Path, jobs: usize, done_bytes: &AtomicU64) -> Result<Re
         (
             "EROFS head area",
             cfs.region(h.erofs_head),
-            &derived.head(h.image_len),
+            derived_head.as_slice(),
         ),
     ] {
         if stored != expected {

@@ -374,7 +374,10 @@ impl CfsWriter {
         out.flush().map_err(|e| io("write", e))?;
         drop(out);
 
-        let head = erofs.head(image_len);
+        let head = erofs.head(image_len).map_err(|problem| Error::Erofs {
+            path: path.clone(),
+            problem,
+        })?;
         let mut erofs_hash = Hasher::new();
         erofs_hash.update(&head);
         erofs_hash.update(&erofs.meta);
@@ -437,27 +440,31 @@ impl Drop for CfsWriter {
 pub(crate) struct ErofsArea {
     /// The metadata area, written at `layout.meta_offset`.
     pub meta: Vec<u8>,
+    descriptor: crate::translate::Descriptor,
 }
 
 impl ErofsArea {
-    /// The head area `[1024, 4096)` (superblock) for an image of `image_len` bytes; empty when
-    /// there is no descriptor.
-    pub fn head(&self, _image_len: u64) -> Vec<u8> {
-        Vec::new()
+    /// The head area `[1024, 4096)` (superblock) for an image of `image_len` bytes.
+    pub fn head(&self, image_len: u64) -> Result<Vec<u8>, String> {
+        self.descriptor
+            .superblock_area(image_len)
+            .map_err(|e| e.to_string())
     }
 }
 
-/// The EROFS descriptor of `image` with its chunks at `locations`, laid out as `layout` says.
-///
-/// TODO(lead): wire to `translate::translate` once it lands on main. Until then images carry no
-/// EROFS descriptor: the header's EROFS regions are empty and `verify` compares empty with
-/// empty. This is the only place the writer and `verify` obtain the descriptor from.
+/// The EROFS descriptor of `image` with its chunks at `locations`, laid out as `layout` says
+/// (docs/descriptor.md). This is the only place the writer and `verify` obtain it from.
 pub(crate) fn erofs_descriptor(
-    _image: &Image,
-    _locations: &[ChunkLocation],
-    _layout: &Layout,
+    image: &Image,
+    locations: &[ChunkLocation],
+    layout: &Layout,
 ) -> Result<ErofsArea, String> {
-    Ok(ErofsArea { meta: Vec::new() })
+    let descriptor =
+        crate::translate::translate(image, locations, layout).map_err(|e| e.to_string())?;
+    Ok(ErofsArea {
+        meta: descriptor.meta_area().to_vec(),
+        descriptor,
+    })
 }
 
 #[cfg(test)]
