@@ -256,3 +256,37 @@ impl Drop for SbinHelper {
         }
     }
 }
+
+/// The `/proc/self/mountinfo` entry of the topmost mount at `target` (panics if none).
+pub fn mountinfo_dev(target: &Path) -> MountLine {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = target.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .rev()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            if l.get(4) != Some(&want.as_str()) {
+                return None;
+            }
+            let (major, minor) = l.get(2)?.split_once(':')?;
+            Some(MountLine {
+                dev: (major.parse().ok()?, minor.parse().ok()?),
+                fstype: r.first()?.to_string(),
+                source: r.get(1)?.to_string(),
+            })
+        })
+        .unwrap_or_else(|| panic!("{} is not mounted", target.display()))
+}
+
+/// A mount as mountinfo shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountLine {
+    /// Device numbers (major 7: a loop device; 0: anonymous, e.g. file-backed EROFS or FUSE).
+    pub dev: (u32, u32),
+    /// Filesystem type.
+    pub fstype: String,
+    /// Source.
+    pub source: String,
+}
