@@ -74,6 +74,8 @@ pub struct Spec {
     pub debug: bool,
     /// `MS_*` mount flags.
     pub ms_flags: u64,
+    /// SELinux context options, passed to the kernel with the mount.
+    pub security: Vec<(String, String)>,
 }
 
 /// Largest digest table read (a 64-byte entry per chunk: 16 million chunks).
@@ -242,6 +244,9 @@ fn mount_fuse(spec: &Spec, target: &File) -> Result<OwnedFd, String> {
     );
     if spec.allow_other {
         data.push_str(",allow_other");
+    }
+    for (k, v) in &spec.security {
+        data.push_str(&format!(",{k}=\"{v}\""));
     }
     let flags = MsFlags::from_bits_truncate(libc::c_ulong::try_from(spec.ms_flags).unwrap_or(0));
     nix::mount::mount(

@@ -94,6 +94,7 @@ pub fn mount(
         allow_other: opts.allow_other,
         debug: opts.debug,
         ms_flags: opts.ms_flags().bits(),
+        security: opts.security.clone(),
     };
     let json = serde_json::to_string(&spec).map_err(|e| io("spec", std::io::Error::other(e)))?;
     let mut keep = vec![
