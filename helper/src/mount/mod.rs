@@ -9,6 +9,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! The boot init mounts a root image the same way: `mount_image_with(source, "/newroot", &opts,
+//! &ctl)` with `opts` built from `chunkfs.reader=`, `chunkfs.verify=` and `chunkfs.digest=`
+//! (`Options { reader, verify, digest, ..Options::default() }`) and `ctl.log` on the console.
+//! A FUSE root is served by a daemon that is this binary again (`/proc/self/exe`, i.e. `/init`)
+//! under `argv[0]` = `@chunkfs-reader` ([`daemon`]): `main` must hand such a process to
+//! [`daemon::main`] before anything else. The daemon is adopted by PID 1, maps everything through
+//! descriptors before the mount returns, and so keeps serving after `switch_root`.
+//!
 //! One job per module: [`options`] (the `-o` string), [`source`] (what SOURCE names),
 //! [`verify`] (the checks before a mount, and what they yield), [`features`] (what the kernel
 //! offers; `reader=auto`), [`kernel`] (the kernel's EROFS, file-backed or on [`loopdev`] loop
@@ -217,6 +225,11 @@ pub fn mount_image_with(
         if decision.kernel { "kernel" } else { "fuse" },
         decision.reason
     ));
+    if decision.kernel && (options.cache_bytes.is_some() || options.threads.is_some()) {
+        log.info(format_args!(
+            "cache= and threads= apply to the FUSE reader only"
+        ));
+    }
     let mut info = MountInfo {
         source: prepared.display.clone(),
         target: target.clone(),
