@@ -231,3 +231,41 @@ fn detach_if_ours(target: &Path, source: &str) {
 pub fn default_exe() -> PathBuf {
     PathBuf::from("/proc/self/exe")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn status_of(text: &[u8], close: bool) -> (Option<i32>, Status) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut w = File::from(w);
+        w.write_all(text).unwrap();
+        let keep = (!close).then_some(w);
+        let out = read_status(r, Duration::from_millis(200));
+        drop(keep);
+        out
+    }
+
+    #[test]
+    fn status_lines() {
+        assert!(matches!(
+            status_of(b"pid 42\nok\n", false),
+            (Some(42), Status::Ready)
+        ));
+        match status_of(b"pid 7\nerror: /x: invalid descriptor\n", true) {
+            (Some(7), Status::Failed(m)) => assert_eq!(m, "/x: invalid descriptor"),
+            _ => panic!("an error line is a failure"),
+        }
+        assert!(matches!(
+            status_of(b"pid 9\n", true),
+            (Some(9), Status::Exited)
+        ));
+        // A partial line is not "ok" yet.
+        assert!(matches!(
+            status_of(b"pid 3\no", false),
+            (Some(3), Status::TimedOut)
+        ));
+        assert!(matches!(status_of(b"", true), (None, Status::Exited)));
+    }
+}
