@@ -165,6 +165,7 @@ fn prepare_cfs(
     let mut timings = Vec::new();
     let t = Instant::now();
     let backing = Backing::open(path, block)?;
+    prefetch_tail(&backing.file);
     let cfs = Cfs::open(path).map_err(cfs_error)?;
     let h = cfs.header().clone();
     check_pin(&display, &h.metadata_digest, opts)?;
@@ -297,6 +298,35 @@ fn prepare_cfs(
     }
     prepared.timings = timings;
     Ok(prepared)
+}
+
+/// Asks the kernel to read the regions `Cfs::open` and the descriptor check read (EROFS
+/// metadata area, metadata blob, chunk index: adjacent at the end of the image) in one request,
+/// instead of page fault by page fault. Best effort: the header is checked again by `Cfs::open`.
+fn prefetch_tail(file: &File) {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 1024];
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return;
+    }
+    let Ok(h) = chunkfs_format::cfs::header::Header::parse(&head) else {
+        return;
+    };
+    let start = if h.has_erofs() {
+        h.erofs_meta.offset
+    } else {
+        h.metadata.offset
+    };
+    let len = h.index.end().saturating_sub(start);
+    let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
+        return;
+    };
+    let _ = nix::fcntl::posix_fadvise(
+        file,
+        start,
+        len,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+    );
 }
 
 fn prepare_oci(
