@@ -124,10 +124,14 @@ pub fn prepare(source: &Source, opts: &Options) -> Result<Prepared, Error> {
 fn cfs_error(e: chunkfs_format::cfs::read::Error) -> Error {
     let kind = match &e.kind {
         CfsErrorKind::Io { .. } => ErrorKind::Io,
-        CfsErrorKind::Header(HeaderError::BadMagic | HeaderError::Truncated) => {
+        CfsErrorKind::Header(h @ (HeaderError::BadMagic | HeaderError::Truncated)) => {
+            let why = match h {
+                HeaderError::BadMagic => "bad magic number",
+                _ => "shorter than the 1024-byte header",
+            };
             return Error::new(
                 ErrorKind::NotAnImage,
-                format!("{}: not a chunkfs image ({})", e.path.display(), e.kind),
+                format!("{}: not a chunkfs image ({why})", e.path.display()),
             );
         }
         CfsErrorKind::Header(
@@ -350,7 +354,8 @@ fn prepare_oci(
                 read::Error::NotChunkfs { .. } => ErrorKind::NotAnImage,
                 _ => ErrorKind::Corrupt,
             };
-            Error::new(kind, format!("{display}: {e}"))
+            // The layout's errors name the directory and the tag already.
+            Error::new(kind, e.to_string())
         })?;
     check_pin(&display, &oci.metadata_digest, opts)?;
     let mut digests = Vec::with_capacity(oci.packs.len());
