@@ -103,9 +103,26 @@ impl Mounted {
     }
 
     /// Unmounts with `chunkfs umount` (which waits for the daemon); panics on failure.
+    ///
+    /// Retries for a second while the mount is busy: a process that another test thread is
+    /// starting holds copies of this process's descriptors, files on the mount included,
+    /// until it has executed its program.
     pub fn unmount(self) {
-        let o = output(Command::new(chunkfs_bin()).arg("umount").arg(&self.dir));
-        assert!(o.status.success(), "chunkfs umount: {}", describe(&o));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let o = output(Command::new(chunkfs_bin()).arg("umount").arg(&self.dir));
+            if o.status.success() {
+                break;
+            }
+            let busy = String::from_utf8_lossy(&o.stderr).contains("EBUSY");
+            assert!(
+                busy && Instant::now() < deadline,
+                "chunkfs umount: {}",
+                describe(&o)
+            );
+            eprintln!("{}: busy, retrying", self.dir.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::mem::forget(self);
     }
 }
