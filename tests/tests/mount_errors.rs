@@ -24,7 +24,8 @@ macro_rules! require_mount {
     };
 }
 
-/// A scratch directory with a small image, the helper and a mount point.
+/// A scratch directory with a small image, the helper and a mount point; removed when dropped
+/// unless something is still mounted or attached under it.
 struct Setup {
     dir: PathBuf,
     helper: PathBuf,
@@ -48,6 +49,14 @@ fn setup(name: &str) -> Setup {
         helper,
         img,
         mnt,
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if chunkfs_tests::mount::leftovers(&self.dir).is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
