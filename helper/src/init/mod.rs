@@ -24,7 +24,7 @@ use std::time::Duration;
 use nix::mount::{MsFlags, mount};
 use nix::sys::reboot::{RebootMode, reboot};
 
-use cmdline::{Cmdline, OnError};
+use cmdline::{Cmdline, FsType, OnError};
 
 /// Where the new root is assembled.
 pub const NEW_ROOT: &str = "/newroot";
@@ -108,12 +108,19 @@ fn boot(on_error: &mut OnError) -> Result<Infallible, Error> {
     ));
     if let Some(expected) = &cmdline.digest {
         verify::check(&image, cmdline.fstype, expected)?;
+        // A chunkfs image's metadata (and so every chunk digest) is checked against the pin
+        // by the mount that follows.
+        let what = match cmdline.fstype {
+            FsType::Chunkfs => "pinned metadata digest in the header",
+            FsType::Erofs | FsType::Squashfs => "digest ok",
+        };
         console::say(format_args!(
-            "[{:.3}] digest ok: {expected}",
+            "[{:.3}] {what}: {expected}",
             console::uptime_secs()
         ));
     }
     rootmount::mount_root(&image, &cmdline, Path::new(NEW_ROOT))?;
+    console::debug(format_args!("root mounted"));
     // The kernel passes init the arguments it did not understand; hand them on.
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     Ok(switch_root::switch_root(

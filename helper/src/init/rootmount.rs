@@ -1,13 +1,21 @@
 //! Mounting the root image read-only, and the optional tmpfs overlay over it.
+//!
+//! A chunkfs image is mounted by the same library as `mount.chunkfs` ([`crate::mount`]): the
+//! kernel's EROFS when it has what the image needs, else the FUSE reader. The FUSE reader is a
+//! daemon, this binary again under `argv[0]` = `@chunkfs-reader`, started from `/proc/self/exe`
+//! while the initramfs still exists. It maps the image through descriptors opened before the
+//! mount returns and never uses a path again, so it keeps serving after `switch_root` has emptied
+//! the initramfs; the `@` tells systemd to leave it running at shutdown.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
-use super::cmdline::Cmdline;
-use super::console;
+use super::cmdline::{Cmdline, FsType, ReaderChoice};
 use super::source::Image;
+use super::{console, verify};
+use crate::mount::{self, Control, Log, MountInfo, Options, ReaderUsed};
 
 /// Where the read-only image is mounted when an overlay goes on top of it.
 pub const LOWER: &str = "/run/chunkfs/lower";
@@ -38,24 +46,31 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// Mounting chunkfs images waits for the mount library.
-    #[error("{0}: mounting a chunkfs image is not available in this build yet")]
-    Unsupported(PathBuf),
+    /// The mount library refused the chunkfs image or could not mount it; its message names
+    /// the image and the problem.
+    #[error("cannot mount the root image: {0}")]
+    Chunkfs(#[from] mount::Error),
 }
 
 /// Mounts `image` read-only so that the new root ends up at `new_root`: directly, or as the
-/// lower layer of a tmpfs overlay with `chunkfs.overlay=tmpfs`.
-pub fn mount_root(image: &Image, cmdline: &Cmdline, new_root: &Path) -> Result<(), Error> {
+/// lower layer of a tmpfs overlay with `chunkfs.overlay=tmpfs`. For a chunkfs image, returns
+/// what the mount library did.
+pub fn mount_root(
+    image: &Image,
+    cmdline: &Cmdline,
+    new_root: &Path,
+) -> Result<Option<MountInfo>, Error> {
     let image_target = if cmdline.overlay {
         Path::new(LOWER)
     } else {
         new_root
     };
     mkdir(image_target)?;
-    match cmdline.fstype.kernel_name() {
-        Some(fstype) => mount_plain(image, fstype, image_target)?,
-        None => return Err(Error::Unsupported(image.path.clone())),
-    }
+    let info = match cmdline.fstype {
+        FsType::Chunkfs => Some(mount_chunkfs(image, cmdline, image_target)?),
+        FsType::Erofs => mount_plain(image, "erofs", image_target).map(|()| None)?,
+        FsType::Squashfs => mount_plain(image, "squashfs", image_target).map(|()| None)?,
+    };
     console::debug(format_args!(
         "{} mounted on {}",
         image.path.display(),
@@ -64,7 +79,62 @@ pub fn mount_root(image: &Image, cmdline: &Cmdline, new_root: &Path) -> Result<(
     if cmdline.overlay {
         mount_overlay(image_target, new_root)?;
     }
-    Ok(())
+    Ok(info)
+}
+
+/// The mount options the kernel command line asks for.
+pub fn chunkfs_options(cmdline: &Cmdline) -> Options {
+    Options {
+        reader: match cmdline.reader {
+            ReaderChoice::Auto => mount::ReaderChoice::Auto,
+            ReaderChoice::Kernel => mount::ReaderChoice::Kernel,
+            ReaderChoice::Fuse => mount::ReaderChoice::Fuse,
+        },
+        verify: verify::chunkfs_level(cmdline.verify, cmdline.digest.is_some()),
+        digest: cmdline.digest.map(|d| chunkfs_format::digest::Digest(d.0)),
+        ..Options::default()
+    }
+}
+
+fn mount_chunkfs(image: &Image, cmdline: &Cmdline, target: &Path) -> Result<MountInfo, Error> {
+    let ctl = Control {
+        log: Log::new("chunkfs-init", cmdline.debug),
+        ..Control::default()
+    };
+    let source = image.path.to_string_lossy();
+    let info = mount::mount_image_with(&source, target, &chunkfs_options(cmdline), &ctl)?;
+    let (checked, chunks) = info.chunks_checked;
+    let hashed = info
+        .timings
+        .iter()
+        .find(|(what, _)| what.starts_with("every chunk"))
+        .map(|(_, d)| format!(" in {:.2} s", d.as_secs_f64()))
+        .unwrap_or_default();
+    console::say(format_args!(
+        "[{:.3}] metadata sha256:{} checked, {checked} of {chunks} chunks hashed{hashed}",
+        console::uptime_secs(),
+        info.metadata_digest.to_hex()
+    ));
+    match &info.reader {
+        ReaderUsed::Kernel(k) => {
+            let how = match (k.loops.len(), k.file_backed) {
+                (0, true) => ", file-backed".to_owned(),
+                (0, false) => String::new(),
+                (n, _) => format!(", on {n} loop device(s)"),
+            };
+            console::say(format_args!(
+                "root served by the kernel's EROFS{how} ({})",
+                info.reason
+            ));
+        }
+        ReaderUsed::Fuse { pid } => console::say(format_args!(
+            "root served by the FUSE reader, {} pid {pid} ({})",
+            mount::daemon::ARGV0,
+            info.reason
+        )),
+        ReaderUsed::None => {}
+    }
+    Ok(info)
 }
 
 fn mount_plain(image: &Image, fstype: &str, target: &Path) -> Result<(), Error> {
