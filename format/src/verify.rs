@@ -117,8 +117,15 @@ pub fn verify_cfs(path: &Path, jobs: usize, done_bytes: &AtomicU64) -> Result<Re
             },
         )));
     }
-    let derived = crate::cfs::write::erofs_descriptor(cfs.image(), &cfs.locations(), &layout)
-        .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
+    // The derived area must equal the stored one, so it may not be longer: metadata declaring
+    // huge sparse files cannot make us build more than the image holds.
+    let derived = crate::cfs::write::erofs_descriptor(
+        cfs.image(),
+        &cfs.locations(),
+        &layout,
+        h.erofs_meta.len,
+    )
+    .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
     let derived_head = derived
         .head(h.image_len)
         .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
