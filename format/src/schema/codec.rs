@@ -271,7 +271,20 @@ pub fn decode(bytes: &[u8]) -> Result<Image, Error> {
     if incompat != 0 {
         return Err(Error::UnknownIncompat(incompat));
     }
+    let compat = root.get_compat_features();
+    let image = decode_root(root)?;
+    // Cap'n Proto's canonical form cannot see bits a struct's data section holds outside the
+    // schema's fields: a message with garbage there is "canonical" and decodes like the clean
+    // one, so two blobs with different digests would be the same metadata. Without compatible
+    // features (which a newer writer sets when it uses fields this reader does not know), the
+    // message must be exactly what this version writes.
+    if compat == 0 && encode(&image).ok().as_deref() != Some(bytes) {
+        return Err(Error::NotCanonical);
+    }
+    Ok(image)
+}
 
+fn decode_root(root: cp::image::Reader) -> Result<Image, Error> {
     let chunks_r = root.get_chunks()?;
     check_len("chunks", chunks_r.len(), limits::CHUNKS_MAX)?;
     let mut chunks = Vec::with_capacity(chunks_r.len() as usize);
