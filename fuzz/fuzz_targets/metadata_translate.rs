@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chunkfs_format::model::{FileLayout, Image, InodeKind, mode};
 use chunkfs_format::oci::pack::frame_start;
 use chunkfs_format::translate::{
-    ChunkLocation, ExtentLayout, ExtraDevice, standalone_layout, translate,
+    ChunkLocation, ExtentLayout, ExtraDevice, standalone_layout, translate_within,
 };
 use chunkfs_kernel_abi::Descriptor;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
@@ -72,7 +72,8 @@ fn check_translation(image: &Image, extents: ExtentLayout) {
             len: device_len,
         }],
     );
-    let Ok(d) = translate(image, &locs, &layout) else {
+    // Bounded as verify bounds it: hostile sizes must fail before allocating.
+    let Ok(d) = translate_within(image, &locs, &layout, 64 << 20) else {
         return;
     };
     let mut bytes = Vec::new();
