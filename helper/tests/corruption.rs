@@ -746,3 +746,75 @@ fn damaged_layouts_are_refused_naming_the_blob_or_served_exactly() {
 fn damaged_aligned_layouts_are_refused_naming_the_blob_or_served_exactly() {
     oci_matrix(true);
 }
+
+/// `chunkfs verify`'s exit statuses (documented in `verify --help`): 0 intact, 1 corrupt, 2
+/// usage, 3 unreadable; the same for `--oci`.
+#[test]
+fn verify_exit_statuses_tell_corrupt_usage_and_unreadable_apart() {
+    let s = Scratch::new("verify-exit");
+    let src = s.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"contents").unwrap();
+    let image = s.join("image.cfs");
+    let layout = s.join("layout");
+    let code = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let o = chunkfs(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (o.status.code(), err)
+    };
+    assert_eq!(code(&[&"pack", &src, &image]).0, Some(0));
+    assert_eq!(
+        code(&[&"pack", &src, &format!("{}:v1", layout.display())]).0,
+        Some(0)
+    );
+    let help = code(&[&"verify", &"--help"]);
+    assert_eq!(help.0, Some(0));
+    let out = String::from_utf8(chunkfs(&[&"verify", &"--help"]).stdout).unwrap();
+    for needle in ["0 intact", "1 corrupt", "2 usage", "3 unreadable", "--oci"] {
+        assert!(
+            out.contains(needle),
+            "verify --help lacks {needle:?}:\n{out}"
+        );
+    }
+
+    assert_eq!(code(&[&"verify", &image]).0, Some(0));
+    assert_eq!(code(&[&"verify", &"--oci", &layout]).0, Some(0));
+    assert_eq!(
+        code(&[&"verify", &format!("{}:v1", layout.display())]).0,
+        Some(0)
+    );
+
+    let mut bad = fs::read(&image).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let corrupt = s.join("corrupt.cfs");
+    fs::write(&corrupt, bad).unwrap();
+    assert_eq!(code(&[&"verify", &corrupt]).0, Some(1));
+    let not_an_image = s.join("text.cfs");
+    fs::write(&not_an_image, vec![b'x'; 5000]).unwrap();
+    let (c, err) = code(&[&"verify", &not_an_image]);
+    assert_eq!(c, Some(1), "{err}");
+    assert!(err.contains("not a chunkfs image"), "{err}");
+
+    for args in [
+        vec!["verify"],
+        vec!["verify", "--no-such-option", "x.cfs"],
+        vec!["verify", "-j", "many", "x.cfs"],
+    ] {
+        let args: Vec<&dyn AsRef<std::ffi::OsStr>> = args
+            .iter()
+            .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
+        assert_eq!(code(&args).0, Some(2));
+    }
+    let (c, err) = code(&[&"verify", &"--oci", &image]);
+    assert_eq!(c, Some(2), "{err}");
+    let (c, err) = code(&[&"verify", &format!("{}:nosuchtag", layout.display())]);
+    assert_eq!(c, Some(2), "{err}");
+
+    let (c, err) = code(&[&"verify", &s.join("missing.cfs")]);
+    assert_eq!(c, Some(3), "{err}");
+    let (c, err) = code(&[&"verify", &"--oci", &s.join("missing-layout")]);
+    assert_eq!(c, Some(3), "{err}");
+}
