@@ -103,6 +103,18 @@ pub fn unpack(image: &Image, chunks: &mut dyn ChunkSource, dir: &Path) -> Result
     unpack_unvalidated(image, chunks, dir)
 }
 
+/// [`unpack`] without [`Image::validate`], for the fuzz target `unpack` only (built with
+/// `--cfg fuzzing`), which checks that nothing is written outside `dir` whatever the metadata.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_unpack_unvalidated(
+    image: &Image,
+    chunks: &mut dyn ChunkSource,
+    dir: &Path,
+) -> Result<Report, Error> {
+    unpack_unvalidated(image, chunks, dir)
+}
+
 /// [`unpack`] without [`Image::validate`]: its own checks (names, inode references, directories
 /// named once, `*at` calls that never follow a symlink) must keep everything inside `dir` even
 /// for metadata that breaks every invariant. Tests use it to prove exactly that.
