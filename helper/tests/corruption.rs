@@ -771,7 +771,7 @@ fn verify_exit_statuses_tell_corrupt_usage_and_unreadable_apart() {
     let help = code(&[&"verify", &"--help"]);
     assert_eq!(help.0, Some(0));
     let out = String::from_utf8(chunkfs(&[&"verify", &"--help"]).stdout).unwrap();
-    for needle in ["0 intact", "1 corrupt", "2 usage", "3 unreadable", "--oci"] {
+    for needle in ["0 ok (intact)", "1 corrupt", "2 usage", "3 unreadable", "--oci"] {
         assert!(
             out.contains(needle),
             "verify --help lacks {needle:?}:\n{out}"

@@ -25,7 +25,7 @@ use crate::progress::Progress;
     "sha256 its descriptors give; then every tag is checked: a chunkfs image's chunks are\n",
     "decompressed and hashed, a container image's tar layers parsed against their digests and\n",
     "diff_ids. LAYOUT:TAG checks that one image.\n\n",
-    "Exit status: 0 intact; 1 corrupt, incomplete or unsupported (a checksum or digest\n",
+    "Exit status: 0 ok (intact); 1 corrupt, incomplete or unsupported (a checksum or digest\n",
     "mismatch, a missing blob, a malformed structure: the message names the region, blob or\n",
     "chunk); 2 usage error (bad arguments, an ambiguous or unknown tag); 3 unreadable (the\n",
     "image, or a blob it names, could not be opened or read: missing file, permissions, I/O)."
