@@ -771,7 +771,13 @@ fn verify_exit_statuses_tell_corrupt_usage_and_unreadable_apart() {
     let help = code(&[&"verify", &"--help"]);
     assert_eq!(help.0, Some(0));
     let out = String::from_utf8(chunkfs(&[&"verify", &"--help"]).stdout).unwrap();
-    for needle in ["0 ok (intact)", "1 corrupt", "2 usage", "3 unreadable", "--oci"] {
+    for needle in [
+        "0 ok (intact)",
+        "1 corrupt",
+        "2 usage",
+        "3 unreadable",
+        "--oci",
+    ] {
         assert!(
             out.contains(needle),
             "verify --help lacks {needle:?}:\n{out}"
@@ -817,4 +823,65 @@ fn verify_exit_statuses_tell_corrupt_usage_and_unreadable_apart() {
     assert_eq!(c, Some(3), "{err}");
     let (c, err) = code(&[&"verify", &"--oci", &s.join("missing-layout")]);
     assert_eq!(c, Some(3), "{err}");
+}
+
+/// A failed unpack removes what it created even as non-root, when the image gave a directory a
+/// read-only mode before the failure (its entries could not be unlinked otherwise).
+#[test]
+fn a_failed_unpack_as_non_root_removes_read_only_directories_too() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run unpack as another user (setpriv)");
+        return;
+    }
+    let s = Scratch::new("unpack-ro-cleanup");
+    fs::set_permissions(&*s, fs::Permissions::from_mode(0o777)).unwrap();
+    let src = s.join("src");
+    fs::create_dir_all(src.join("a-ro/sub")).unwrap();
+    fs::write(src.join("a-ro/sub/f"), b"small").unwrap();
+    fs::set_permissions(src.join("a-ro/sub"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(src.join("a-ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::write(
+        src.join("z-file"),
+        chunkfs_tests::tree::pseudo_random(200_000, 3),
+    )
+    .unwrap();
+    let image = s.join("image.cfs");
+    assert!(chunkfs(&[&"pack", &src, &image]).status.success());
+    // Damage z-file's first chunk, which unpack reads after finishing a-ro.
+    let cfs = Cfs::open(&image).unwrap();
+    let root = &cfs.image().inodes[0];
+    let chunkfs_format::model::InodeKind::Directory(entries) = &root.kind else {
+        unreachable!()
+    };
+    let z = entries.iter().find(|e| e.name == b"z-file").unwrap().inode;
+    let chunkfs_format::model::InodeKind::File(f) = &cfs.image().inodes[z as usize].kind else {
+        unreachable!()
+    };
+    let chunkfs_format::model::FileLayout::Extents(xs) = &f.layout else {
+        unreachable!()
+    };
+    let (offset, frame) = cfs.frame(xs[0].chunk).unwrap();
+    let at = offset as usize + frame.len() / 2;
+    drop(cfs);
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[at] ^= 0x10;
+    fs::write(&image, bytes).unwrap();
+    let dst = s.join("dst");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "unpack",
+        ])
+        .arg(&image)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("z-file"), "{err}");
+    assert!(!dst.exists(), "the failed unpack left {}", dst.display());
 }

@@ -132,8 +132,10 @@ fn unpack_unvalidated(
 }
 
 /// Removes a failed unpack's output: `dir` itself if we created it, else its contents.
-/// `remove_dir_all` does not follow symlinks.
+/// `remove_dir_all` does not follow symlinks; directories that already got a read-only mode
+/// from the image are made writable first, or a non-root user could not empty them.
 fn remove_partial(dir: &Path, created: bool) {
+    make_writable(dir, created);
     if created {
         let _ = std::fs::remove_dir_all(dir);
     } else if let Ok(entries) = std::fs::read_dir(dir) {
@@ -143,6 +145,43 @@ fn remove_partial(dir: &Path, created: bool) {
                 Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
                 _ => std::fs::remove_file(&path),
             };
+        }
+    }
+}
+
+/// Gives every directory under `dir` mode 0700 (`dir` itself too if `top`: not a directory the
+/// user made), walking with one descriptor per level and never following a symlink. Best effort.
+fn make_writable(dir: &Path, top: bool) {
+    use nix::dir::{Dir, Type};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let subdirs = |d: &mut Dir, chmod: bool| -> Vec<Vec<u8>> {
+        if chmod {
+            let _ = fchmod(&*d, Mode::from_bits_truncate(0o700));
+        }
+        d.iter()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_bytes();
+                name != b"." && name != b".." && e.file_type().is_none_or(|t| t == Type::Directory)
+            })
+            .map(|e| e.file_name().to_bytes().to_vec())
+            .collect()
+    };
+    let top_chmod = top;
+    let Ok(mut top) = Dir::open(dir, flags, Mode::empty()) else {
+        return;
+    };
+    let names = subdirs(&mut top, top_chmod);
+    let mut stack = vec![(top, names)];
+    while let Some((parent, names)) = stack.last_mut() {
+        let Some(name) = names.pop() else {
+            stack.pop();
+            continue;
+        };
+        // Entries of unknown type that are not directories fail here with ENOTDIR.
+        if let Ok(mut d) = Dir::openat(&*parent, OsStr::from_bytes(&name), flags, Mode::empty()) {
+            let names = subdirs(&mut d, true);
+            stack.push((d, names));
         }
     }
 }
