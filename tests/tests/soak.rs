@@ -326,12 +326,20 @@ fn one_op(rng: &mut Rng, root: &Path, src: &Source, counts: &Counts) -> Result<(
     Ok(())
 }
 
-/// Runs [`THREADS`] readers on `root` for `secs`, SIGKILLing a `cat` mid-read now and then;
-/// returns (operations, bytes, failures).
-fn load(root: &Path, src: &Source, secs: u64) -> (u64, u64, Vec<String>) {
+/// What one load phase did.
+struct Load {
+    ops: u64,
+    bytes: u64,
+    killed: u64,
+    failures: Vec<String>,
+}
+
+/// Runs [`THREADS`] readers on `root` for `secs`, SIGKILLing a `cat` mid-read now and then.
+fn load(root: &Path, src: &Source, secs: u64) -> Load {
     let counts = Counts::default();
     let failures = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
+    let killed = AtomicU64::new(0);
     let deadline = Instant::now() + Duration::from_secs(secs);
     std::thread::scope(|s| {
         for t in 0..THREADS {
@@ -348,6 +356,7 @@ fn load(root: &Path, src: &Source, secs: u64) -> (u64, u64, Vec<String>) {
         }
         // Readers killed mid-read: the daemon must not notice beyond the aborted requests.
         let mut rng = Rng(77);
+        let killed = &killed;
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let (rel, _) = &src.files[rng.below(4) as usize];
             let mut cat = Command::new("cat")
@@ -356,16 +365,19 @@ fn load(root: &Path, src: &Source, secs: u64) -> (u64, u64, Vec<String>) {
                 .spawn()
                 .unwrap();
             std::thread::sleep(Duration::from_millis(5 + rng.below(60)));
-            let _ = cat.kill();
+            if cat.kill().is_ok() {
+                killed.fetch_add(1, Ordering::Relaxed);
+            }
             let _ = cat.wait();
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    (
-        counts.ops.load(Ordering::Relaxed),
-        counts.bytes.load(Ordering::Relaxed),
-        failures.into_inner().unwrap(),
-    )
+    Load {
+        ops: counts.ops.load(Ordering::Relaxed),
+        bytes: counts.bytes.load(Ordering::Relaxed),
+        killed: killed.load(Ordering::Relaxed),
+        failures: failures.into_inner().unwrap(),
+    }
 }
 
 /// Resident and peak resident memory of a process, in KiB.
@@ -462,14 +474,20 @@ fn fuse_reader_survives_32_threads_killed_readers_and_a_lazy_unmount() {
         })
     };
     let t = Instant::now();
-    let (ops, bytes, failures) = load(&mnt, &src, secs());
+    let Load {
+        ops,
+        bytes,
+        killed,
+        failures,
+    } = load(&mnt, &src, secs());
     let elapsed = t.elapsed().as_secs_f64();
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
     let hwm = rss_kib(pid).map_or(0, |(_, hwm)| hwm);
     eprintln!(
         "soak (FUSE reader, {CACHE_BYTES} B cache, {THREADS} threads): {ops} operations in {elapsed:.1} s \
-         ({:.0} ops/s, {:.1} MB/s), daemon RSS peak {} KiB sampled, VmHWM {hwm} KiB",
+         ({:.0} ops/s, {:.1} MB/s), {killed} readers killed mid-read, daemon RSS peak {} KiB \
+         sampled, VmHWM {hwm} KiB",
         ops as f64 / elapsed,
         bytes as f64 / elapsed / 1e6,
         peak.load(Ordering::Relaxed)
@@ -522,10 +540,15 @@ fn kernel_erofs_survives_32_threads_killed_readers_and_a_lazy_unmount() {
     .unwrap();
     let guard = KernelMount(mnt.clone());
     let t = Instant::now();
-    let (ops, bytes, failures) = load(&mnt, &src, secs());
+    let Load {
+        ops,
+        bytes,
+        killed,
+        failures,
+    } = load(&mnt, &src, secs());
     let elapsed = t.elapsed().as_secs_f64();
     eprintln!(
-        "soak (kernel EROFS, {THREADS} threads): {ops} operations in {elapsed:.1} s ({:.0} ops/s, {:.1} MB/s)",
+        "soak (kernel EROFS, {THREADS} threads): {ops} operations in {elapsed:.1} s ({:.0} ops/s, {:.1} MB/s), {killed} readers killed mid-read",
         ops as f64 / elapsed,
         bytes as f64 / elapsed / 1e6
     );
