@@ -2,6 +2,7 @@
 //! always unmount, and locating the built binaries.
 
 pub mod corrupt;
+pub mod mount;
 pub mod oci;
 pub mod tree;
 
