@@ -101,8 +101,18 @@ fn boot(on_error: &mut OnError) -> Result<Infallible, Error> {
 
     load_modules()?;
     let image = source::locate(cmdline.root.as_ref(), cmdline.timeout)?;
+    // A chunkfs image's length comes from its header: a block device may be longer.
+    let image_len = match cmdline.fstype {
+        FsType::Chunkfs => verify::read_header(&image)?.image_len,
+        FsType::Erofs | FsType::Squashfs => image.len,
+    };
+    let container = if image.is_block {
+        "block device"
+    } else {
+        "file"
+    };
     console::say(format_args!(
-        "root image {} ({} bytes)",
+        "root image {}: {image_len} bytes ({container} of {} bytes)",
         image.path.display(),
         image.len
     ));

@@ -57,7 +57,7 @@ pub enum Error {
 /// device (up to `image.len`), for a chunkfs image the metadata digest its header names.
 pub fn check(image: &Image, fstype: FsType, expected: &Pinned) -> Result<(), Error> {
     let actual = match fstype {
-        FsType::Chunkfs => header_digest(image)?,
+        FsType::Chunkfs => Pinned(read_header(image)?.metadata_digest.0),
         FsType::Erofs | FsType::Squashfs => whole_sha256(image)?,
     };
     if actual != *expected {
@@ -83,7 +83,9 @@ pub fn chunkfs_level(verify: Verify, pinned: bool) -> VerifyLevel {
     }
 }
 
-fn header_digest(image: &Image) -> Result<Pinned, Error> {
+/// Reads and checks the chunkfs header of `image`: its metadata digest, and its length, which
+/// on a block device is less than the device's.
+pub fn read_header(image: &Image) -> Result<Header, Error> {
     let io_err = |source| Error::Io {
         path: image.path.clone(),
         source,
@@ -92,11 +94,10 @@ fn header_digest(image: &Image) -> Result<Pinned, Error> {
     File::open(&image.path)
         .and_then(|f| f.read_exact_at(&mut head, 0))
         .map_err(io_err)?;
-    let header = Header::parse(&head).map_err(|problem| Error::NotChunkfs {
+    Header::parse(&head).map_err(|problem| Error::NotChunkfs {
         path: image.path.clone(),
         problem,
-    })?;
-    Ok(Pinned(header.metadata_digest.0))
+    })
 }
 
 fn whole_sha256(image: &Image) -> Result<Pinned, Error> {
