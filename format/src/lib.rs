@@ -25,6 +25,7 @@ pub mod index;
 pub mod inspect;
 pub mod model;
 pub mod oci;
+pub mod partial;
 pub mod scan;
 pub mod schema;
 pub mod tar;

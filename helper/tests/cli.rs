@@ -454,6 +454,40 @@ fn bad_pack_inputs_fail_cleanly_without_output() {
 }
 
 #[test]
+fn an_interrupted_pack_leaves_no_partial_file() {
+    let s = chunkfs_tests::scratch_dir("cli-interrupt");
+    let (src, out) = (s.join("src"), s.join("out"));
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&out).unwrap();
+    // Slow enough (incompressible data, the slowest level, one thread) to be caught mid-way.
+    fs::write(src.join("big"), pseudo_random(32 << 20, 7)).unwrap();
+    let child = Command::new(BIN)
+        .args(["pack", "-l", "19", "--jobs", "1"])
+        .arg(&src)
+        .arg(out.join("x.cfs"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while fs::read_dir(&out).unwrap().next().is_none() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no temporary file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "stderr: {err}");
+    assert!(err.contains("stopped by SIGINT; 1 unfinished"), "{err}");
+    assert_no_output(&out, "x.cfs");
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
+    fs::remove_dir_all(&s).unwrap();
+}
+
+#[test]
 fn an_image_inside_its_source_tree_is_left_out() {
     let s = chunkfs_tests::scratch_dir("cli-inside");
     fs::write(s.join("file"), b"content").unwrap();

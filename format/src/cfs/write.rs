@@ -236,6 +236,7 @@ impl CfsWriter {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| io(&tmp, "create", e))?;
+        crate::partial::PARTIAL.track(&tmp);
         let writer = Self {
             dest: dest.to_owned(),
             tmp,
@@ -415,6 +416,7 @@ impl CfsWriter {
         std::fs::rename(&self.tmp, &self.dest)
             .map_err(|e| io("rename the finished image into place", e))?;
         self.done = true;
+        crate::partial::PARTIAL.untrack(&self.tmp);
         if let Some(parent) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Makes the rename durable; failure here loses nothing already written.
             let _ = File::open(parent).and_then(|d| d.sync_all());
@@ -433,6 +435,7 @@ impl Drop for CfsWriter {
     fn drop(&mut self) {
         if !self.done {
             let _ = std::fs::remove_file(&self.tmp);
+            crate::partial::PARTIAL.untrack(&self.tmp);
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::{Digest, Hasher};
 use crate::oci::spec::{self, Descriptor, Index, LayoutMarker, SpecError};
+use crate::partial::PARTIAL;
 
 /// Name of the layout marker file.
 pub const OCI_LAYOUT_FILE: &str = "oci-layout";
@@ -348,6 +349,7 @@ impl Layout {
         drop(file);
         let dest = self.dir.join(name);
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        PARTIAL.untrack(&tmp);
         guard.disarm();
         sync_dir(&self.dir)
     }
@@ -366,6 +368,7 @@ impl Layout {
             .create_new(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        PARTIAL.track(&path);
         Ok((file, path))
     }
 }
@@ -426,7 +429,8 @@ impl TempGuard {
 impl Drop for TempGuard {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p);
+            let _ = fs::remove_file(&p);
+            PARTIAL.untrack(&p);
         }
     }
 }
@@ -470,11 +474,13 @@ impl BlobWriter {
         if holds(&dest, &digest) {
             drop(file);
             let _ = fs::remove_file(&self.tmp);
+            PARTIAL.untrack(&self.tmp);
             return Ok((digest, self.len, false));
         }
         file.sync_all().map_err(io_err(&self.tmp))?;
         drop(file);
         fs::rename(&self.tmp, &dest).map_err(io_err(&dest))?;
+        PARTIAL.untrack(&self.tmp);
         sync_dir(&self.blobs)?;
         Ok((digest, self.len, true))
     }
@@ -501,6 +507,7 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.tmp);
+            PARTIAL.untrack(&self.tmp);
         }
     }
 }

@@ -192,6 +192,16 @@ fn unpack_into(
     dir: &Path,
     root: OwnedFd,
 ) -> Result<Report, Error> {
+    // Validated metadata always has one; unvalidated metadata may have no inode at all.
+    if !matches!(
+        image.inodes.first().map(|i| &i.kind),
+        Some(InodeKind::Directory(_))
+    ) {
+        return Err(Error {
+            path: dir.to_owned(),
+            kind: ErrorKind::Invalid("the root (inode 0) is missing or not a directory".into()),
+        });
+    }
     let mut u = Unpacker {
         image,
         chunks,

@@ -162,6 +162,17 @@ fn invalid(result: Result<Report, Error>, needle: &str) {
     }
 }
 
+/// Found by the fuzz target `unpack`: metadata with no inode at all indexed a missing root.
+#[test]
+fn an_image_without_a_root_directory_is_refused() {
+    let sandbox = Sandbox::new();
+    invalid(sandbox.unpack_hostile(&image(vec![])), "root (inode 0)");
+    invalid(
+        sandbox.unpack_hostile(&image(vec![file()])),
+        "root (inode 0)",
+    );
+}
+
 #[test]
 fn names_that_leave_the_directory_are_refused() {
     for name in [

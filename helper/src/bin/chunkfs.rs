@@ -62,6 +62,17 @@ fn main() -> ExitCode {
     }
     chunkfs_helper::raise_fd_limit();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Pack(_)
+            | Command::Unpack(_)
+            | Command::Gc(_)
+            | Command::Descriptor(_)
+            | Command::Initramfs(_)
+    ) {
+        // Best effort: without it an interrupted command leaves its temporary file.
+        let _ = chunkfs_helper::interrupt::remove_partial_output_on_signal();
+    }
     let result = match &cli.command {
         Command::Pack(a) => cmd::pack::run(a),
         Command::Unpack(a) => cmd::unpack::run(a),

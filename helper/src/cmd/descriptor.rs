@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::oci::read::{OciImage, open_image};
 use chunkfs_format::oci::reference::{Reference, Role};
+use chunkfs_format::partial::PARTIAL;
 use chunkfs_format::translate::{self, ChunkLocation, Descriptor, ExtentLayout, ExtraDevice};
 use chunkfs_kernel_abi::Descriptor as AbiDescriptor;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
@@ -344,6 +345,7 @@ fn write_atomically(out: &Path, d: &Descriptor) -> Result<u64, Error> {
         |what: &str, e: std::io::Error| Error::io(format!("{}: cannot {what}: {e}", out.display()));
     let result = (|| {
         let f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
+        PARTIAL.track(&tmp);
         let mut w = std::io::BufWriter::new(f);
         let len = d
             .write_standalone(&mut w)
@@ -357,6 +359,7 @@ fn write_atomically(out: &Path, d: &Descriptor) -> Result<u64, Error> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    PARTIAL.untrack(&tmp);
     result
 }
 

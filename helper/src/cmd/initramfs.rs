@@ -4,6 +4,8 @@ use std::fs;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
+use chunkfs_format::partial::PARTIAL;
+
 use crate::initramfs::{self, Compression, ModuleSource, Spec, modules::Need};
 
 /// Arguments of `chunkfs initramfs`.
@@ -151,6 +153,7 @@ fn write_atomically<T>(
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     let file = fs::File::create(&tmp).map_err(output_err)?;
+    PARTIAL.track(&tmp);
     let mut out = BufWriter::new(file);
     let result = body(&mut out).and_then(|value| {
         let file = out.into_inner().map_err(|e| output_err(e.into_error()))?;
@@ -161,6 +164,7 @@ fn write_atomically<T>(
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
+    PARTIAL.untrack(&tmp);
     result
 }
 
