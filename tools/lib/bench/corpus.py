@@ -108,7 +108,9 @@ def _large_files(cache, dest):
                 os.unlink(path)
         for d in dirs:
             path = os.path.join(root, d)
-            if not os.listdir(path):
+            if os.path.islink(path):
+                os.unlink(path)
+            elif not os.listdir(path):
                 os.rmdir(path)
     os.makedirs(os.path.join(dest, "debs"))
     for deb in debs:

@@ -18,11 +18,11 @@ def _run_test(test, io_bin, target, randreads):
         threads = "4" if test == "readall4" else "1"
         r = proc.run([io_bin, "readall", target, "--threads", threads])
         j = json.loads(r.stdout)
-        return {"secs": j["secs"], "bytes": j["bytes"], "files": j["files"]}
-    if test == "find":
-        return {"secs": proc.run(["find", target], stdout=False).wall}
-    if test == "lsR":
-        return {"secs": proc.run(["ls", "-lR", target], stdout=False).wall}
+        return {"secs": j["secs"], "bytes": j["bytes"], "files": j["files"], "cpu": r.cpu}
+    if test in ("find", "lsR"):
+        r = proc.run(["find", target] if test == "find" else ["ls", "-lR", target],
+                     stdout=False)
+        return {"secs": r.wall, "cpu": r.cpu}
     if test == "randread":
         r = proc.run([io_bin, "randread", target, "--count", str(randreads), "--min-size",
                       str(1 << 20)], check=False)
@@ -30,7 +30,7 @@ def _run_test(test, io_bin, target, randreads):
             return None
         j = json.loads(r.stdout)
         return {"secs": j["secs"], "iops": j["iops"], "p50_us": j["p50_us"],
-                "p99_us": j["p99_us"], "files": j["files"]}
+                "p99_us": j["p99_us"], "files": j["files"], "cpu": r.cpu}
     raise ValueError(test)
 
 

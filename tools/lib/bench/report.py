@@ -241,9 +241,9 @@ def render(res):
                   related(res), ""]
     parts += ["## Reading", "",
               "Images: chunkfs default, mksquashfs -comp zstd (level 15), mkfs.erofs -zlz4hc. "
-              "Read all: every regular file once (hard links once), sorted path order, 1 MiB "
-              "reads. Random: 4 KiB preads at aligned offsets of files ≥ 1 MiB, files "
-              f"opened beforehand, {res['randreads']} reads.", ""]
+              "Read all: every regular file once (hard links once), in the order tar reads them "
+              "(sorted names, pre-order), 1 MiB reads. Random: 4 KiB preads at aligned offsets "
+              f"of files ≥ 1 MiB, files opened beforehand, {res['randreads']} reads.", ""]
     for name in res["read"]:
         parts += [f"**{name}**", "", read(res, name), ""]
     return "\n".join(parts) + "\n"
