@@ -361,6 +361,12 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // FUSE caches no xattrs, and `ls -l` asks for `security.selinux` of every entry: an
+        // image without any makes the kernel stop asking (getxattr then fails with EOPNOTSUPP,
+        // where the kernel's EROFS says ENODATA; listxattr still answers, with empty lists).
+        if !self.reader.descriptor().has_xattrs() {
+            return reply.error(Errno::ENOSYS);
+        }
         let r = self.guard("getxattr", || {
             let name = name.as_bytes();
             if name.starts_with(b"trusted.") && req.uid() != 0 {
