@@ -18,6 +18,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use crate::prefetch::Prefetcher;
 use crate::reader::Shared;
 
 /// The image never changes: attributes and entries may be cached for as long as the kernel likes.
@@ -27,6 +28,8 @@ const MAX_IO: u32 = 1 << 20;
 
 pub(crate) struct Fs {
     pub reader: Shared,
+    /// Decompress-ahead for sequential reads (`None` when disabled).
+    prefetch: Option<Prefetcher>,
     /// The kernel may skip OPEN / OPENDIR (answering ENOSYS once makes it stop sending them and
     /// keep the page cache, as FOPEN_KEEP_CACHE would): a round trip less per open file.
     pub no_open: bool,
@@ -39,8 +42,11 @@ fn errno(e: i32) -> Errno {
 
 impl Fs {
     pub fn new(reader: Shared) -> Self {
+        let depth = reader.config.prefetch_chunks;
+        let prefetch = (depth > 0).then(|| Prefetcher::start(&reader, depth));
         Fs {
             reader,
+            prefetch,
             no_open: false,
             no_opendir: false,
         }
@@ -259,8 +265,14 @@ impl Filesystem for Fs {
                     errno(e.errno())
                 })
         });
-        if let (Err(e), Some(reply)) = (r, reply.take()) {
-            reply.error(e);
+        match (r, reply.take()) {
+            (Err(e), Some(reply)) => reply.error(e),
+            (Ok(_), _) => {
+                if let Some(p) = &self.prefetch {
+                    p.hint(self.nid(ino), offset, size);
+                }
+            }
+            _ => {}
         }
     }
 

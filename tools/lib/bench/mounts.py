@@ -188,12 +188,14 @@ class ServeExample(Contender):
         self.name, self.label, self.serve_bin, self.image = name, label, serve_bin, image
         self.table = os.path.join(workdir, os.path.basename(image) + ".digests")
         self.p = None
+        self.extra = []
 
     def mount(self, target):
         t0 = time.perf_counter()
         with open(self.table, "wb") as f:
             f.write(cfs_chunk_index(self.image))
-        self.p = proc.spawn([self.serve_bin, self.image, target, "--digests", self.table],
+        self.p = proc.spawn([self.serve_bin, self.image, target, "--digests", self.table,
+                             *self.extra],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
         _wait_mounted(target, 30, self.p)
