@@ -222,7 +222,7 @@ impl Image {
     }
 
     /// Link counts of every inode: names for non-directories, `2 + subdirectories` for
-    /// directories. Valid only for a validated image.
+    /// directories. Meaningful only for a validated image, but never panics.
     pub fn link_counts(&self) -> Vec<u32> {
         let mut n = vec![0u32; self.inodes.len()];
         for (i, inode) in self.inodes.iter().enumerate() {
@@ -231,10 +231,11 @@ impl Image {
             };
             let mut subdirs = 0u32;
             for e in entries {
-                if self.inodes[e.inode as usize].is_dir() {
-                    subdirs = subdirs.saturating_add(1);
-                } else {
-                    n[e.inode as usize] = n[e.inode as usize].saturating_add(1);
+                // Out-of-range entries only exist in unvalidated images; they count nothing.
+                match self.inodes.get(e.inode as usize) {
+                    Some(child) if child.is_dir() => subdirs = subdirs.saturating_add(1),
+                    Some(_) => n[e.inode as usize] = n[e.inode as usize].saturating_add(1),
+                    None => {}
                 }
             }
             n[i] = subdirs.saturating_add(2);

@@ -25,10 +25,12 @@ pub struct Report {
     pub erofs: bool,
 }
 
-/// Verifies the image at `path` with `jobs` threads (0: one per CPU). `done_bytes` counts the
-/// chunk bytes checked so far, for a progress display.
-pub fn verify_cfs(path: &Path, jobs: usize, done_bytes: &AtomicU64) -> Result<Report, Error> {
-    let cfs = Cfs::open(path)?;
+/// Everything [`verify_cfs`] checks except the chunk frames, on an opened image: the zero
+/// padding between and after regions and frames, and the EROFS areas against their digest and
+/// against the descriptor re-derived from the (verified) metadata and chunk index. What a mount
+/// must check before handing the `.cfs` to a reader that trusts its descriptor.
+pub fn check_structure(cfs: &Cfs) -> Result<(), Error> {
+    let path = cfs.path();
     let fail = |kind| Error {
         path: path.to_owned(),
         kind,
@@ -117,8 +119,15 @@ pub fn verify_cfs(path: &Path, jobs: usize, done_bytes: &AtomicU64) -> Result<Re
             },
         )));
     }
-    let derived = crate::cfs::write::erofs_descriptor(cfs.image(), &cfs.locations(), &layout)
-        .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
+    // The derived area must equal the stored one, so it may not be longer: metadata declaring
+    // huge sparse files cannot make us build more than the image holds.
+    let derived = crate::cfs::write::erofs_descriptor(
+        cfs.image(),
+        &cfs.locations(),
+        &layout,
+        h.erofs_meta.len,
+    )
+    .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
     let derived_head = derived
         .head(h.image_len)
         .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
@@ -145,6 +154,20 @@ pub fn verify_cfs(path: &Path, jobs: usize, done_bytes: &AtomicU64) -> Result<Re
             ))));
         }
     }
+
+    Ok(())
+}
+
+/// Verifies the image at `path` with `jobs` threads (0: one per CPU). `done_bytes` counts the
+/// chunk bytes checked so far, for a progress display.
+pub fn verify_cfs(path: &Path, jobs: usize, done_bytes: &AtomicU64) -> Result<Report, Error> {
+    let cfs = Cfs::open(path)?;
+    check_structure(&cfs)?;
+    let fail = |kind| Error {
+        path: path.to_owned(),
+        kind,
+    };
+    let h = cfs.header();
 
     // Every chunk, in parallel; the lowest failing chunk is reported.
     let jobs = if jobs == 0 {

@@ -5,6 +5,7 @@ pub mod cmd;
 pub mod error;
 pub mod init;
 pub mod initramfs;
+pub mod mount;
 pub mod progress;
 
 pub use error::Error;

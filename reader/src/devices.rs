@@ -6,9 +6,11 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 
 use crate::error::OpenError;
 
@@ -35,13 +37,31 @@ pub(crate) fn map(path: &Path) -> Result<Map, OpenError> {
         source,
     };
     let file = File::open(path).map_err(io)?;
-    if file.metadata().map_err(io)?.len() == 0 {
+    let len = size_of(&file).map_err(io)?;
+    if len == 0 {
         return Ok(Map::Empty);
     }
+    let len = usize::try_from(len)
+        .map_err(|_| io(std::io::Error::other("larger than the address space")))?;
     // SAFETY: the file is opened read-only and mapped private and read-only; images are never
     // modified while served (see the module comment), and all accesses are bounds-checked.
-    let m = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let m = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(io)?;
     // Chunks are read whole and mostly once; let the kernel read ahead.
     let _ = m.advise(memmap2::Advice::WillNeed);
     Ok(Map::Mapped(m))
+}
+
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+
+/// Size in bytes of a regular file or of a block device (a `.cfs` written raw onto a
+/// partition), whose `st_size` is 0.
+fn size_of(file: &File) -> std::io::Result<u64> {
+    let meta = file.metadata()?;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    let mut size = 0u64;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
+    unsafe { blkgetsize64(file.as_raw_fd(), &mut size) }.map_err(std::io::Error::from)?;
+    Ok(size)
 }

@@ -1,6 +1,8 @@
 //! Shared fixtures for the integration tests: tree builders, tree comparison, mount guards that
 //! always unmount, and locating the built binaries.
 
+pub mod corrupt;
+pub mod mount;
 pub mod oci;
 pub mod tree;
 

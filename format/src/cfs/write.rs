@@ -330,10 +330,11 @@ impl CfsWriter {
             meta_offset,
             devices: Vec::new(),
         };
-        let erofs = erofs_descriptor(image, &located, &layout).map_err(|problem| Error::Erofs {
-            path: path.clone(),
-            problem,
-        })?;
+        let erofs = erofs_descriptor(image, &located, &layout, crate::translate::META_MAX)
+            .map_err(|problem| Error::Erofs {
+                path: path.clone(),
+                problem,
+            })?;
         let metadata_err = |source| Error::Metadata {
             path: path.clone(),
             source,
@@ -453,14 +454,16 @@ impl ErofsArea {
 }
 
 /// The EROFS descriptor of `image` with its chunks at `locations`, laid out as `layout` says
-/// (docs/descriptor.md). This is the only place the writer and `verify` obtain it from.
+/// (docs/descriptor.md), with a metadata area of at most `meta_max` bytes. This is the only
+/// place the writer and `verify` obtain it from.
 pub(crate) fn erofs_descriptor(
     image: &Image,
     locations: &[ChunkLocation],
     layout: &Layout,
+    meta_max: u64,
 ) -> Result<ErofsArea, String> {
-    let descriptor =
-        crate::translate::translate(image, locations, layout).map_err(|e| e.to_string())?;
+    let descriptor = crate::translate::translate_within(image, locations, layout, meta_max)
+        .map_err(|e| e.to_string())?;
     Ok(ErofsArea {
         meta: descriptor.meta_area().to_vec(),
         descriptor,

@@ -201,7 +201,7 @@ pub fn reachable(layout: &Layout) -> Result<BTreeSet<String>, Error> {
 
 /// Manifests and indexes (and unknown JSON documents small enough to be one) are followed;
 /// layers, configs and chunkfs blobs are leaves.
-fn must_follow(desc: &Descriptor) -> bool {
+pub(crate) fn must_follow(desc: &Descriptor) -> bool {
     let t = desc.media_type.as_str();
     if media_type::is_manifest(t) || media_type::is_index(t) {
         return true;
@@ -218,7 +218,7 @@ fn must_follow(desc: &Descriptor) -> bool {
 }
 
 /// Descriptors referenced by a manifest or index document.
-fn children(doc: &serde_json::Value) -> Vec<&serde_json::Value> {
+pub(crate) fn children(doc: &serde_json::Value) -> Vec<&serde_json::Value> {
     let mut out = Vec::new();
     for key in ["config", "subject"] {
         if let Some(v) = doc.get(key).filter(|v| v.is_object()) {

@@ -68,6 +68,12 @@ pub enum Error {
         /// What is wrong.
         source: SpecError,
     },
+    /// `index.json` is missing: the layout is incomplete (not unreadable).
+    #[error("{}: index.json is missing", dir.display())]
+    MissingIndex {
+        /// The layout.
+        dir: PathBuf,
+    },
     /// A blob is missing.
     #[error("{}: blob {digest} is missing", path.display())]
     MissingBlob {
@@ -219,7 +225,14 @@ impl Layout {
     /// Reads and parses `index.json`.
     pub fn read_index(&self) -> Result<Index, Error> {
         let path = self.dir.join(INDEX_FILE);
-        let bytes = read_bounded(&path, INDEX_MAX, "index.json")?;
+        let bytes = match read_bounded(&path, INDEX_MAX, "index.json") {
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::MissingIndex {
+                    dir: self.dir.clone(),
+                });
+            }
+            other => other?,
+        };
         spec::parse_index(INDEX_FILE, &bytes).map_err(|source| Error::Spec { path, source })
     }
 

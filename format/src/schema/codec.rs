@@ -193,18 +193,62 @@ pub fn decode_blob(blob: &[u8]) -> Result<Image, Error> {
         return Err(Error::TrailingBytes(blob.len().saturating_sub(frame_len)));
     }
     let words = usize::try_from(size / 8).map_err(|_| Error::BadSize(declared))?;
-    let mut buf = Word::allocate_zeroed_vec(words);
-    let bytes = Word::words_to_bytes_mut(&mut buf);
-    let got = zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(blob, bytes))
-        .map_err(Error::Zstd)?;
-    if got as u64 != size {
-        return Err(Error::SizeMismatch {
-            declared: size,
-            got,
-        });
-    }
+    let buf = decompress_words(blob, words)?;
     decode(Word::words_to_bytes(&buf))
+}
+
+/// First buffer of [`decompress_words`]: 64 KiB.
+const FIRST_WORDS: usize = 8 * 1024;
+
+/// Decompresses the one frame of `blob`, which declared `words` words, into an 8-byte aligned
+/// buffer of exactly that length. The declared size is only a claim: the buffer grows with
+/// what the frame really produces (doubling from 64 KiB), so a small blob that declares 4 GiB
+/// costs what it decodes to, not 4 GiB up front.
+fn decompress_words(blob: &[u8], words: usize) -> Result<Vec<Word>, Error> {
+    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+    let declared = (words as u64) * 8;
+    let mismatch = |got: usize| Error::SizeMismatch { declared, got };
+    let mut d = Decoder::new().map_err(Error::Zstd)?;
+    let mut input = InBuffer::around(blob);
+    let mut buf: Vec<Word> = Vec::new();
+    let mut filled = 0usize;
+    loop {
+        let cap = buf.len() * 8;
+        if filled == cap && buf.len() < words {
+            let grown = buf
+                .len()
+                .saturating_mul(2)
+                .clamp(FIRST_WORDS.min(words), words);
+            buf.resize(grown, capnp::word(0, 0, 0, 0, 0, 0, 0, 0));
+        }
+        let before = (input.pos(), filled);
+        let remaining = if filled < buf.len() * 8 {
+            let mut out = OutBuffer::around_pos(Word::words_to_bytes_mut(&mut buf), filled);
+            let r = d.run(&mut input, &mut out).map_err(Error::Zstd)?;
+            filled = out.pos();
+            r
+        } else {
+            // Full: the frame must end here, without producing another byte.
+            let mut extra = [0u8; 1];
+            let mut out = OutBuffer::around(&mut extra[..]);
+            let r = d.run(&mut input, &mut out).map_err(Error::Zstd)?;
+            if out.pos() > 0 {
+                return Err(mismatch(filled + 1));
+            }
+            r
+        };
+        if remaining == 0 {
+            break;
+        }
+        if before == (input.pos(), filled) {
+            // No progress with input left to give: the frame is cut short.
+            return Err(mismatch(filled));
+        }
+    }
+    if filled != words * 8 {
+        return Err(mismatch(filled));
+    }
+    Ok(buf)
 }
 
 /// Decodes canonical Cap'n Proto bytes (8-byte aligned). The result still needs [`Image::validate`].
@@ -227,7 +271,20 @@ pub fn decode(bytes: &[u8]) -> Result<Image, Error> {
     if incompat != 0 {
         return Err(Error::UnknownIncompat(incompat));
     }
+    let compat = root.get_compat_features();
+    let image = decode_root(root)?;
+    // Cap'n Proto's canonical form cannot see bits a struct's data section holds outside the
+    // schema's fields: a message with garbage there is "canonical" and decodes like the clean
+    // one, so two blobs with different digests would be the same metadata. Without compatible
+    // features (which a newer writer sets when it uses fields this reader does not know), the
+    // message must be exactly what this version writes.
+    if compat == 0 && encode(&image).ok().as_deref() != Some(bytes) {
+        return Err(Error::NotCanonical);
+    }
+    Ok(image)
+}
 
+fn decode_root(root: cp::image::Reader) -> Result<Image, Error> {
     let chunks_r = root.get_chunks()?;
     check_len("chunks", chunks_r.len(), limits::CHUNKS_MAX)?;
     let mut chunks = Vec::with_capacity(chunks_r.len() as usize);

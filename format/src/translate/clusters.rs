@@ -98,7 +98,7 @@ pub(super) fn plan(
 ) -> Result<ClusterPlan, String> {
     // Even at the largest lcluster the index must fit the metadata area; checked before holes
     // are cut into pieces, so a huge sparse file cannot make us allocate per MiB of hole.
-    if size / (64 * 1024) > super::plan::META_MAX / 8 {
+    if size / (64 * 1024) > geo.meta_max / 8 {
         return Err(format!(
             "a {size}-byte file needs more lcluster indexes than the metadata area may hold"
         ));
@@ -229,6 +229,7 @@ mod tests {
             blksz: 512,
             layout: ExtentLayout::Clusters,
             meta_blkaddr: 8,
+            meta_max: crate::translate::META_MAX,
         }
     }
 

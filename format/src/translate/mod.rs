@@ -293,6 +293,23 @@ pub fn translate(
     chunks: &[ChunkLocation],
     layout: &Layout,
 ) -> Result<Descriptor, Error> {
+    translate_within(image, chunks, layout, META_MAX)
+}
+
+/// Largest metadata area [`translate`] builds (docs/format.md §3.5): 4 GiB, what a tree of
+/// tens of millions of inodes or, in the cluster layout, a 32 TiB sparse file needs.
+pub const META_MAX: u64 = plan::META_MAX;
+
+/// [`translate`], refusing (before allocating it) a metadata area longer than `meta_max`
+/// bytes. Callers that know how long the area must be (`verify` of a `.cfs`, which compares it
+/// with the stored one) pass that length, so that metadata declaring huge sparse files cannot
+/// make them allocate more than the image holds.
+pub fn translate_within(
+    image: &Image,
+    chunks: &[ChunkLocation],
+    layout: &Layout,
+    meta_max: u64,
+) -> Result<Descriptor, Error> {
     image.validate()?;
     if chunks.len() != image.chunks.len() {
         return Err(Error::ChunkCount {
@@ -300,7 +317,7 @@ pub fn translate(
             got: chunks.len(),
         });
     }
-    plan::build(image, chunks, layout)
+    plan::build(image, chunks, layout, meta_max)
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub(super) struct Geo {
     pub blksz: u64,
     pub layout: ExtentLayout,
     pub meta_blkaddr: u64,
+    /// Largest metadata area the caller accepts (at most [`META_MAX`]).
+    pub meta_max: u64,
 }
 
 /// A chunk frame, validated.
@@ -190,7 +192,9 @@ pub(super) fn build(
     image: &Image,
     chunks: &[ChunkLocation],
     layout: &Layout,
+    meta_max: u64,
 ) -> Result<Descriptor, Error> {
+    let meta_max = meta_max.min(META_MAX);
     let head = HeadParams::check(layout)?;
     let blkbits = layout.block_size_bits;
     let blksz = 1u64 << blkbits;
@@ -199,6 +203,7 @@ pub(super) fn build(
         blksz,
         layout: layout.extents,
         meta_blkaddr: layout.meta_offset / blksz,
+        meta_max,
     };
     let frames = check_frames(chunks, layout, head.end(), geo)?;
     let times = Times::choose(image, layout.extents);
@@ -340,7 +345,7 @@ pub(super) fn build(
             ISLOT_SIZE as u64
         };
     stats.padding_bytes = meta_len.saturating_sub(used);
-    if meta_len > META_MAX {
+    if meta_len > meta_max {
         return Err(Error::TooLarge(format!(
             "the metadata area would be {meta_len} bytes"
         )));

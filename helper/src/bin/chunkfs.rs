@@ -42,15 +42,23 @@ enum Command {
     Rm(cmd::rm::Args),
     /// Build an initramfs that boots a chunkfs image as the root filesystem.
     Initramfs(cmd::initramfs::Args),
+    /// Mount an image read-only (the kernel's EROFS or the FUSE reader).
+    Mount(cmd::mount::Args),
+    /// Unmount a chunkfs mount and wait until nothing of it is left.
+    Umount(cmd::umount::Args),
 }
 
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if std::path::Path::new(&argv0)
-        .file_name()
-        .is_some_and(|name| name == "init")
-    {
+    let name = std::path::Path::new(&argv0).file_name().unwrap_or_default();
+    if name == "init" {
         chunkfs_helper::init::main();
+    }
+    if name == "mount.chunkfs" {
+        return ExitCode::from(cmd::mount::helper_main(std::env::args_os().collect()));
+    }
+    if argv0 == chunkfs_helper::mount::daemon::ARGV0 {
+        chunkfs_helper::mount::daemon::main();
     }
     chunkfs_helper::raise_fd_limit();
     let cli = Cli::parse();
@@ -62,6 +70,8 @@ fn main() -> ExitCode {
         Command::Descriptor(a) => cmd::descriptor::run(a),
         Command::Gc(a) => cmd::gc::run(a),
         Command::Rm(a) => cmd::rm::run(a),
+        Command::Mount(a) => cmd::mount::run(a),
+        Command::Umount(a) => cmd::umount::run(a),
         Command::Initramfs(a) => cmd::initramfs::run(a)
             .map(|_| ())
             .map_err(|e| chunkfs_helper::Error::failed(e.to_string())),

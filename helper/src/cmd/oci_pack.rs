@@ -236,3 +236,76 @@ pub fn verify(args: &super::verify::Args) -> Option<Result<(), Error>> {
         }
     })
 }
+
+/// `chunkfs verify --oci LAYOUT[:TAG]`: the whole layout, or one tag of it.
+pub fn verify_layout(args: &super::verify::Args) -> Result<(), Error> {
+    use chunkfs_format::oci::verify::{Error as V, verify_layout};
+    let (dir, tag) = match classify(&args.image, Role::Source) {
+        Reference::Oci { dir, tag } => (dir, tag),
+        Reference::Dir(dir) => (dir, None),
+        Reference::File(f) if !f.exists() => {
+            return Err(Error::io(format!(
+                "{}: no such layout directory",
+                f.display()
+            )));
+        }
+        Reference::File(f) => {
+            return Err(Error::usage(format!(
+                "{}: --oci takes an OCI layout directory (or LAYOUT:TAG), not a file",
+                f.display()
+            )));
+        }
+    };
+    if tag.is_some() {
+        let one = super::verify::Args {
+            image: args.image.clone(),
+            jobs: args.jobs,
+            oci: false,
+        };
+        return verify(&one).unwrap_or_else(|| Err(Error::usage("not a layout reference")));
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let d = done.clone();
+    let bar = Progress::start(None, move || {
+        (d.load(std::sync::atomic::Ordering::Relaxed), String::new())
+    });
+    let result = verify_layout(&dir, &done);
+    drop(bar);
+    match result {
+        Ok(r) => {
+            let list = |tags: &[String]| {
+                if tags.is_empty() {
+                    "none".to_owned()
+                } else {
+                    tags.join(", ")
+                }
+            };
+            println!(
+                "{}: ok: {} blobs ({}) hashed; chunkfs images: {} ({} chunks decompressed and hashed); container images: {}{}",
+                dir.display(),
+                r.blobs,
+                HumanBytes(r.blob_bytes),
+                list(&r.chunkfs_tags),
+                r.chunks,
+                list(&r.container_tags),
+                if r.other_platform_tags.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; blobs only (no image for this platform): {}",
+                        list(&r.other_platform_tags)
+                    )
+                }
+            );
+            Ok(())
+        }
+        Err(V::Open(e)) => Err(convert_error(convert::Error::Read(e))),
+        Err(e) => {
+            let code = exit_code(&e);
+            Err(Error {
+                message: e.to_string(),
+                exit_code: code,
+            })
+        }
+    }
+}

@@ -100,6 +100,29 @@ pub fn unpack(image: &Image, chunks: &mut dyn ChunkSource, dir: &Path) -> Result
         path: dir.to_owned(),
         kind: ErrorKind::Invalid(e.to_string()),
     })?;
+    unpack_unvalidated(image, chunks, dir)
+}
+
+/// [`unpack`] without [`Image::validate`], for the fuzz target `unpack` only (built with
+/// `--cfg fuzzing`), which checks that nothing is written outside `dir` whatever the metadata.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_unpack_unvalidated(
+    image: &Image,
+    chunks: &mut dyn ChunkSource,
+    dir: &Path,
+) -> Result<Report, Error> {
+    unpack_unvalidated(image, chunks, dir)
+}
+
+/// [`unpack`] without [`Image::validate`]: its own checks (names, inode references, directories
+/// named once, `*at` calls that never follow a symlink) must keep everything inside `dir` even
+/// for metadata that breaks every invariant. Tests use it to prove exactly that.
+fn unpack_unvalidated(
+    image: &Image,
+    chunks: &mut dyn ChunkSource,
+    dir: &Path,
+) -> Result<Report, Error> {
     let (root, created) = open_target(dir)?;
     let result = unpack_into(image, chunks, dir, root);
     if result.is_err() {
@@ -109,8 +132,10 @@ pub fn unpack(image: &Image, chunks: &mut dyn ChunkSource, dir: &Path) -> Result
 }
 
 /// Removes a failed unpack's output: `dir` itself if we created it, else its contents.
-/// `remove_dir_all` does not follow symlinks.
+/// `remove_dir_all` does not follow symlinks; directories that already got a read-only mode
+/// from the image are made writable first, or a non-root user could not empty them.
 fn remove_partial(dir: &Path, created: bool) {
+    make_writable(dir, created);
     if created {
         let _ = std::fs::remove_dir_all(dir);
     } else if let Ok(entries) = std::fs::read_dir(dir) {
@@ -120,6 +145,43 @@ fn remove_partial(dir: &Path, created: bool) {
                 Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
                 _ => std::fs::remove_file(&path),
             };
+        }
+    }
+}
+
+/// Gives every directory under `dir` mode 0700 (`dir` itself too if `top`: not a directory the
+/// user made), walking with one descriptor per level and never following a symlink. Best effort.
+fn make_writable(dir: &Path, top: bool) {
+    use nix::dir::{Dir, Type};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let subdirs = |d: &mut Dir, chmod: bool| -> Vec<Vec<u8>> {
+        if chmod {
+            let _ = fchmod(&*d, Mode::from_bits_truncate(0o700));
+        }
+        d.iter()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_bytes();
+                name != b"." && name != b".." && e.file_type().is_none_or(|t| t == Type::Directory)
+            })
+            .map(|e| e.file_name().to_bytes().to_vec())
+            .collect()
+    };
+    let top_chmod = top;
+    let Ok(mut top) = Dir::open(dir, flags, Mode::empty()) else {
+        return;
+    };
+    let names = subdirs(&mut top, top_chmod);
+    let mut stack = vec![(top, names)];
+    while let Some((parent, names)) = stack.last_mut() {
+        let Some(name) = names.pop() else {
+            stack.pop();
+            continue;
+        };
+        // Entries of unknown type that are not directories fail here with ENOTDIR.
+        if let Ok(mut d) = Dir::openat(&*parent, OsStr::from_bytes(&name), flags, Mode::empty()) {
+            let names = subdirs(&mut d, true);
+            stack.push((d, names));
         }
     }
 }
@@ -140,29 +202,38 @@ fn unpack_into(
             directories: 1,
             ..Report::default()
         },
-        first_name: vec![None; image.inodes.len()],
+        name_of: vec![None; image.inodes.len()],
+        created: vec![false; image.inodes.len()],
         skipped: vec![false; image.inodes.len()],
         packed: Packed::new(image),
         links: image.link_counts(),
     };
-    let mut stack: Vec<DirFrame> = vec![(root, 0, 0, dir.to_owned(), Vec::new())];
-    while let Some((fd, inode, next, path, rel)) = stack.last_mut() {
-        let InodeKind::Directory(entries) = &image.inodes[*inode as usize].kind else {
+    // One path, pushed and popped with the walk, so memory stays proportional to the depth
+    // times one name, not to the depth squared (2048 levels of 255-byte names).
+    let mut path = dir.to_owned();
+    let mut stack: Vec<DirFrame> = vec![DirFrame {
+        fd: root,
+        inode: 0,
+        next: 0,
+    }];
+    while let Some(top) = stack.last_mut() {
+        let InodeKind::Directory(entries) = &image.inodes[top.inode as usize].kind else {
             return Err(Error {
-                path: path.clone(),
+                path,
                 kind: ErrorKind::Invalid("a directory entry stack holds a non-directory".into()),
             });
         };
-        let Some(entry) = entries.get(*next) else {
-            let Some((fd, inode, _, path, _)) = stack.pop() else {
+        let Some(entry) = entries.get(top.next) else {
+            let Some(done) = stack.pop() else {
                 break;
             };
-            u.finish_dir(&fd, inode, &path)?;
+            u.finish_dir(&done.fd, done.inode, &path)?;
+            path.pop();
             continue;
         };
-        *next += 1;
+        let at = (top.inode, top.next as u32);
+        top.next += 1;
         let name = entry.name.as_slice();
-        let child_path = path.join(OsStr::from_bytes(name));
         if name.is_empty()
             || name.contains(&b'/')
             || name.contains(&0)
@@ -170,23 +241,38 @@ fn unpack_into(
             || name == b".."
         {
             return Err(Error {
-                path: child_path,
+                path: path.join(OsStr::from_bytes(name)),
                 kind: ErrorKind::Invalid("unsafe entry name".into()),
             });
         }
-        let mut child_rel = rel.clone();
-        child_rel.push(name.to_vec());
+        path.push(OsStr::from_bytes(name));
         let child = entry.inode;
-        if let Some(new_dir) = u.create(fd.as_fd(), name, child, &child_path, &child_rel)? {
-            stack.push((new_dir, child, 0, child_path, child_rel));
+        match u.create(top.fd.as_fd(), name, child, &path, at)? {
+            Some(fd) => stack.push(DirFrame {
+                fd,
+                inode: child,
+                next: 0,
+            }),
+            None => {
+                path.pop();
+            }
         }
     }
     Ok(u.report)
 }
 
-/// A directory being filled: its descriptor, inode, next entry, path, and path components
-/// below the target.
-type DirFrame = (OwnedFd, InodeIdx, usize, PathBuf, Vec<Vec<u8>>);
+/// A directory being filled: its descriptor, inode, and next entry.
+struct DirFrame {
+    fd: OwnedFd,
+    inode: InodeIdx,
+    next: usize,
+}
+
+/// Where a name is: the directory inode holding the entry, and the entry's position.
+type NameAt = (InodeIdx, u32);
+
+/// Longest relative path handed to one `openat2` call (the kernel's limit is PATH_MAX, 4096).
+const PATH_STEP: usize = 3072;
 
 fn io_err(path: &Path, op: &'static str, e: std::io::Error) -> Error {
     Error {
@@ -227,8 +313,10 @@ struct Unpacker<'a> {
     chunks: &'a mut dyn ChunkSource,
     root: OwnedFd,
     report: Report,
-    /// Path components of the first name of each inode with several names.
-    first_name: Vec<Option<Vec<Vec<u8>>>>,
+    /// For a directory, its name; for a non-directory with several names, its first one.
+    name_of: Vec<Option<NameAt>>,
+    /// Directories created so far (each may be named once only).
+    created: Vec<bool>,
     /// Inodes not created (device nodes as non-root), so their other names are skipped too.
     skipped: Vec<bool>,
     packed: Packed,
@@ -236,27 +324,45 @@ struct Unpacker<'a> {
 }
 
 impl Unpacker<'_> {
-    /// Creates entry `name` of the directory `dir`; returns a new directory's descriptor.
+    /// Creates entry `name` (found at `at`) of the directory `dir`; returns a new directory's
+    /// descriptor.
     fn create(
         &mut self,
         dir: BorrowedFd,
         name: &[u8],
         child: InodeIdx,
         path: &Path,
-        rel: &[Vec<u8>],
+        at: NameAt,
     ) -> Result<Option<OwnedFd>, Error> {
-        let inode = &self.image.inodes[child as usize];
+        let Some(inode) = self.image.inodes.get(child as usize) else {
+            return Err(Error {
+                path: path.to_owned(),
+                kind: ErrorKind::Invalid(format!(
+                    "entry names inode {child}, which does not exist"
+                )),
+            });
+        };
         let io = |op, e: Errno| io_err(path, op, e.into());
         let cname = OsStr::from_bytes(name);
-        if !inode.is_dir() {
+        if inode.is_dir() {
+            // A directory named twice (a cycle, or a hard-linked directory) would be walked
+            // again and again.
+            if child == 0 || std::mem::replace(&mut self.created[child as usize], true) {
+                return Err(Error {
+                    path: path.to_owned(),
+                    kind: ErrorKind::Invalid("directory is named more than once".into()),
+                });
+            }
+            self.name_of[child as usize] = Some(at);
+        } else {
             if self.skipped[child as usize] {
                 return Ok(None);
             }
-            if let Some(first) = self.first_name[child as usize].clone() {
-                return self.link(&first, dir, cname, path).map(|()| None);
+            if let Some(first) = self.name_of[child as usize] {
+                return self.link(first, dir, cname, path).map(|()| None);
             }
             if self.links[child as usize] > 1 {
-                self.first_name[child as usize] = Some(rel.to_vec());
+                self.name_of[child as usize] = Some(at);
             }
         }
         let nofollow = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -325,25 +431,48 @@ impl Unpacker<'_> {
         Ok(None)
     }
 
-    fn link(
-        &self,
-        first: &[Vec<u8>],
-        dir: BorrowedFd,
-        name: &OsStr,
-        path: &Path,
-    ) -> Result<(), Error> {
-        let Some((old_name, old_parent)) = first.split_last() else {
-            return Err(Error {
-                path: path.to_owned(),
-                kind: ErrorKind::Invalid("hard link to the root".into()),
-            });
+    /// The name at `at`.
+    fn name_at(&self, at: NameAt) -> Option<&[u8]> {
+        match &self.image.inodes.get(at.0 as usize)?.kind {
+            InodeKind::Directory(entries) => Some(&entries.get(at.1 as usize)?.name),
+            _ => None,
+        }
+    }
+
+    /// Hard-links `name` in `dir` to the inode first created at `first`. The first name's
+    /// directory is opened from the target's root, beneath it and without following symlinks,
+    /// in steps of at most [`PATH_STEP`] bytes (deep trees have paths longer than PATH_MAX).
+    fn link(&self, first: NameAt, dir: BorrowedFd, name: &OsStr, path: &Path) -> Result<(), Error> {
+        let invalid = |problem: &str| Error {
+            path: path.to_owned(),
+            kind: ErrorKind::Invalid(problem.into()),
         };
+        let old_name = self
+            .name_at(first)
+            .ok_or_else(|| invalid("a hard link's first name is not in a directory"))?;
+        // The first name's directory's components, innermost first.
+        let mut components: Vec<&[u8]> = Vec::new();
+        let mut d = first.0;
+        while d != 0 {
+            let at = self.name_of[d as usize]
+                .filter(|_| components.len() <= crate::model::limits::DEPTH_MAX)
+                .ok_or_else(|| invalid("a hard link's first name is not below the root"))?;
+            components.push(
+                self.name_at(at)
+                    .ok_or_else(|| invalid("a directory's name is not in a directory"))?,
+            );
+            d = at.0;
+        }
         let io = |op, e: Errno| io_err(path, op, e.into());
-        let parent_fd;
-        let parent = if old_parent.is_empty() {
-            self.root.as_fd()
-        } else {
-            let rel: PathBuf = old_parent.iter().map(|c| OsStr::from_bytes(c)).collect();
+        let mut parent: Option<OwnedFd> = None;
+        let mut rest = components.into_iter().rev().peekable();
+        while rest.peek().is_some() {
+            let mut step = PathBuf::new();
+            let mut len = 0;
+            while let Some(c) = rest.next_if(|c| len == 0 || len + c.len() < PATH_STEP) {
+                len += c.len() + 1;
+                step.push(OsStr::from_bytes(c));
+            }
             let how = OpenHow::new()
                 .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
                 .resolve(
@@ -351,12 +480,14 @@ impl Unpacker<'_> {
                         | ResolveFlag::RESOLVE_NO_SYMLINKS
                         | ResolveFlag::RESOLVE_NO_MAGICLINKS,
                 );
-            parent_fd = openat2(self.root.as_fd(), &rel, how)
-                .map_err(|e| io("open the first name's directory", e))?;
-            parent_fd.as_fd()
-        };
+            let from = parent.as_ref().map_or(self.root.as_fd(), |p| p.as_fd());
+            parent = Some(
+                openat2(from, &step, how).map_err(|e| io("open the first name's directory", e))?,
+            );
+        }
+        let from = parent.as_ref().map_or(self.root.as_fd(), |p| p.as_fd());
         linkat(
-            parent,
+            from,
             OsStr::from_bytes(old_name),
             dir,
             name,
@@ -525,7 +656,8 @@ impl Packed {
             .iter()
             .map(|&c| {
                 let start = pos;
-                pos += u64::from(image.chunks[c as usize].size);
+                let size = image.chunks.get(c as usize).map_or(0, |c| c.size);
+                pos = pos.saturating_add(u64::from(size));
                 start
             })
             .collect();
@@ -548,7 +680,11 @@ impl Packed {
             .partition_point(|&s| s <= offset)
             .saturating_sub(1);
         if self.cached.as_ref().is_none_or(|(p, _)| *p != pos) {
-            let data = chunks.read_chunk(image.packed_stream[pos])?;
+            let chunk = *image
+                .packed_stream
+                .get(pos)
+                .ok_or("packed stream offset outside the stream")?;
+            let data = chunks.read_chunk(chunk)?;
             self.cached = Some((pos, data));
         }
         let skip = (offset - self.starts[pos]) as usize;
@@ -558,3 +694,6 @@ impl Packed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,58 @@
+//! An OCI image layout (docs/format.md §7): the input is `index.json`, then blobs, separated by
+//! `chunkfs_fuzz::SEPARATOR`; `@k`/`#k` in a document become blob k's digest and size, so the
+//! fuzzer can keep references valid. Blobs are stored under their real digests. Then the layout
+//! is opened every way the tools open one: as a chunkfs image (manifest, config, metadata, pack
+//! indexes, every chunk, `verify`), and as an ordinary container image (config, diff_ids, the
+//! layers' tar headers merged).
+#![no_main]
+
+use std::sync::atomic::AtomicU64;
+
+use chunkfs_format::oci::layout::Layout;
+use chunkfs_format::oci::select::{PlatformSpec, select};
+use chunkfs_format::unpack::ChunkSource;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let docs = chunkfs_fuzz::split(data);
+    if docs.len() > 64 {
+        return;
+    }
+    let docs = chunkfs_fuzz::resolve_placeholders(&docs);
+    let dir = chunkfs_fuzz::fresh_dir("layout");
+    chunkfs_fuzz::write(
+        &dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    );
+    chunkfs_fuzz::write(&dir.join("index.json"), &docs[0]);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("blobs dir");
+    for blob in &docs[1..] {
+        chunkfs_fuzz::write(
+            &blobs.join(chunkfs_fuzz::hex(&chunkfs_fuzz::sha256(blob))),
+            blob,
+        );
+    }
+
+    if let Ok(layout) = Layout::open(&dir) {
+        let _ = chunkfs_format::oci::select::tags(&layout);
+        let amd64 = PlatformSpec::parse("linux/amd64").expect("platform");
+        let _ = select(&layout, None, Some(&amd64));
+    }
+    if let Ok(img) = chunkfs_format::oci::read::open_image(&dir, None) {
+        let _ = img.extra_devices();
+        if let Ok(mut chunks) = img.chunks() {
+            for i in 0..img.image.chunks.len() {
+                let _ = chunks.read_chunk(i as u32);
+            }
+        }
+        drop(img);
+        let _ = chunkfs_format::oci::verify::verify_image(&dir, None, &AtomicU64::new(0));
+    }
+    let amd64 = PlatformSpec::parse("linux/amd64").expect("platform");
+    if let Ok(img) = chunkfs_format::oci::tar_image::open_tar_image(&dir, None, Some(&amd64)) {
+        if let Ok(tree) = chunkfs_format::tar::merge_layers(&img.layers) {
+            let _ = tree.to_inodes(|_, _| chunkfs_format::model::FileLayout::Extents(vec![]));
+        }
+    }
+});

@@ -1,0 +1,271 @@
+//! The FUSE path, helper side: hands the checked files to a reader daemon ([`super::daemon`],
+//! this binary again) and returns once the daemon has mounted, or fails with nothing left
+//! behind. The daemon outlives the helper; it exits when the filesystem is unmounted.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cache;
+use super::daemon::{self, FdSpec, Spec, TableSpec};
+use super::options::Options;
+use super::sys;
+use super::verify::{Prepared, Primary};
+use super::{Error, ErrorKind, Log};
+
+/// How long the daemon may take to open, validate and mount.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Starts a reader daemon serving `p` at `target`; returns its pid once the mount exists.
+pub fn mount(
+    p: &Prepared,
+    target: &Path,
+    opts: &Options,
+    exe: &Path,
+    log: &Log,
+) -> Result<i32, Error> {
+    let io = |what: &str, e: std::io::Error| Error::new(ErrorKind::Io, format!("{what}: {e}"));
+    let primary_file: File = match &p.primary {
+        Primary::Image(b) => b
+            .file
+            .try_clone()
+            .map_err(|e| io(&b.path.display().to_string(), e))?,
+        Primary::Built { bytes, .. } => {
+            cache::memfd(c"chunkfs-descriptor", bytes).map_err(|e| io("memfd", e))?
+        }
+    };
+    let primary_name = match &p.primary {
+        Primary::Image(b) => b.path.display().to_string(),
+        Primary::Built { .. } => format!("the EROFS descriptor of {}", p.display),
+    };
+    let devices: Vec<File> = p
+        .devices
+        .iter()
+        .map(|b| {
+            b.file
+                .try_clone()
+                .map_err(|e| io(&b.path.display().to_string(), e))
+        })
+        .collect::<Result<_, _>>()?;
+    let target_fd: OwnedFd = nix::fcntl::open(
+        target,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| io(&target.display().to_string(), e.into()))?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io("pipe", e.into()))?;
+
+    let spec = Spec {
+        status_fd: status_w.as_raw_fd(),
+        target: FdSpec {
+            fd: target_fd.as_raw_fd(),
+            name: target.display().to_string(),
+        },
+        source: p.display.clone(),
+        primary: FdSpec {
+            fd: primary_file.as_raw_fd(),
+            name: primary_name,
+        },
+        devices: devices
+            .iter()
+            .zip(&p.devices)
+            .map(|(f, b)| FdSpec {
+                fd: f.as_raw_fd(),
+                name: b.path.display().to_string(),
+            })
+            .collect(),
+        tables: p
+            .digests
+            .iter()
+            .map(|d| TableSpec {
+                on: d.on,
+                offset: d.offset,
+                len: d.len,
+                sha256: d.sha256.to_hex(),
+                device: d.device,
+            })
+            .collect(),
+        cache_bytes: opts.cache_bytes,
+        threads: opts.threads,
+        allow_other: opts.allow_other,
+        debug: opts.debug,
+        ms_flags: opts.ms_flags().bits(),
+        security: opts.security.clone(),
+    };
+    let json = serde_json::to_string(&spec).map_err(|e| io("spec", std::io::Error::other(e)))?;
+    let mut keep = vec![
+        status_w.as_raw_fd(),
+        target_fd.as_raw_fd(),
+        primary_file.as_raw_fd(),
+    ];
+    keep.extend(devices.iter().map(|f| f.as_raw_fd()));
+
+    let mut cmd = Command::new(exe);
+    std::os::unix::process::CommandExt::arg0(&mut cmd, daemon::ARGV0);
+    cmd.arg("--spec")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // With `debug` the daemon logs failed reads to the helper's stderr (which it then keeps
+    // open: a caller capturing that stderr sees end-of-file only when the daemon exits).
+    cmd.stderr(if opts.debug {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    });
+    log.info(format_args!(
+        "starting the FUSE reader daemon ({})",
+        exe.display()
+    ));
+    let mut child = sys::spawn_keeping(&mut cmd, &keep)
+        .map_err(|e| io(&format!("cannot run {}", exe.display()), e))?;
+    // Only the daemon may hold the write end, so that its exit is seen as end-of-file.
+    drop(status_w);
+    drop((primary_file, devices, target_fd));
+    let intermediate = child.wait();
+
+    let (pid, outcome) = read_status(status_r, READY_TIMEOUT);
+    match outcome {
+        Status::Ready => match pid {
+            Some(pid) => Ok(pid),
+            None => Err(Error::new(
+                ErrorKind::Mount,
+                "the FUSE reader daemon gave no pid",
+            )),
+        },
+        Status::Failed(message) => Err(Error::new(ErrorKind::Mount, message)),
+        Status::Exited => Err(Error::new(
+            ErrorKind::Mount,
+            format!(
+                "the FUSE reader daemon ({}) exited before mounting ({})",
+                exe.display(),
+                match intermediate {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                }
+            ),
+        )),
+        Status::TimedOut => {
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            // It may have mounted without reporting: take that mount away.
+            detach_if_ours(target, &p.display);
+            Err(Error::new(
+                ErrorKind::Mount,
+                format!(
+                    "the FUSE reader daemon did not become ready within {} s; killed it",
+                    READY_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
+enum Status {
+    Ready,
+    Failed(String),
+    Exited,
+    TimedOut,
+}
+
+/// Reads the daemon's status lines until `ok`, an error, end-of-file or the deadline.
+fn read_status(r: OwnedFd, timeout: Duration) -> (Option<i32>, Status) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = Instant::now() + timeout;
+    let mut file = File::from(r);
+    let mut text = String::new();
+    let mut pid = None;
+    loop {
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            // Only complete lines count.
+            if lines.peek().is_none() && !text.ends_with('\n') {
+                break;
+            }
+            if let Some(p) = line.strip_prefix("pid ") {
+                pid = p.trim().parse().ok();
+            } else if line == "ok" {
+                return (pid, Status::Ready);
+            } else if let Some(m) = line.strip_prefix("error: ") {
+                return (pid, Status::Failed(m.to_owned()));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (pid, Status::TimedOut);
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return (pid, Status::Exited),
+        }
+        let mut buf = [0u8; 4096];
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => return (pid, Status::Exited),
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
+/// Lazily unmounts a FUSE chunkfs mount of `source` at `target`, if there is one.
+fn detach_if_ours(target: &Path, source: &str) {
+    if let Ok(Some(m)) = super::mountinfo::mounted_at(target) {
+        if m.fstype == "fuse.chunkfs" && m.source == source {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// The executable to start as the daemon: this program.
+pub fn default_exe() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn status_of(text: &[u8], close: bool) -> (Option<i32>, Status) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut w = File::from(w);
+        w.write_all(text).unwrap();
+        let keep = (!close).then_some(w);
+        let out = read_status(r, Duration::from_millis(200));
+        drop(keep);
+        out
+    }
+
+    #[test]
+    fn status_lines() {
+        assert!(matches!(
+            status_of(b"pid 42\nok\n", false),
+            (Some(42), Status::Ready)
+        ));
+        match status_of(b"pid 7\nerror: /x: invalid descriptor\n", true) {
+            (Some(7), Status::Failed(m)) => assert_eq!(m, "/x: invalid descriptor"),
+            _ => panic!("an error line is a failure"),
+        }
+        assert!(matches!(
+            status_of(b"pid 9\n", true),
+            (Some(9), Status::Exited)
+        ));
+        // A partial line is not "ok" yet.
+        assert!(matches!(
+            status_of(b"pid 3\no", false),
+            (Some(3), Status::TimedOut)
+        ));
+        assert!(matches!(status_of(b"", true), (None, Status::Exited)));
+    }
+}
