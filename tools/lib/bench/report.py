@@ -231,7 +231,11 @@ def render(res):
              f"(medians, range in parentheses), contenders interleaved and rotated. Pack: page "
              f"cache warm. Read: every cold figure on a fresh mount after "
              f"`echo 3 > /proc/sys/vm/drop_caches`; warm figures repeat the test on that mount.",
-             "", "chunkfs readers: " + res["chunkfs_mount_note"], "", "## Machine", "",
+             "", "chunkfs readers: " + res["chunkfs_mount_note"], ""]
+    if res.get("partial"):
+        parts += ["**Partial: written during the run, which has not finished (or was "
+                  "interrupted).**", ""]
+    parts += ["## Machine", "",
              machine(res), "", "## Targets", "", targets(res, res["rootfs"]), "", "## Packing", ""]
     for name in res["pack"]:
         parts += [pack(res, name), ""]
