@@ -1,6 +1,7 @@
 //! Mounts an EROFS image with the FUSE reader until Enter is pressed (or stdin closes).
 //!
-//! `serve IMAGE MOUNTPOINT [--digests TABLE]... [--device FILE]... [--threads N] [--cache-mb N]`
+//! `serve IMAGE MOUNTPOINT [--digests TABLE]... [--device FILE]... [--threads N] [--cache-mb N]
+//! [--prefetch N]`
 //!
 //! `--trust` instead derives a digest table from the image itself by decompressing every
 //! cluster, so that any EROFS image (e.g. from mkfs.erofs) can be served: verification is then
@@ -36,6 +37,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     let (mut digests, mut devices, mut trust, mut threads, mut cache_mb) =
         (vec![], vec![], false, None, None);
+    let mut prefetch = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--digests" => digests.push(DigestSource {
@@ -44,6 +46,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }),
             "--device" => devices.push(PathBuf::from(args.next().ok_or("--device FILE")?)),
             "--trust" => trust = true,
+            "--prefetch" => prefetch = Some(args.next().ok_or("--prefetch N")?.parse()?),
             "--threads" => threads = Some(args.next().ok_or("--threads N")?.parse()?),
             "--cache-mb" => cache_mb = Some(args.next().ok_or("--cache-mb N")?.parse::<u64>()?),
             other => return Err(format!("unknown option {other}").into()),
@@ -57,6 +60,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = Config::new(&image, devices, digests);
     config.debug = true;
+    if let Some(n) = prefetch {
+        config.prefetch_chunks = n;
+    }
     if let Some(t) = threads {
         config.threads = t;
     }

@@ -1,6 +1,6 @@
 //! The digest tables of all devices: where each chunk frame is and the sha256 of its content.
 
-use chunkfs_kernel_abi::digest_table::{DigestEntry, DigestTable};
+use chunkfs_kernel_abi::digest_table::{DIGEST_FLAG_ZSTD, DigestEntry, DigestTable};
 
 use crate::error::OpenError;
 
@@ -75,6 +75,24 @@ impl Digests {
             };
             DigestTable::view(&t.bytes).ok()?.find(id, offset).copied()
         })
+    }
+
+    /// The first zstd frame of `device` starting at or after `offset`: the frame stored next.
+    pub fn next_frame(&self, device: u16, offset: u64) -> Option<DigestEntry> {
+        self.tables
+            .iter()
+            .filter_map(|t| {
+                let id = match t.device {
+                    Some((d, id)) if d == device => id,
+                    Some(_) => return None,
+                    None => device,
+                };
+                let e = DigestTable::view(&t.bytes)
+                    .ok()?
+                    .first_at_or_after(id, offset)?;
+                (e.device.get() == id && e.flags.get() & DIGEST_FLAG_ZSTD != 0).then_some(*e)
+            })
+            .min_by_key(|e| e.offset.get())
     }
 
     /// Number of entries in all tables.

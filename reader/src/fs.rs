@@ -18,6 +18,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use crate::prefetch::Prefetcher;
 use crate::reader::Shared;
 
 /// The image never changes: attributes and entries may be cached for as long as the kernel likes.
@@ -27,6 +28,8 @@ const MAX_IO: u32 = 1 << 20;
 
 pub(crate) struct Fs {
     pub reader: Shared,
+    /// Decompress-ahead for sequential reads (`None` when disabled).
+    prefetch: Option<Prefetcher>,
     /// The kernel may skip OPEN / OPENDIR (answering ENOSYS once makes it stop sending them and
     /// keep the page cache, as FOPEN_KEEP_CACHE would): a round trip less per open file.
     pub no_open: bool,
@@ -39,8 +42,11 @@ fn errno(e: i32) -> Errno {
 
 impl Fs {
     pub fn new(reader: Shared) -> Self {
+        let depth = reader.config.prefetch_chunks;
+        let prefetch = (depth > 0).then(|| Prefetcher::start(&reader, depth));
         Fs {
             reader,
+            prefetch,
             no_open: false,
             no_opendir: false,
         }
@@ -259,8 +265,14 @@ impl Filesystem for Fs {
                     errno(e.errno())
                 })
         });
-        if let (Err(e), Some(reply)) = (r, reply.take()) {
-            reply.error(e);
+        match (r, reply.take()) {
+            (Err(e), Some(reply)) => reply.error(e),
+            (Ok(_), _) => {
+                if let Some(p) = &self.prefetch {
+                    p.hint(self.nid(ino), offset, size);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -361,6 +373,12 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // FUSE caches no xattrs, and `ls -l` asks for `security.selinux` of every entry: an
+        // image without any makes the kernel stop asking (getxattr then fails with EOPNOTSUPP,
+        // where the kernel's EROFS says ENODATA; listxattr still answers, with empty lists).
+        if !self.reader.descriptor().has_xattrs() {
+            return reply.error(Errno::ENOSYS);
+        }
         let r = self.guard("getxattr", || {
             let name = name.as_bytes();
             if name.starts_with(b"trusted.") && req.uid() != 0 {

@@ -30,6 +30,7 @@ mod digests;
 mod error;
 mod fs;
 mod mount;
+mod prefetch;
 mod reader;
 
 pub use cache::CacheStats;

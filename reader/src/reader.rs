@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chunkfs_kernel_abi::Descriptor;
+use chunkfs_kernel_abi::erofs::FEATURE_INCOMPAT_48BIT;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind, Mapping};
 
 use crate::cache::{Cache, CacheStats, Chunk};
@@ -32,6 +33,9 @@ pub struct Config {
     pub suid_dev: bool,
     /// Log every failed request to stderr.
     pub debug: bool,
+    /// Chunks to decompress ahead, in the background, of a read that looks sequential: the
+    /// frames stored after the one being read (0: none).
+    pub prefetch_chunks: usize,
 }
 
 impl Config {
@@ -52,6 +56,7 @@ impl Config {
             allow_other: true,
             suid_dev: true,
             debug: false,
+            prefetch_chunks: 8,
         }
     }
 }
@@ -153,6 +158,100 @@ impl Reader {
                 len,
             )
         })
+    }
+
+    /// The compressed chunk holding byte `end - 1` of regular file `nid` (in the packed inode
+    /// for a small file), and the `n` chunks stored after it on the same device: what a reader
+    /// going through the image in its order needs next.
+    pub(crate) fn chunks_after(&self, nid: u64, end: u64, n: usize) -> Vec<ChunkRef> {
+        let Some(current) = self.chunk_at(nid, end) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(n.saturating_add(1));
+        out.push(current);
+        let mut at = current.offset.saturating_add(current.len);
+        while out.len() <= n {
+            let Some(e) = self.digests.next_frame(current.device, at) else {
+                break;
+            };
+            let (offset, len) = (e.offset.get(), u64::from(e.stored_len.get()));
+            let Some(c) = self.cluster_of_frame(current.device, offset, len) else {
+                break;
+            };
+            at = c.offset.saturating_add(c.len);
+            out.push(c);
+        }
+        out
+    }
+
+    /// The compressed chunk holding byte `end - 1` of regular file `nid`.
+    fn chunk_at(&self, nid: u64, end: u64) -> Option<ChunkRef> {
+        let inode = self.desc.inode(nid)?;
+        if inode.kind() != Kind::File {
+            return None;
+        }
+        let last = end.min(inode.size()).checked_sub(1)?;
+        let m = inode.map(last)?;
+        let m = match m.kind {
+            MapKind::Fragment { packed_offset } => {
+                let at = packed_offset.checked_add(last.checked_sub(m.logical_start)?)?;
+                self.desc.packed()?.map(at)?
+            }
+            _ => m,
+        };
+        match m.kind {
+            MapKind::Encoded {
+                device,
+                offset,
+                len,
+                ..
+            } => Some(ChunkRef {
+                device,
+                offset,
+                len,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The cluster a mapping names for the frame `[offset, offset + len)`: the frame itself with
+    /// byte-addressed (48-bit) extents; the blocks covering it in the cluster layout, where a
+    /// frame ends on a block boundary behind zero padding (docs/descriptor.md §4).
+    fn cluster_of_frame(&self, device: u16, offset: u64, len: u64) -> Option<ChunkRef> {
+        if self.desc.feature_incompat() & FEATURE_INCOMPAT_48BIT != 0 {
+            return Some(ChunkRef {
+                device,
+                offset,
+                len,
+            });
+        }
+        let block = u64::from(self.desc.block_size());
+        let start = offset - offset % block;
+        let end = offset.checked_add(len)?;
+        Some(ChunkRef {
+            device,
+            offset: start,
+            len: end.checked_sub(start)?,
+        })
+    }
+
+    /// Loads a chunk into the cache, if it is not there; errors are left for a real read to
+    /// report.
+    pub(crate) fn preload(&self, c: ChunkRef) {
+        let _ = self.chunk(c.device, c.offset, c.len);
+    }
+
+    /// Loads into the cache the `n` chunks stored after the one holding byte `end - 1` of
+    /// regular file `nid`: what a reader going through the image in its order asks for next.
+    /// Returns how many chunks it found to load. The FUSE layer does this in the background for
+    /// reads that look sequential ([`Config::prefetch_chunks`]).
+    pub fn preload_after(&self, nid: u64, end: u64, n: usize) -> usize {
+        let chunks = self.chunks_after(nid, end, n);
+        let found = chunks.len().saturating_sub(1);
+        for c in chunks.into_iter().skip(1) {
+            self.preload(c);
+        }
+        found
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `nid`; fewer at the end of the file.
@@ -320,6 +419,14 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// A compressed cluster of a device, as a file's mapping names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkRef {
+    device: u16,
+    offset: u64,
+    len: u64,
 }
 
 /// Zeros for holes, served without allocating.

@@ -215,3 +215,21 @@ fn concurrent_reads_load_each_chunk_once() {
     // Five distinct clusters (A, B, C, D, zeros), each decompressed once.
     assert_eq!(r.cache_stats().loads, 5);
 }
+
+#[test]
+fn preloading_follows_the_stored_order_of_chunks() {
+    let img = common::build(parent());
+    let r = Reader::open(img.config()).unwrap();
+    // After a byte of chunk A (file `big`): B, then C (the packed inode's chunk) follow it in
+    // the image; the zero frame after them has no digest entry, so the walk stops there.
+    assert_eq!(r.preload_after(nid_of(&r, "big"), 1, 4), 2);
+    assert_eq!(r.cache_stats().loads, 2);
+    // The small file `frag` lives in C: nothing with a digest is stored after it on device 0.
+    assert_eq!(r.preload_after(nid_of(&r, "frag"), 3000, 4), 0);
+    // Preloaded chunks are served from the cache, and correctly.
+    assert_eq!(read_all(&r, "frag").unwrap(), img.expected("frag"));
+    assert_eq!(r.cache_stats().loads, 2);
+    // Not a regular file, or nothing read yet: nothing to preload.
+    assert_eq!(r.preload_after(nid_of(&r, "sub"), 1, 4), 0);
+    assert_eq!(r.preload_after(nid_of(&r, "big"), 0, 4), 0);
+}

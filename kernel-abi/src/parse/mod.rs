@@ -48,6 +48,7 @@ use zmap::ZMap;
 pub struct Descriptor<B> {
     bytes: B,
     sb: Sb,
+    xattrs: bool,
 }
 
 impl<B: AsRef<[u8]>> Descriptor<B> {
@@ -62,8 +63,8 @@ impl<B: AsRef<[u8]>> Descriptor<B> {
     /// [`Descriptor::scratch_len`] bytes; its contents are overwritten).
     pub fn parse_in(bytes: B, scratch: &mut [u8]) -> Result<Self, ParseError> {
         let mut sb = sb::parse(bytes.as_ref())?;
-        walk::validate(bytes.as_ref(), &mut sb, scratch)?;
-        Ok(Self { bytes, sb })
+        let xattrs = walk::validate(bytes.as_ref(), &mut sb, scratch)?;
+        Ok(Self { bytes, sb, xattrs })
     }
 
     /// Validates the whole descriptor in one pass, allocating the scratch it needs.
@@ -135,6 +136,12 @@ impl<B: AsRef<[u8]>> Descriptor<B> {
     /// The superblock's inode count (for `statfs`).
     pub fn inos(&self) -> u64 {
         self.sb.inos
+    }
+
+    /// Whether any inode has extended attributes. A FUSE server may then stop the kernel from
+    /// asking (`ls -l` asks for `security.selinux` of every file, and FUSE caches no xattrs).
+    pub fn has_xattrs(&self) -> bool {
+        self.xattrs
     }
 
     /// The superblock's incompatible feature bits.

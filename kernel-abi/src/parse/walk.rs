@@ -36,6 +36,8 @@ struct Scratch<'s> {
     stack: &'s mut [u8],
     depth: usize,
     bits: &'s mut [u8],
+    /// Whether some validated inode has an xattr body.
+    xattrs: bool,
 }
 
 impl Scratch<'_> {
@@ -115,7 +117,8 @@ fn at(nid: u64) -> impl Fn(AbiError) -> ParseError {
 }
 
 /// Validates the packed inode, then every inode reachable from the root.
-pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<(), ParseError> {
+/// Returns whether some inode has extended attributes (an xattr body).
+pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<bool, ParseError> {
     let need = scratch_len(sb).ok_or(AbiError::Truncated { what: "scratch" })?;
     let scratch = scratch
         .get_mut(..need)
@@ -126,6 +129,7 @@ pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<
         stack,
         depth: 0,
         bits,
+        xattrs: false,
     };
     if let Some(packed) = sb.packed_nid {
         let i = validate_leaf(bytes, sb, &mut s, packed)?;
@@ -171,7 +175,7 @@ pub(crate) fn validate(bytes: &[u8], sb: &mut Sb, scratch: &mut [u8]) -> Result<
             None => s.depth = depth,
         }
     }
-    Ok(())
+    Ok(s.xattrs)
 }
 
 /// Checks the xattr body and the data of a non-directory inode and claims its bytes.
@@ -189,6 +193,7 @@ fn validate_leaf(
 fn check_leaf(bytes: &[u8], sb: &Sb, s: &mut Scratch<'_>, i: &Inode) -> Result<(), AbiError> {
     if let Some(body) = Body::of(bytes, i)? {
         body.validate(bytes, sb)?;
+        s.xattrs = true;
     }
     let end = match i.file_type() {
         mode::S_IFDIR => {
@@ -252,6 +257,7 @@ fn validate_dir(
     }
     if let Some(body) = Body::of(bytes, &i).map_err(&here)? {
         body.validate(bytes, sb).map_err(&here)?;
+        s.xattrs = true;
     }
     let dir = Dir::of(bytes, sb, i).map_err(&here)?;
     s.claim(sb, &i, inline_end(&i, &dir.flat)).map_err(&here)?;

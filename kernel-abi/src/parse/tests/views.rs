@@ -131,6 +131,16 @@ fn symlinks_and_xattrs() {
     let f = d.inode(lay.nid[n::FILE48]).unwrap();
     assert_eq!(f.xattr(b"system.posix_acl_access"), Some(&[2, 0, 0, 0][..]));
     assert_eq!(d.inode(lay.nid[n::EMPTY]).unwrap().xattrs().count(), 0);
+    assert!(d.has_xattrs());
+    // The same tree without any xattr (the root's shared one included).
+    let mut b = standard();
+    b.shared.clear();
+    for node in &mut b.nodes {
+        node.xattrs.clear();
+        node.shared.clear();
+    }
+    let (img, _) = build(&b);
+    assert!(!parse(&img).unwrap().has_xattrs());
 }
 
 #[test]

@@ -1,0 +1,1 @@
+"""tools/bench: the benchmark of chunkfs against squashfs, EROFS and tar (see tools/bench)."""

@@ -1,0 +1,253 @@
+"""The markdown report: absolute figures (medians, with the range over runs), ratios to
+squashfs, and the issue's targets checked on the Debian root filesystem."""
+
+from .proc import median
+
+MB = 1e6
+MIB = 2**20
+
+
+def _fmt(x, spec, unit=""):
+    return "–" if x is None else f"{x:{spec}}{unit}"
+
+
+def _range(xs, spec, scale=1.0):
+    """`median (min–max)` of a list, scaled."""
+    xs = [x * scale for x in xs if x is not None]
+    if not xs:
+        return "–"
+    m = median(xs)
+    if len(xs) == 1 or min(xs) == max(xs):
+        return f"{m:{spec}}"
+    return f"{m:{spec}} ({min(xs):{spec}}–{max(xs):{spec}})"
+
+
+def _table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def machine(res):
+    lim = res["limits"]
+    z3 = lim.get("zstd_cli_3")
+    rows = [
+        ["CPU", f"{lim['cpu']}, {lim['cores']} cores"],
+        ["memory", f"{lim['mem_bytes'] / 2**30:.1f} GiB"],
+        ["kernel", lim["kernel"]],
+        ["load average (1 min) at start / end of the run",
+         f"{res['load_start']:.2f} / {res['load_end']:.2f}"],
+        ["memory copy", f"{lim['memcpy'] / 1e9:.1f} GB/s"],
+        ["sha256 (sha2 crate, 128 KiB pieces, one core)", f"{lim['sha256'] / 1e9:.2f} GB/s"],
+        ["zstd level 9, 128 KiB pieces, one core: compress / decompress",
+         f"{lim['zstd9_compress'] / MB:.0f} MB/s / {lim['zstd_decompress'] / 1e9:.2f} GB/s"],
+        ["`zstd -b3` (CLI, one core): compress / decompress",
+         "–" if not z3 else f"{z3[0] / MB:.0f} MB/s / {z3[1] / MB:.0f} MB/s"],
+        [f"disk, cold sequential read of {lim['disk_sample']}",
+         f"{lim['disk_cold_read'] / MB:.0f} MB/s"],
+    ]
+    return _table(["machine", ""], rows)
+
+
+def pack(res, name):
+    samples = res["pack"][name]
+    info = res["corpora"][name]
+    ref = samples.get("squashfs") or []
+    ref_wall = median([s["wall"] for s in ref])
+    ref_size = median([s["size"] for s in ref])
+    rows = []
+    for c in res["pack_contenders"]:
+        ss = samples.get(c["name"]) or []
+        if not ss:
+            continue
+        wall, size = median([s["wall"] for s in ss]), median([s["size"] for s in ss])
+        rows.append([
+            c["label"], _range([s["wall"] for s in ss], ".2f"),
+            _range([s["cpu"] for s in ss], ".2f"), _range([s["rss"] for s in ss], ".0f", 1 / MIB),
+            f"{size / MB:.2f}",
+            _fmt(wall / ref_wall if ref_wall else None, ".2f", "×"),
+            _fmt(size / ref_size if ref_size else None, ".3f", "×"),
+            len(ss),
+        ])
+    head = (f"**{name}** ({res['corpus_desc'][name]}): {info['bytes'] / MB:.1f} MB in "
+            f"{info['files']:,} files, {info['inodes']:,} inodes\n\n")
+    return head + _table(["packer", "wall s", "CPU s", "peak RSS MiB", "image MB",
+                          "wall / squashfs", "size / squashfs", "runs"], rows)
+
+
+def related(res):
+    rows = []
+    for e in res["related"]:
+        sq = res["pack"]
+        sq_sum = None
+        try:
+            sq_sum = (median([s["size"] for s in sq[e["base"]]["squashfs"]]) +
+                      median([s["size"] for s in sq[e["other"]]["squashfs"]]))
+        except (KeyError, TypeError):
+            pass
+        rows.append([
+            f"{e['base']} + {e['other']}", f"{e['both'] / MB:.1f} ({e['blobs']} blobs)",
+            _fmt(sq_sum and sq_sum / MB, ".1f"),
+            _fmt(sq_sum and e["both"] / sq_sum, ".3f", "×"),
+            f"{e['other_alone'] / MB:.1f}", f"{e['both'] / e['other_alone']:.3f}×",
+            f"{(e['both'] - e['base_alone']) / MB:.1f}",
+        ])
+    return _table(["two images", "one chunkfs layout, MB", "two squashfs, MB",
+                   "layout / squashfs", "second alone in a layout, MB", "both / second alone",
+                   "second tag adds, MB"], rows)
+
+
+def _med(samples, phase, key):
+    return median([s[phase][key] for s in samples if s.get(phase) and s[phase].get(key) is not None])
+
+
+def read(res, name):
+    r = res["read"][name]
+    labels = {c["name"]: c["label"] for c in res["read_contenders"]}
+    rows, ratio_rows = [], []
+    ref = r.get("squashfs", {})
+
+    def speed(c, test, phase):
+        """Seconds of the test; MB/s for reads."""
+        ss = r[c].get(test) or []
+        return _med(ss, phase, "secs")
+
+    for c in r:
+        t = r[c]
+        mounts_ms = [s["mount_s"] * 1000 for tt in t.values() for s in tt if s.get("mount_s")]
+        mem = [s["mem"] for tt in t.values() for s in tt if s.get("mem")]
+        ra = t.get("readall") or []
+        nbytes = _med(ra, "cold", "bytes")
+
+        def rate(phase, test="readall"):
+            secs = _med(t.get(test) or [], phase, "secs")
+            if secs is None or not nbytes:
+                return "–"
+            return f"{secs:.3f} s ({nbytes / secs / MB:.0f} MB/s)"
+
+        rr = t.get("randread") or []
+        rows.append([
+            labels.get(c, c), _range(mounts_ms, ".0f"), rate("cold"), rate("warm"),
+            rate("cold", "readall4"),
+            _fmt(speed(c, "find", "cold"), ".3f"), _fmt(speed(c, "find", "warm"), ".3f"),
+            _fmt(speed(c, "lsR", "cold"), ".3f"), _fmt(speed(c, "lsR", "warm"), ".3f"),
+            "–" if not rr else f"{_med(rr, 'cold', 'iops'):.0f} ({_med(rr, 'cold', 'p50_us'):.0f} µs)",
+            "–" if not rr else f"{_med(rr, 'warm', 'iops'):.0f}",
+            "–" if not mem else (f"{max(m['hwm'] for m in mem) / MIB:.0f} "
+                                 f"(anon {max(m['anon'] for m in mem) / MIB:.0f})"),
+        ])
+        if c != "squashfs" and ref:
+            def ratio(test, phase, key="secs"):
+                a, b = _med(ref.get(test) or [], phase, key), _med(t.get(test) or [], phase, key)
+                if not a or not b:
+                    return "–"
+                return f"{(b / a if key == 'iops' else a / b):.2f}×"
+            ratio_rows.append([labels.get(c, c), ratio("readall", "cold"), ratio("readall", "warm"),
+                               ratio("readall4", "cold"), ratio("find", "cold"),
+                               ratio("find", "warm"), ratio("lsR", "cold"), ratio("lsR", "warm"),
+                               ratio("randread", "cold", "iops"), ratio("randread", "warm", "iops")])
+    out = _table(["reader", "mount ms", "read all, cold", "read all, warm",
+                  "read all, 4 readers, cold", "find cold s", "find warm s", "ls -lR cold s",
+                  "ls -lR warm s", "4 KiB random reads cold: IOPS (p50)", "random warm IOPS",
+                  "daemon peak RSS MiB"], rows)
+    if ratio_rows:
+        out += ("\n\nSpeed relative to kernel squashfs (squashfs time / this time; above 1 is "
+                "faster):\n\n")
+        out += _table(["reader", "read all cold", "read all warm", "4 readers cold", "find cold",
+                       "find warm", "ls -lR cold", "ls -lR warm", "random cold", "random warm"],
+                      ratio_rows)
+    return out
+
+
+def targets(res, rootfs):
+    """The issue's targets, measured on the root filesystem corpus."""
+    rows = []
+
+    def add(what, value, goal, ok):
+        rows.append([what, value, goal, "–" if ok is None else ("met" if ok else "**missed**")])
+
+    p = res["pack"].get(rootfs, {})
+    if p.get("chunkfs") and p.get("squashfs"):
+        w = median([s["wall"] for s in p["chunkfs"]]) / median([s["wall"] for s in p["squashfs"]])
+        sz = median([s["size"] for s in p["chunkfs"]]) / median([s["size"] for s in p["squashfs"]])
+        add("pack wall time / mksquashfs -comp zstd", f"{w:.2f}×", "≤ 0.50×", w <= 0.5)
+        add("image size / mksquashfs -comp zstd", f"{sz:.3f}×", "≤ 1.05×", sz <= 1.05)
+    for e in res.get("related", []):
+        if e["base"] == rootfs and e["other"] == "bookworm-plus":
+            try:
+                sq = (median([s["size"] for s in res["pack"][rootfs]["squashfs"]]) +
+                      median([s["size"] for s in res["pack"]["bookworm-plus"]["squashfs"]]))
+                add("two related images, one layout / two squashfs", f"{e['both'] / sq:.3f}×",
+                    "≤ 0.75×", e["both"] / sq <= 0.75)
+            except KeyError:
+                pass
+            x = e["both"] / e["other_alone"]
+            add("superset tree: layout of both / layout of the larger alone", f"{x:.3f}×",
+                "≤ 1.10×", x <= 1.10)
+    r = res["read"].get(rootfs)
+    if r:
+        def med(c, test, phase):
+            return _med(r.get(c, {}).get(test) or [], phase, "secs")
+
+        def speed_vs(c, ref, test, phase, goal, le=False, label=None):
+            a, b = med(ref, test, phase), med(c, test, phase)
+            if a is None or b is None:
+                return
+            if le:
+                x = b / a
+                add(label, f"{x:.2f}×", f"≤ {goal}×", x <= goal)
+            else:
+                x = a / b
+                add(label, f"{x:.2f}×", f"≥ {goal}×", x >= goal)
+        for c, lbl in (("chunkfs-kernel", "kernel"), ("chunkfs-fuse", "FUSE")):
+            if c not in r:
+                continue
+            cold_goal = 1.6 if c == "chunkfs-kernel" else 0.8
+            speed_vs(c, "squashfs", "readall", "cold", cold_goal,
+                     label=f"chunkfs {lbl}: read all cold, speed vs squashfs")
+            speed_vs(c, "squashfs", "readall", "warm", 0.9,
+                     label=f"chunkfs {lbl}: read all warm, speed vs squashfs")
+            for test, tl in (("lsR", "ls -lR"), ("find", "find")):
+                for phase in ("cold", "warm"):
+                    goal = 1.1 if (c == "chunkfs-kernel" and test == "lsR") else 2.0
+                    speed_vs(c, "erofs", test, phase, goal, le=True,
+                             label=f"chunkfs {lbl}: {tl} {phase}, time vs kernel erofs")
+            ms = [s["mount_s"] for tt in r[c].values() for s in tt if s.get("mount_s")]
+            if ms:
+                m = median(ms) * 1000
+                add(f"chunkfs {lbl}: mount", f"{m:.0f} ms", "< 100 ms", m < 100)
+            mem = [s["mem"] for tt in r[c].values() for s in tt if s.get("mem")]
+            if mem:
+                anon = max(m["anon"] for m in mem) / MIB
+                add(f"chunkfs {lbl}: daemon anonymous RSS (cache included)",
+                    f"{anon:.0f} MiB", f"< 64 MiB + cache ({res['fuse_cache_mib']} MiB)",
+                    anon < 64 + res["fuse_cache_mib"])
+    return _table(["target (on " + rootfs + ")", "measured", "goal", ""], rows)
+
+
+def render(res):
+    parts = [f"# chunkfs benchmark, {res['date']}", "",
+             f"`{res['command']}` at commit `{res['commit']}`: {res['runs']} runs per figure "
+             f"(medians, range in parentheses), contenders interleaved and rotated. Pack: page "
+             f"cache warm. Read: every cold figure on a fresh mount after "
+             f"`echo 3 > /proc/sys/vm/drop_caches`; warm figures repeat the test on that mount.",
+             "", "chunkfs readers: " + res["chunkfs_mount_note"], ""]
+    if res.get("partial"):
+        parts += ["**Partial: written during the run, which has not finished (or was "
+                  "interrupted).**", ""]
+    parts += ["## Machine", "",
+             machine(res), "", "## Targets", "", targets(res, res["rootfs"]), "", "## Packing", ""]
+    for name in res["pack"]:
+        parts += [pack(res, name), ""]
+    if res.get("related"):
+        parts += ["## Two related images", "",
+                  "Every byte of the layout counted (blobs, index.json, oci-layout).", "",
+                  related(res), ""]
+    parts += ["## Reading", "",
+              "Images: chunkfs default, mksquashfs -comp zstd (level 15), mkfs.erofs -zlz4hc. "
+              "Read all: every regular file once (hard links once), in the order tar reads them "
+              "(sorted names, pre-order), 1 MiB reads. Random: 4 KiB preads at aligned offsets "
+              f"of files ≥ 1 MiB, files opened beforehand, {res['randreads']} reads.", ""]
+    for name in res["read"]:
+        parts += [f"**{name}**", "", read(res, name), ""]
+    return "\n".join(parts) + "\n"
