@@ -225,6 +225,17 @@ pub fn fixture_dir(name: &str) -> PathBuf {
     crate::scratch_dir(name)
 }
 
+/// Returns from the calling test, saying why, when mount tests cannot run here.
+#[macro_export]
+macro_rules! require_mount {
+    () => {
+        if let Some(why) = $crate::mount::cannot_mount() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
 /// Why a mount test cannot run here, if it cannot.
 pub fn cannot_mount() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {

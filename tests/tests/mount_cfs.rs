@@ -19,19 +19,10 @@ use std::sync::{Arc, OnceLock};
 
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_tests::mount::{
-    Mounted, SbinHelper, assert_nothing_left, cannot_mount, chunkfs_bin, describe, helper_in,
-    output,
+    Mounted, SbinHelper, assert_nothing_left, chunkfs_bin, describe, helper_in, output,
 };
+use chunkfs_tests::require_mount;
 use chunkfs_tests::tree::{compare_trees, make_every_corner_tree, pseudo_random};
-
-macro_rules! require_mount {
-    () => {
-        if let Some(why) = cannot_mount() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// The packed trees, shared by the tests of this file (read-only).
 struct Fixture {

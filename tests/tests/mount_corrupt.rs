@@ -15,19 +15,9 @@ use std::sync::OnceLock;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_format::model::{FileLayout, InodeKind};
-use chunkfs_tests::mount::{
-    Mounted, assert_nothing_left, cannot_mount, describe, helper_in, output,
-};
+use chunkfs_tests::mount::{Mounted, assert_nothing_left, describe, helper_in, output};
+use chunkfs_tests::require_mount;
 use chunkfs_tests::tree::{make_every_corner_tree, pseudo_random};
-
-macro_rules! require_mount {
-    () => {
-        if let Some(why) = cannot_mount() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 struct Fixture {
     dir: PathBuf,

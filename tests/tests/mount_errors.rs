@@ -10,19 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
-use chunkfs_tests::mount::{
-    Mounted, assert_nothing_left, cannot_mount, describe, helper_in, output,
-};
+use chunkfs_tests::mount::{Mounted, assert_nothing_left, describe, helper_in, output};
+use chunkfs_tests::require_mount;
 use chunkfs_tests::tree::pseudo_random;
-
-macro_rules! require_mount {
-    () => {
-        if let Some(why) = cannot_mount() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// A scratch directory with a small image, the helper and a mount point; removed when dropped
 /// unless something is still mounted or attached under it.
