@@ -11,7 +11,7 @@
 //! read, or a readahead-sized one); random reads do not, so they cost no extra decompression.
 //! Hints are dropped when the thread is behind: prefetching never blocks a request.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Weak};
 
 use crate::reader::Reader;
@@ -47,9 +47,8 @@ impl Prefetcher {
             return;
         }
         if let Some(tx) = &self.tx {
-            match tx.try_send((nid, offset.saturating_add(size.into()))) {
-                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-            }
+            // A full queue (the thread is behind) or a finished thread just drops the hint.
+            let _ = tx.try_send((nid, offset.saturating_add(size.into())));
         }
     }
 }
