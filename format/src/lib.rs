@@ -1,6 +1,7 @@
 //! The chunkfs image format (docs/format.md): the metadata model and its Cap'n Proto encoding,
-//! content-defined chunking, zstd chunk frames, the `.cfs` single-file container, OCI image
-//! layouts, and translation of an image into its EROFS descriptor (docs/descriptor.md).
+//! content-defined chunking, zstd chunk frames, the `.cfs` single-file container, and
+//! translation of an image into its EROFS descriptor (docs/descriptor.md). Moving images
+//! (OCI layouts, tar images, registries, the local store) is `chunkfs-distribution`'s job.
 //!
 //! ```no_run
 //! use chunkfs_format::cfs::{read::Cfs, write::{pack_dir, PackOptions}};
@@ -24,11 +25,9 @@ pub mod digest;
 pub mod index;
 pub mod inspect;
 pub mod model;
-pub mod oci;
 pub mod partial;
 pub mod scan;
 pub mod schema;
-pub mod tar;
 pub mod translate;
 pub mod unpack;
 pub mod verify;

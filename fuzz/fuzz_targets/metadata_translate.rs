@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chunkfs_format::model::{FileLayout, Image, InodeKind, mode};
-use chunkfs_format::oci::pack::frame_start;
+use chunkfs_distribution::oci::pack::frame_start;
 use chunkfs_format::translate::{
     ChunkLocation, ExtentLayout, ExtraDevice, standalone_layout, translate_within,
 };

@@ -8,8 +8,8 @@
 
 use std::sync::atomic::AtomicU64;
 
-use chunkfs_format::oci::layout::Layout;
-use chunkfs_format::oci::select::{PlatformSpec, select};
+use chunkfs_distribution::oci::layout::Layout;
+use chunkfs_distribution::oci::select::{PlatformSpec, select};
 use chunkfs_format::unpack::ChunkSource;
 use libfuzzer_sys::fuzz_target;
 
@@ -35,11 +35,11 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(layout) = Layout::open(&dir) {
-        let _ = chunkfs_format::oci::select::tags(&layout);
+        let _ = chunkfs_distribution::oci::select::tags(&layout);
         let amd64 = PlatformSpec::parse("linux/amd64").expect("platform");
         let _ = select(&layout, None, Some(&amd64));
     }
-    if let Ok(img) = chunkfs_format::oci::read::open_image(&dir, None) {
+    if let Ok(img) = chunkfs_distribution::oci::read::open_image(&dir, None) {
         let _ = img.extra_devices();
         if let Ok(mut chunks) = img.chunks() {
             for i in 0..img.image.chunks.len() {
@@ -47,11 +47,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         drop(img);
-        let _ = chunkfs_format::oci::verify::verify_image(&dir, None, &AtomicU64::new(0));
+        let _ = chunkfs_distribution::oci::verify::verify_image(&dir, None, &AtomicU64::new(0));
     }
     let amd64 = PlatformSpec::parse("linux/amd64").expect("platform");
-    if let Ok(img) = chunkfs_format::oci::tar_image::open_tar_image(&dir, None, Some(&amd64)) {
-        if let Ok(tree) = chunkfs_format::tar::merge_layers(&img.layers) {
+    if let Ok(img) = chunkfs_distribution::oci::tar_image::open_tar_image(&dir, None, Some(&amd64)) {
+        if let Ok(tree) = chunkfs_distribution::tar::merge_layers(&img.layers) {
             let _ = tree.to_inodes(|_, _| chunkfs_format::model::FileLayout::Extents(vec![]));
         }
     }

@@ -6,8 +6,8 @@
 
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{ChunkInfo, Extent, FileLayout, Image};
-use chunkfs_format::tar::layer::LayerInput;
-use chunkfs_format::tar::{feed_contents, merge_layers};
+use chunkfs_distribution::tar::layer::LayerInput;
+use chunkfs_distribution::tar::{feed_contents, merge_layers};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -540,9 +540,9 @@ fn oci_read_all(
     expected: &[(PathBuf, Expected)],
     scratch: &Path,
 ) -> Result<Result<(usize, usize), String>, String> {
-    use chunkfs_format::oci::pack::PackIndex;
+    use chunkfs_distribution::oci::pack::PackIndex;
     use chunkfs_format::translate::{self, ExtentLayout};
-    let img = match chunkfs_format::oci::read::open_image(dir, Some(tag)) {
+    let img = match chunkfs_distribution::oci::read::open_image(dir, Some(tag)) {
         Ok(img) => img,
         Err(e) => return Ok(Err(e.to_string())),
     };

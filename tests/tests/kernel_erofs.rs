@@ -1798,9 +1798,9 @@ fn packer_images_under_a_standalone_descriptor() {
 /// does (frames in the pack blobs, devices in layer order), mounted with the blobs as devices.
 #[test]
 fn oci_layout_under_a_standalone_descriptor() {
+    use chunkfs_distribution::oci::convert::{Dest, Source, convert};
+    use chunkfs_distribution::oci::read::open_image;
     use chunkfs_format::cfs::write::PackOptions;
-    use chunkfs_format::oci::convert::{Dest, Source, convert};
-    use chunkfs_format::oci::read::open_image;
     use chunkfs_format::translate::standalone_layout;
     require_kernel!(true);
     let tmp = scratch();

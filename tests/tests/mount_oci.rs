@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
+use chunkfs_distribution::oci::convert::{Dest, Source, convert};
+use chunkfs_distribution::oci::pack::PackWriter;
+use chunkfs_distribution::oci::read::open_image;
+use chunkfs_distribution::oci::write::LayoutWriter;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_format::digest::Digest;
-use chunkfs_format::oci::convert::{Dest, Source, convert};
-use chunkfs_format::oci::pack::PackWriter;
-use chunkfs_format::oci::read::open_image;
-use chunkfs_format::oci::write::LayoutWriter;
 use chunkfs_tests::mount::{
     Mounted, assert_nothing_left, cannot_mount, chunkfs_bin, describe, helper_in, mountinfo_dev,
     output,

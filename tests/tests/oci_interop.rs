@@ -12,10 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use chunkfs_distribution::oci::convert::{Dest, Outcome, Source, convert};
+use chunkfs_distribution::oci::layout::Layout;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::cfs::write::PackOptions;
-use chunkfs_format::oci::convert::{Dest, Outcome, Source, convert};
-use chunkfs_format::oci::layout::Layout;
 use chunkfs_tests::oci::{Registry, oci_ref, run};
 use chunkfs_tests::tree::{compare_trees, make_every_corner_tree};
 
@@ -109,10 +109,10 @@ fn skopeo_inspects_and_copies_a_chunkfs_layout() {
 
     // skopeo writing a second tag into a chunkfs layout: gc keeps everything both tags reach.
     run(Command::new("skopeo").args(["copy", "--quiet", &oci_ref(&a, "v1"), &oci_ref(&a, "copy")]));
-    let report = chunkfs_format::oci::gc::gc(&a, false).unwrap();
+    let report = chunkfs_distribution::oci::gc::gc(&a, false).unwrap();
     assert!(report.removed.is_empty(), "gc removed {:?}", report.removed);
-    chunkfs_format::oci::gc::remove_tag(&a, "v1").unwrap();
-    let report = chunkfs_format::oci::gc::gc(&a, false).unwrap();
+    chunkfs_distribution::oci::gc::remove_tag(&a, "v1").unwrap();
+    let report = chunkfs_distribution::oci::gc::gc(&a, false).unwrap();
     assert!(
         report.removed.is_empty(),
         "the copy tag still reaches every blob: {:?}",
@@ -261,25 +261,30 @@ fn umoci_and_skopeo_images_convert_to_the_merged_tree() {
 
     // The upper layer really holds whiteouts, a hard link to a lower file and a file over a
     // directory.
-    let img = chunkfs_format::oci::tar_image::open_tar_image(&layout, Some("t"), None).unwrap();
-    let mut upper = chunkfs_format::tar::layer::LayerStream::open(&img.layers[1]).unwrap();
+    let img =
+        chunkfs_distribution::oci::tar_image::open_tar_image(&layout, Some("t"), None).unwrap();
+    let mut upper = chunkfs_distribution::tar::layer::LayerStream::open(&img.layers[1]).unwrap();
     let mut names = Vec::new();
     while let Some(e) = upper.next_entry().unwrap() {
         names.push((String::from_utf8_lossy(&e.path).into_owned(), e.kind));
     }
     drop(img);
-    let has =
-        |f: &dyn Fn(&(String, chunkfs_format::tar::stream::EntryKind)) -> bool| names.iter().any(f);
+    let has = |f: &dyn Fn(&(String, chunkfs_distribution::tar::stream::EntryKind)) -> bool| {
+        names.iter().any(f)
+    };
     assert!(has(&|(n, _)| n.ends_with(".wh.deleted")), "{names:?}");
     assert!(has(&|(n, _)| n.ends_with(".wh.gone")), "{names:?}");
     assert!(
         has(&|(n, k)| n.ends_with("big-link")
-            && matches!(k, chunkfs_format::tar::stream::EntryKind::HardLink(_))),
+            && matches!(k, chunkfs_distribution::tar::stream::EntryKind::HardLink(_))),
         "{names:?}"
     );
     assert!(
         has(&|(n, k)| n.ends_with("dir-to-file")
-            && matches!(k, chunkfs_format::tar::stream::EntryKind::Regular { .. })),
+            && matches!(
+                k,
+                chunkfs_distribution::tar::stream::EntryKind::Regular { .. }
+            )),
         "{names:?}"
     );
 

@@ -5,9 +5,9 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use chunkfs_distribution::oci::read::{OciImage, open_image};
+use chunkfs_distribution::oci::reference::{Reference, Role};
 use chunkfs_format::cfs::read::Cfs;
-use chunkfs_format::oci::read::{OciImage, open_image};
-use chunkfs_format::oci::reference::{Reference, Role};
 use chunkfs_format::partial::PARTIAL;
 use chunkfs_format::translate::{self, ChunkLocation, Descriptor, ExtentLayout, ExtraDevice};
 use chunkfs_kernel_abi::Descriptor as AbiDescriptor;
@@ -123,8 +123,8 @@ fn classify(path: &Path) -> Reference {
     }
 }
 
-fn oci_error(dir: &Path, e: &chunkfs_format::oci::read::Error) -> Error {
-    use chunkfs_format::oci::{layout, read};
+fn oci_error(dir: &Path, e: &chunkfs_distribution::oci::read::Error) -> Error {
+    use chunkfs_distribution::oci::{layout, read};
     let message = format!("{}: {e}", dir.display());
     match e {
         read::Error::Layout(layout::Error::Io { .. } | layout::Error::NotALayout { .. }) => {

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use chunkfs_format::oci::gc;
-use chunkfs_format::oci::reference::{Reference, Role};
+use chunkfs_distribution::oci::gc;
+use chunkfs_distribution::oci::reference::{Reference, Role};
 use indicatif::HumanBytes;
 
 use crate::Error;

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
+use chunkfs_distribution::oci::convert::{self, Dest, Outcome, Source};
+use chunkfs_distribution::oci::reference::{Reference, Role};
+use chunkfs_distribution::oci::select::PlatformSpec;
 use chunkfs_format::build::BuildOptions;
 use chunkfs_format::cfs::write::PackOptions;
-use chunkfs_format::oci::convert::{self, Dest, Outcome, Source};
-use chunkfs_format::oci::reference::{Reference, Role};
-use chunkfs_format::oci::select::PlatformSpec;
 use indicatif::HumanBytes;
 
 use super::pack::Args;
@@ -131,7 +131,7 @@ fn report(dest: &Reference, o: &Outcome) {
 /// Exit status of a failed conversion: usage for a reference that names no image, I/O when an
 /// OS error is at the root, corrupt otherwise.
 fn convert_error(e: convert::Error) -> Error {
-    use chunkfs_format::oci::{read, select, tar_image, write};
+    use chunkfs_distribution::oci::{read, select, tar_image, write};
     let select_usage = |s: &select::Error| {
         matches!(
             s,
@@ -184,7 +184,8 @@ pub fn unpack(args: &super::unpack::Args) -> Option<Result<(), Error>> {
     };
     Some((|| {
         let read_err = |e| convert_error(convert::Error::Read(e));
-        let img = chunkfs_format::oci::read::open_image(&dir, tag.as_deref()).map_err(read_err)?;
+        let img =
+            chunkfs_distribution::oci::read::open_image(&dir, tag.as_deref()).map_err(read_err)?;
         let mut chunks = img
             .chunks()
             .map_err(|e| Error::failed(format!("{}: {e}", dir.display())))?;
@@ -201,7 +202,7 @@ pub fn unpack(args: &super::unpack::Args) -> Option<Result<(), Error>> {
 
 /// `chunkfs verify LAYOUT[:TAG]`: `None` unless the image names a layout.
 pub fn verify(args: &super::verify::Args) -> Option<Result<(), Error>> {
-    use chunkfs_format::oci::verify::{Error as V, verify_image};
+    use chunkfs_distribution::oci::verify::{Error as V, verify_image};
     let Reference::Oci { dir, tag } = classify(&args.image, Role::Source) else {
         return None;
     };
@@ -239,7 +240,7 @@ pub fn verify(args: &super::verify::Args) -> Option<Result<(), Error>> {
 
 /// `chunkfs verify --oci LAYOUT[:TAG]`: the whole layout, or one tag of it.
 pub fn verify_layout(args: &super::verify::Args) -> Result<(), Error> {
-    use chunkfs_format::oci::verify::{Error as V, verify_layout};
+    use chunkfs_distribution::oci::verify::{Error as V, verify_layout};
     let (dir, tag) = match classify(&args.image, Role::Source) {
         Reference::Oci { dir, tag } => (dir, tag),
         Reference::Dir(dir) => (dir, None),

@@ -1,7 +1,7 @@
 //! `chunkfs rm LAYOUT:TAG`: untag an image.
 
-use chunkfs_format::oci::gc;
-use chunkfs_format::oci::reference::{Reference, Role};
+use chunkfs_distribution::oci::gc;
+use chunkfs_distribution::oci::reference::{Reference, Role};
 
 use crate::Error;
 

@@ -5,7 +5,7 @@
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use chunkfs_format::oci::reference::{Reference, Role};
+use chunkfs_distribution::oci::reference::{Reference, Role};
 
 use super::{Error, ErrorKind};
 

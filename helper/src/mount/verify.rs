@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use chunkfs_distribution::oci::pack::PackIndex;
+use chunkfs_distribution::oci::read::{OciImage, open_image};
 use chunkfs_format::cfs::header::HeaderError;
 use chunkfs_format::cfs::read::{Cfs, ErrorKind as CfsErrorKind};
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{FileLayout, Image, InodeKind};
-use chunkfs_format::oci::pack::PackIndex;
-use chunkfs_format::oci::read::{OciImage, open_image};
 use chunkfs_format::translate::{self, ExtentLayout, ExtraDevice, Layout};
 use chunkfs_kernel_abi::Pod;
 use chunkfs_kernel_abi::erofs::SuperBlock;
@@ -339,7 +339,7 @@ fn prepare_oci(
     tag: Option<&str>,
     opts: &Options,
 ) -> Result<Prepared, Error> {
-    use chunkfs_format::oci::{layout, read, select};
+    use chunkfs_distribution::oci::{layout, read, select};
     let mut timings = Vec::new();
     let t = Instant::now();
     let oci =

@@ -21,8 +21,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{self, limits, mode};
 use crate::tar::stream::{Entry, EntryKind};
+use chunkfs_format::model::{self, limits, mode};
 
 /// Index of a node in [`Tree`]; 0 is the root.
 pub type NodeId = usize;

@@ -15,7 +15,7 @@
 //! - [`reference`]: telling `DIR:TAG`, a file and a directory apart on the command line.
 //!
 //! ```
-//! use chunkfs_format::oci::reference::{Reference, Role};
+//! use chunkfs_distribution::oci::reference::{Reference, Role};
 //! let r = Reference::parse("oci:/var/lib/images:v1", Role::Source);
 //! assert!(matches!(r, Reference::Oci { tag: Some(t), .. } if t == "v1"));
 //! ```

@@ -14,13 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::digest::Digest;
-use crate::model::ChunkInfo;
 use crate::oci::layout::{self, Layout, MANIFEST_MAX};
 use crate::oci::lock::{self, LayoutLock};
 use crate::oci::pack::{self, PackIndex, PackInfo, PackSink};
 use crate::oci::spec::{self, Descriptor, ImageConfig, Manifest, RootFs};
 use crate::oci::{REF_NAME, media_type};
+use chunkfs_format::digest::Digest;
+use chunkfs_format::model::ChunkInfo;
 
 /// The config's `architecture`: chunkfs images are filesystem images, whatever the CPU, and the
 /// config must be a function of the image alone (no host-dependent fields).
@@ -276,7 +276,8 @@ impl LayoutWriter {
             let dec = match &mut decoder {
                 Some(d) => d,
                 None => decoder.insert(
-                    crate::compress::Decoder::new().map_err(|e| io(std::io::Error::other(e)))?,
+                    chunkfs_format::compress::Decoder::new()
+                        .map_err(|e| io(std::io::Error::other(e)))?,
                 ),
             };
             let ok = dec
@@ -433,8 +434,8 @@ impl LayoutWriter {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::{self, Image};
     use crate::oci::read::open_image_with;
+    use chunkfs_format::model::{self, Image};
 
     /// A fake chunk: its "frame" is its content, which is enough for layout bookkeeping.
     fn chunk(i: u32) -> (ChunkInfo, Vec<u8>) {

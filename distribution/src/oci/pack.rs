@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use chunkfs_kernel_abi::digest_table::{self, DIGEST_FLAG_ZSTD, DigestEntry, DigestTable};
 use chunkfs_kernel_abi::{Le16, Le32, Le64, Pod};
 
-use crate::digest::{Digest, Hasher};
-use crate::model::limits;
 use crate::oci::layout::{self, BlobWriter, Layout};
 use crate::oci::media_type;
 use crate::oci::spec::Descriptor;
+use chunkfs_format::digest::{Digest, Hasher};
+use chunkfs_format::model::limits;
 
 /// `magic` of the pack trailer.
 pub const PACK_MAGIC: [u8; 8] = *b"CFSPACK1";
@@ -361,16 +361,16 @@ impl PackSink {
 /// (device 0, the offset inside its pack): a chunk's device in an image is its pack's layer
 /// position, known only when the manifest is written, and readers recompute locations from the
 /// manifest ([`crate::oci::read`]).
-impl crate::build::ChunkSink for PackSink {
+impl chunkfs_format::build::ChunkSink for PackSink {
     fn write_frame(
         &mut self,
-        _idx: crate::model::ChunkIdx,
-        chunk: &crate::model::ChunkInfo,
+        _idx: chunkfs_format::model::ChunkIdx,
+        chunk: &chunkfs_format::model::ChunkInfo,
         frame: &[u8],
-    ) -> io::Result<crate::translate::ChunkLocation> {
+    ) -> io::Result<chunkfs_format::translate::ChunkLocation> {
         let offset = PackSink::write_frame(self, &chunk.digest, chunk.size, frame)
             .map_err(io::Error::other)?;
-        Ok(crate::translate::ChunkLocation {
+        Ok(chunkfs_format::translate::ChunkLocation {
             device: 0,
             offset,
             stored_len: frame.len() as u32,

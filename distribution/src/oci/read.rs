@@ -11,15 +11,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
-use crate::model::{Image, ModelError};
 use crate::oci::layout::{self, Layout};
 use crate::oci::lock::{self, LayoutLock};
 use crate::oci::media_type;
 use crate::oci::pack::{self, PackIndex};
 use crate::oci::select::{self, Selected};
 use crate::oci::spec::Descriptor;
-use crate::translate::{ChunkLocation, ExtraDevice};
+use chunkfs_format::digest::Digest;
+use chunkfs_format::model::{Image, ModelError};
+use chunkfs_format::translate::{ChunkLocation, ExtraDevice};
 
 /// Largest config blob read.
 pub const CONFIG_MAX: u64 = 1 << 20;
@@ -169,23 +169,23 @@ impl OciImage {
 /// Decompressed, checked chunks of an [`OciImage`], for `unpack`.
 pub struct OciChunks<'a> {
     img: &'a OciImage,
-    decoder: crate::compress::Decoder,
+    decoder: chunkfs_format::compress::Decoder,
 }
 
 impl OciImage {
     /// A reader of the image's chunks that checks each against its digest.
-    pub fn chunks(&self) -> Result<OciChunks<'_>, crate::compress::Error> {
+    pub fn chunks(&self) -> Result<OciChunks<'_>, chunkfs_format::compress::Error> {
         Ok(OciChunks {
             img: self,
-            decoder: crate::compress::Decoder::new()?,
+            decoder: chunkfs_format::compress::Decoder::new()?,
         })
     }
 }
 
-impl crate::unpack::ChunkSource for OciChunks<'_> {
+impl chunkfs_format::unpack::ChunkSource for OciChunks<'_> {
     fn read_chunk(
         &mut self,
-        idx: crate::model::ChunkIdx,
+        idx: chunkfs_format::model::ChunkIdx,
     ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
         let i = idx as usize;
         let info = self
@@ -224,7 +224,7 @@ pub(crate) fn open_image_locked(dir: &Path, tag: Option<&str>) -> Result<OciImag
 }
 
 fn decode_metadata(blob: &[u8]) -> Result<Image, String> {
-    crate::schema::codec::decode_blob(blob).map_err(|e| e.to_string())
+    chunkfs_format::schema::codec::decode_blob(blob).map_err(|e| e.to_string())
 }
 
 /// Opens the chunkfs image tagged `tag` (or the only image) in the layout `dir`, decoding the

@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use chunkfs_format::tar::{merge_layers, feed_contents, layer::LayerInput};
+//! use chunkfs_distribution::tar::{merge_layers, feed_contents, layer::LayerInput};
 //! let layers: Vec<LayerInput> = vec![/* from the manifest */];
 //! let tree = merge_layers(&layers)?;
 //! feed_contents(&layers, &tree, |node, data, size| {
@@ -28,7 +28,7 @@ pub mod stream;
 
 use std::io::Read;
 
-use crate::digest::Digest;
+use chunkfs_format::digest::Digest;
 use layer::{LayerError, LayerInput, LayerStream};
 use merge::{NodeId, Tree};
 use stream::EntryKind;

@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
 use crate::oci::layout::{self, Layout};
 use crate::oci::lock::{self, LayoutLock};
 use crate::oci::media_type;
 use crate::oci::select::{self, PlatformSpec};
 use crate::oci::spec::{self, Descriptor, ImageConfig};
 use crate::tar::layer::LayerInput;
+use chunkfs_format::digest::Digest;
 
 /// Largest image config read.
 pub const CONFIG_MAX: u64 = 8 << 20;

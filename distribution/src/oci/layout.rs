@@ -12,9 +12,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::digest::{Digest, Hasher};
 use crate::oci::spec::{self, Descriptor, Index, LayoutMarker, SpecError};
-use crate::partial::PARTIAL;
+use chunkfs_format::digest::{Digest, Hasher};
+use chunkfs_format::partial::PARTIAL;
 
 /// Name of the layout marker file.
 pub const OCI_LAYOUT_FILE: &str = "oci-layout";

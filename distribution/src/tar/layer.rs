@@ -8,8 +8,8 @@ use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use crate::digest::{Digest, Hasher};
 use crate::tar::stream::{Entry, StreamError, TarStream};
+use chunkfs_format::digest::{Digest, Hasher};
 
 /// One layer to read.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -285,22 +285,22 @@ mod tests {
         assert_eq!(dry.removed.len(), 1);
         assert!(
             layout
-                .blob_path(&crate::digest::Digest::of(b"stray"))
+                .blob_path(&chunkfs_format::digest::Digest::of(b"stray"))
                 .exists()
         );
 
         let r = gc(&dir, false).unwrap();
         assert_eq!(
             r.removed,
-            vec![(crate::digest::Digest::of(b"stray").to_oci(), 5)]
+            vec![(chunkfs_format::digest::Digest::of(b"stray").to_oci(), 5)]
         );
         assert_eq!((r.temp_files, r.freed_bytes), (1, 10));
 
         assert_eq!(remove_tag(&dir, "b").unwrap(), 1);
         let r = gc(&dir, false).unwrap();
         let removed: BTreeSet<_> = r.removed.iter().map(|(d, _)| d.clone()).collect();
-        assert!(removed.contains(&crate::digest::Digest::of(b"only-b-longer").to_oci()));
-        assert!(!removed.contains(&crate::digest::Digest::of(b"shared").to_oci()));
+        assert!(removed.contains(&chunkfs_format::digest::Digest::of(b"only-b-longer").to_oci()));
+        assert!(!removed.contains(&chunkfs_format::digest::Digest::of(b"shared").to_oci()));
         assert_eq!(r.removed.len(), 2, "b's manifest and its own layer");
         // Everything a still reaches is intact.
         for d in reachable(&layout).unwrap() {
@@ -329,12 +329,12 @@ mod tests {
         assert!(matches!(err, Error::Unfollowable { .. }), "{err}");
         assert!(
             layout
-                .blob_path(&crate::digest::Digest::of(b"stray"))
+                .blob_path(&chunkfs_format::digest::Digest::of(b"stray"))
                 .exists()
         );
         assert!(
             layout
-                .blob_path(&crate::digest::Digest::of(b"layer"))
+                .blob_path(&chunkfs_format::digest::Digest::of(b"layer"))
                 .exists()
         );
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::merge::{NodeKind, Tree};
 use super::*;
-use crate::digest::Digest;
+use chunkfs_format::digest::Digest;
 
 /// One member to put in a test layer.
 enum M<'a> {
@@ -258,14 +258,14 @@ fn layers_merge_with_whiteouts_opaque_dirs_links_and_replacements() {
     );
     // The hard link shares the lower layer's inode.
     assert_eq!(r["/hard-to-lower"], r["/lower"]);
-    let inodes = tree.to_inodes(|_, _| crate::model::FileLayout::Packed(0));
-    let img = crate::model::Image {
+    let inodes = tree.to_inodes(|_, _| chunkfs_format::model::FileLayout::Packed(0));
+    let img = chunkfs_format::model::Image {
         chunks: vec![],
         packed_stream: vec![],
         inodes,
     };
     let lower_ino = match &img.inodes[0].kind {
-        crate::model::InodeKind::Directory(e) => {
+        chunkfs_format::model::InodeKind::Directory(e) => {
             e.iter().find(|e| e.name == b"lower").unwrap().inode
         }
         _ => unreachable!(),
@@ -352,7 +352,7 @@ fn pax_and_gnu_metadata_reach_the_inodes() {
     );
     let layers = [l1];
     let tree = merge_layers(&layers).unwrap();
-    let inodes = tree.to_inodes(|_, _| crate::model::FileLayout::Packed(0));
+    let inodes = tree.to_inodes(|_, _| chunkfs_format::model::FileLayout::Packed(0));
     let p = inodes.iter().find(|i| i.uid == 4_000_000_000).unwrap();
     assert_eq!((p.mtime_sec, p.mtime_nsec), (-2, 500_000_000));
     let names: Vec<&[u8]> = p.xattrs.iter().map(|x| x.name.as_slice()).collect();

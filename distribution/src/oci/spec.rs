@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use chunkfs_format::digest::Digest;
 
 /// A content descriptor: media type, digest and size of a blob.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,19 +16,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::build::{self, BuildOutput, Builder, ChunkSink, FileId, Progress};
-use crate::cfs::header::COMPAT_ALIGN512;
-use crate::cfs::read::Cfs;
-use crate::cfs::write::{self as cfs_write, CfsWriter, PackOptions, Summary};
-use crate::compress::Decoder;
-use crate::digest::Digest;
-use crate::model::{ChunkIdx, ChunkInfo, FileLayout, Image, ModelError};
 use crate::oci::read::{self, OciImage};
 use crate::oci::select::{self, PlatformSpec};
 use crate::oci::tar_image::{self, TarImage};
 use crate::oci::write::{self, Committed, LayoutWriter};
 use crate::oci::{layout::Layout, pack};
 use crate::tar::merge::{NodeId, Tree};
+use chunkfs_format::build::{self, BuildOutput, Builder, ChunkSink, FileId, Progress};
+use chunkfs_format::cfs::header::COMPAT_ALIGN512;
+use chunkfs_format::cfs::read::Cfs;
+use chunkfs_format::cfs::write::{self as cfs_write, CfsWriter, PackOptions, Summary};
+use chunkfs_format::compress::Decoder;
+use chunkfs_format::digest::Digest;
+use chunkfs_format::model::{ChunkIdx, ChunkInfo, FileLayout, Image, ModelError};
 
 /// What to convert from.
 #[derive(Clone, Copy, Debug)]
@@ -92,10 +92,10 @@ pub enum Error {
     CfsWrite(#[from] cfs_write::Error),
     /// Reading the source `.cfs` failed.
     #[error(transparent)]
-    CfsRead(#[from] crate::cfs::read::Error),
+    CfsRead(#[from] chunkfs_format::cfs::read::Error),
     /// Scanning the source directory failed.
     #[error(transparent)]
-    Scan(#[from] crate::scan::Error),
+    Scan(#[from] chunkfs_format::scan::Error),
     /// Building chunks failed.
     #[error("{}: {source}", dest.display())]
     Build {
@@ -110,7 +110,7 @@ pub enum Error {
         /// The destination.
         dest: PathBuf,
         /// What failed.
-        source: crate::schema::codec::Error,
+        source: chunkfs_format::schema::codec::Error,
     },
     /// The converted image breaks an invariant (a bug in the conversion).
     #[error("{}: the converted image is invalid: {source}", dest.display())]
@@ -232,7 +232,7 @@ fn dir_to_layout(
             vec![(m.dev(), m.ino())]
         })
         .unwrap_or_default();
-    let tree = crate::scan::scan(src, &mut builder, &exclude)?;
+    let tree = chunkfs_format::scan::scan(src, &mut builder, &exclude)?;
     let mut built = builder.finish().map_err(build_err(dir))?;
     let image = tree.into_image(&mut built);
     commit_built(writer, dir, tag, image, built.sink, "directory")
@@ -251,10 +251,11 @@ fn commit_built(
         dest: dir.to_owned(),
         source,
     })?;
-    let blob = crate::schema::codec::encode_blob(&image).map_err(|source| Error::Metadata {
-        dest: dir.to_owned(),
-        source,
-    })?;
+    let blob =
+        chunkfs_format::schema::codec::encode_blob(&image).map_err(|source| Error::Metadata {
+            dest: dir.to_owned(),
+            source,
+        })?;
     let committed = writer.commit(tag, &blob, &image.chunks, sink.finish()?)?;
     Ok(Outcome {
         metadata_digest: committed.metadata_digest,
@@ -518,8 +519,8 @@ fn tar_to(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::build::BuildOptions;
-    use crate::cfs::write::pack_dir;
+    use chunkfs_format::build::BuildOptions;
+    use chunkfs_format::cfs::write::pack_dir;
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -637,7 +638,7 @@ mod tests {
             let out = tmp.path().join("out");
             let img = Cfs::open(&cfs).unwrap();
             let mut chunks = img.chunks().unwrap();
-            crate::unpack::unpack(img.image(), &mut chunks, &out).unwrap();
+            chunkfs_format::unpack::unpack(img.image(), &mut chunks, &out).unwrap();
             assert_eq!(
                 std::fs::read(out.join("big")).unwrap(),
                 std::fs::read(tree.join("big")).unwrap()
@@ -786,7 +787,7 @@ mod tests {
         .unwrap();
         let img = Cfs::open(&cfs).unwrap();
         let mut chunks = img.chunks().unwrap();
-        crate::unpack::unpack(img.image(), &mut chunks, &out).unwrap();
+        chunkfs_format::unpack::unpack(img.image(), &mut chunks, &out).unwrap();
         assert_eq!(
             std::fs::read(out.join("prefix")).unwrap(),
             std::fs::read(t2.join("prefix")).unwrap()
@@ -864,7 +865,7 @@ mod tests {
                 Some(known_fn(w.known_set())),
             )
             .unwrap();
-            crate::scan::scan(&t2, &mut b, &[]).unwrap();
+            chunkfs_format::scan::scan(&t2, &mut b, &[]).unwrap();
             let built = b.finish().unwrap();
             assert!(!built.sink.finish().unwrap().is_empty());
         }
@@ -971,7 +972,7 @@ mod tar_tests {
         let out = tmp.path().join("out");
         let img = Cfs::open(&cfs).unwrap();
         let mut chunks = img.chunks().unwrap();
-        crate::unpack::unpack(img.image(), &mut chunks, &out).unwrap();
+        chunkfs_format::unpack::unpack(img.image(), &mut chunks, &out).unwrap();
         assert_eq!(std::fs::read(out.join("a")).unwrap(), b"upper");
         assert_eq!(std::fs::read(out.join("b")).unwrap(), b"bee");
         assert_eq!(std::fs::read(out.join("big")).unwrap(), big);

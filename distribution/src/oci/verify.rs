@@ -15,9 +15,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::digest::{Digest, Hasher};
 use crate::oci::read::{self, open_image};
-use crate::unpack::ChunkSource;
+use chunkfs_format::digest::{Digest, Hasher};
+use chunkfs_format::unpack::ChunkSource;
 
 /// Why verification failed.
 #[derive(Debug, thiserror::Error)]
