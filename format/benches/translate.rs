@@ -9,7 +9,7 @@ use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{
     ChunkInfo, DirEntry, Extent, FileData, FileLayout, Image, Inode, InodeKind, Xattr, mode,
 };
-use chunkfs_format::translate::{ChunkLocation, ExtentLayout, Layout, translate};
+use chunkfs_format::translate::{ChunkLocation, DeviceLayout, ExtentLayout, translate};
 
 /// 2,000 directories of 49 entries: 60 % small packed files, 30 % chunked files of 1-4 chunks
 /// (some sparse), 10 % symlinks; some xattrs, a spread of mtimes with nanoseconds.
@@ -169,7 +169,7 @@ fn main() {
         ("clusters, 512 B blocks", ExtentLayout::Clusters, 9, 512),
     ] {
         let (locs, end) = locations(&stored, align);
-        let layout = Layout {
+        let layout = DeviceLayout {
             block_size_bits: bits,
             extents,
             meta_offset: end,

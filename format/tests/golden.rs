@@ -143,7 +143,7 @@ fn check_golden(name: &str, align512: bool) {
     }
     // Old images keep opening, verifying and dumping the same.
     let cfs = Cfs::open(&golden).unwrap_or_else(|e| panic!("golden {name} no longer opens: {e}"));
-    chunkfs_format::verify::verify_cfs(&golden, 1, &AtomicU64::new(0)).unwrap();
+    chunkfs_format::cfs::verify::verify_cfs(&golden, 1, &AtomicU64::new(0)).unwrap();
     let dump = std::fs::read_to_string(&golden_dump).unwrap();
     assert_eq!(
         chunkfs_format::inspect::dump(cfs.image()),

@@ -14,7 +14,7 @@ use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{DirEntry, FileData, FileLayout, Image, Inode, InodeKind, mode};
 use chunkfs_format::schema::codec;
-use chunkfs_format::translate::{ExtentLayout, Layout as ErofsLayout, translate_within};
+use chunkfs_format::translate::{DeviceLayout as ErofsLayout, ExtentLayout, translate_within};
 
 struct Counting;
 
@@ -195,8 +195,9 @@ fn verify_never_builds_a_descriptor_larger_than_the_stored_one() {
     std::fs::write(&path, hostile).unwrap();
     // It opens (the metadata is valid), but verify must not derive its 2 GiB descriptor.
     Cfs::open(&path).unwrap();
-    let (result, largest) =
-        largest_allocation(|| chunkfs_format::verify::verify_cfs(&path, 1, &AtomicU64::new(0)));
+    let (result, largest) = largest_allocation(|| {
+        chunkfs_format::cfs::verify::verify_cfs(&path, 1, &AtomicU64::new(0))
+    });
     let err = result.unwrap_err().to_string();
     assert!(err.contains("EROFS"), "{err}");
     assert!(largest < 16 * MIB, "largest allocation {largest} bytes");

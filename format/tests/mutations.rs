@@ -247,13 +247,15 @@ fn mutated_chunk_indexes_are_refused_or_consistent() {
             stored_len: 500,
         })
         .collect();
-    let table = chunkfs_format::index::encode(&chunks, &locations);
+    let table = chunkfs_format::digest_table::encode(&chunks, &locations);
     let mut rng = Rng(99);
     for _ in 0..20_000 {
         let mut t = table.clone();
         mutate(&mut rng, &mut t);
         if let Ok(parsed) = DigestTable::parse(&t) {
-            if chunkfs_format::index::check(&parsed, &chunks, 0, 4096, 4096 + 20 * 600).is_ok() {
+            if chunkfs_format::digest_table::check(&parsed, &chunks, 0, 4096, 4096 + 20 * 600)
+                .is_ok()
+            {
                 for (e, (c, l)) in parsed.iter().zip(chunks.iter().zip(&locations)) {
                     assert_eq!(e.sha256, c.digest.0);
                     assert!(

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     for i in 0..cfs.image().chunks.len() {
         let _ = cfs.read_chunk(i as u32, &mut decoder);
     }
-    let verified = chunkfs_format::verify::verify_cfs(&path, 1, &AtomicU64::new(0)).is_ok();
+    let verified = chunkfs_format::cfs::verify::verify_cfs(&path, 1, &AtomicU64::new(0)).is_ok();
     if verified {
         let target = dir.join("out");
         if let Ok(mut chunks) = cfs.chunks() {

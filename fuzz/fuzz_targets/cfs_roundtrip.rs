@@ -148,14 +148,14 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(bytes) = std::fs::read(&path) {
         chunkfs_fuzz::save(&path, &bytes);
     }
-    if let Err(e) = chunkfs_format::verify::verify_cfs(&path, 1, &AtomicU64::new(0)) {
+    if let Err(e) = chunkfs_format::cfs::verify::verify_cfs(&path, 1, &AtomicU64::new(0)) {
         panic!("verify refuses what the writer wrote: {e}");
     }
     let expected = contents(&image, &data);
 
     // The FUSE reader, as a mount hands it the image.
     let cfs = Cfs::open(&path).expect("open");
-    chunkfs_format::verify::check_structure(&cfs).expect("mount checks");
+    chunkfs_format::cfs::verify::check_structure(&cfs).expect("mount checks");
     let index = cfs.region(cfs.header().index).to_vec();
     let mut config = Config::new(
         &path,

@@ -185,7 +185,7 @@ fn check_case(
 /// derived from the metadata. Returns the chunk index, the reader's digest table.
 fn mount_checks(path: &Path) -> Result<Vec<u8>, String> {
     let cfs = Cfs::open(path).map_err(|e| e.to_string())?;
-    chunkfs_format::verify::check_structure(&cfs).map_err(|e| e.to_string())?;
+    chunkfs_format::cfs::verify::check_structure(&cfs).map_err(|e| e.to_string())?;
     Ok(cfs.region(cfs.header().index).to_vec())
 }
 

@@ -61,7 +61,7 @@ fn an_image_on_a_larger_block_device_reads_to_its_length() {
     let cfs = Cfs::open(&dev.0).unwrap();
     assert_eq!(cfs.header().image_len, summary.image_len);
     assert_eq!(cfs.bytes().len() as u64, summary.image_len);
-    let report = chunkfs_format::verify::verify_cfs(&dev.0, 2, &AtomicU64::new(0)).unwrap();
+    let report = chunkfs_format::cfs::verify::verify_cfs(&dev.0, 2, &AtomicU64::new(0)).unwrap();
     assert_eq!(report.metadata_digest, summary.metadata_digest);
     let out = s.join("out");
     let mut chunks = cfs.chunks().unwrap();

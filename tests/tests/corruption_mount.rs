@@ -118,9 +118,9 @@ fn matrix(align512: bool) {
     let mut problems = Vec::new();
     for case in &cases {
         fs::write(&image, &case.bytes).unwrap();
-        let checked = Cfs::open(&image)
-            .map_err(|e| e.to_string())
-            .and_then(|c| chunkfs_format::verify::check_structure(&c).map_err(|e| e.to_string()));
+        let checked = Cfs::open(&image).map_err(|e| e.to_string()).and_then(|c| {
+            chunkfs_format::cfs::verify::check_structure(&c).map_err(|e| e.to_string())
+        });
         if checked.is_err() {
             refused += 1;
             continue;

@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use chunkfs_format::translate::{Descriptor, ExtentLayout, Layout, translate};
+use chunkfs_format::translate::{BuiltDescriptor, DeviceLayout, ExtentLayout, translate};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 // =====================================================================================
@@ -286,7 +286,7 @@ mod harness {
         pub primary: PathBuf,
         pub packs: Vec<PathBuf>,
         pub locs: Vec<ChunkLocation>,
-        pub descriptor: chunkfs_format::translate::Descriptor,
+        pub descriptor: chunkfs_format::translate::BuiltDescriptor,
     }
 
     pub fn compress(data: &[u8]) -> Vec<u8> {
@@ -353,7 +353,7 @@ mod harness {
             4096
         };
         let meta_offset = (bufs[0].len() as u64).max(head_end).next_multiple_of(4096);
-        let layout = chunkfs_format::translate::Layout {
+        let layout = chunkfs_format::translate::DeviceLayout {
             block_size_bits: blkbits,
             extents,
             meta_offset,
@@ -382,7 +382,11 @@ mod harness {
     }
 
     /// Header bytes, superblock area, frames, metadata area, padding to 4096.
-    pub fn write_primary(path: &Path, d: &chunkfs_format::translate::Descriptor, frames: &[u8]) {
+    pub fn write_primary(
+        path: &Path,
+        d: &chunkfs_format::translate::BuiltDescriptor,
+        frames: &[u8],
+    ) {
         let len = d.min_primary_len();
         let mut out = vec![0u8; len as usize];
         out[..frames.len()].copy_from_slice(frames);
@@ -1053,7 +1057,7 @@ fn is_mounted(dir: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
 }
 
-fn report(name: &str, w: &harness::Walked, d: &Descriptor) {
+fn report(name: &str, w: &harness::Walked, d: &BuiltDescriptor) {
     let s = d.stats();
     eprintln!(
         "{name}: {} inodes, {} chunks; meta {} bytes ({} padding); {} compact / {} extended; {} extent records; {} lcluster indexes; {} fragments",
@@ -1121,7 +1125,7 @@ fn every_corner_bit48_over_aligned_frames() {
     .unwrap();
     let frames = fs::read(&built.primary).unwrap();
     let frames = &frames[..built.descriptor.meta_offset() as usize];
-    let layout = Layout {
+    let layout = DeviceLayout {
         block_size_bits: 9,
         extents: ExtentLayout::Bit48,
         meta_offset: built.descriptor.meta_offset(),

@@ -56,7 +56,7 @@ fn soak_daemon() {
     );
     // The checks a mount makes, then the chunk index as the digest table.
     let cfs = Cfs::open(&image).unwrap();
-    chunkfs_format::verify::check_structure(&cfs).unwrap();
+    chunkfs_format::cfs::verify::check_structure(&cfs).unwrap();
     let index = cfs.region(cfs.header().index).to_vec();
     drop(cfs);
     let mut config = chunkfs_reader::Config::new(
@@ -528,7 +528,7 @@ fn kernel_erofs_survives_32_threads_killed_readers_and_a_lazy_unmount() {
     };
     let mnt = s.join("mnt");
     let cfs = Cfs::open(&image).unwrap();
-    chunkfs_format::verify::check_structure(&cfs).unwrap();
+    chunkfs_format::cfs::verify::check_structure(&cfs).unwrap();
     drop(cfs);
     nix::mount::mount(
         Some(&image),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::oci::layout::{self, Layout, MANIFEST_MAX, TEMP_PREFIX};
 use crate::oci::lock::{self, LayoutLock};
 use crate::oci::media_type;
-use crate::oci::spec::{self, Descriptor};
+use crate::oci::spec::{self, ContentDescriptor};
 
 /// Why `gc` or `rm` failed.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +170,7 @@ pub fn gc(dir: &Path, dry_run: bool) -> Result<GcReport, Error> {
 pub fn reachable(layout: &Layout) -> Result<BTreeSet<String>, Error> {
     let index = layout.read_index()?;
     let mut seen = BTreeSet::new();
-    let mut queue: Vec<Descriptor> = index.manifests;
+    let mut queue: Vec<ContentDescriptor> = index.manifests;
     while let Some(desc) = queue.pop() {
         if !seen.insert(desc.digest.clone()) {
             continue;
@@ -191,7 +191,7 @@ pub fn reachable(layout: &Layout) -> Result<BTreeSet<String>, Error> {
         let doc: serde_json::Value =
             serde_json::from_slice(&raw).map_err(|e| unfollowable(format!("not JSON: {e}")))?;
         for child in children(&doc) {
-            let child: Descriptor = serde_json::from_value(child.clone())
+            let child: ContentDescriptor = serde_json::from_value(child.clone())
                 .map_err(|e| unfollowable(format!("bad descriptor: {e}")))?;
             queue.push(child);
         }
@@ -201,7 +201,7 @@ pub fn reachable(layout: &Layout) -> Result<BTreeSet<String>, Error> {
 
 /// Manifests and indexes (and unknown JSON documents small enough to be one) are followed;
 /// layers, configs and chunkfs blobs are leaves.
-pub(crate) fn must_follow(desc: &Descriptor) -> bool {
+pub(crate) fn must_follow(desc: &ContentDescriptor) -> bool {
     let t = desc.media_type.as_str();
     if media_type::is_manifest(t) || media_type::is_index(t) {
         return true;
@@ -239,29 +239,29 @@ mod tests {
     use super::*;
     use crate::oci::spec::{Index, Manifest};
 
-    fn image(layout: &Layout, layers: &[&[u8]]) -> Descriptor {
+    fn image(layout: &Layout, layers: &[&[u8]]) -> ContentDescriptor {
         let (cd, _) = layout.put_blob(b"{}").unwrap();
         let layers = layers
             .iter()
             .map(|l| {
                 layout.put_blob(l).unwrap();
-                Descriptor::for_bytes(media_type::PACK, l)
+                ContentDescriptor::for_bytes(media_type::PACK, l)
             })
             .collect();
         let m = Manifest {
             schema_version: 2,
             media_type: Some(media_type::OCI_MANIFEST.into()),
             artifact_type: None,
-            config: Descriptor::new(media_type::OCI_CONFIG, cd, 2),
+            config: ContentDescriptor::new(media_type::OCI_CONFIG, cd, 2),
             layers,
             annotations: Default::default(),
         };
         let bytes = spec::to_json(&m);
         layout.put_blob(&bytes).unwrap();
-        Descriptor::for_bytes(media_type::OCI_MANIFEST, &bytes)
+        ContentDescriptor::for_bytes(media_type::OCI_MANIFEST, &bytes)
     }
 
-    fn tag(layout: &Layout, d: Descriptor, t: &str) {
+    fn tag(layout: &Layout, d: ContentDescriptor, t: &str) {
         let mut d = d;
         d.annotations.insert(crate::oci::REF_NAME.into(), t.into());
         let mut index = layout.read_index().unwrap();
@@ -354,7 +354,7 @@ mod tests {
         layout.put_blob(&bytes).unwrap();
         tag(
             &layout,
-            Descriptor::for_bytes(media_type::OCI_INDEX, &bytes),
+            ContentDescriptor::for_bytes(media_type::OCI_INDEX, &bytes),
             "multi",
         );
         let r = gc(&dir, false).unwrap();

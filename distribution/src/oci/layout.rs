@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::oci::spec::{self, Descriptor, Index, LayoutMarker, SpecError};
+use crate::oci::spec::{self, ContentDescriptor, Index, LayoutMarker, SpecError};
 use chunkfs_format::digest::{Digest, Hasher};
 use chunkfs_format::partial::PARTIAL;
 
@@ -215,7 +215,7 @@ impl Layout {
     }
 
     /// Where the blob a descriptor names lives; refuses digests other than sha256.
-    pub fn descriptor_path(&self, desc: &Descriptor) -> Result<PathBuf, Error> {
+    pub fn descriptor_path(&self, desc: &ContentDescriptor) -> Result<PathBuf, Error> {
         let digest = desc.sha256().map_err(|source| Error::Spec {
             path: self.dir.join(INDEX_FILE),
             source,
@@ -246,7 +246,7 @@ impl Layout {
     /// against the descriptor and `limit`, and its sha256 against its name.
     pub fn read_blob(
         &self,
-        desc: &Descriptor,
+        desc: &ContentDescriptor,
         limit: u64,
         what: &'static str,
     ) -> Result<Vec<u8>, Error> {
@@ -292,7 +292,7 @@ impl Layout {
 
     /// Opens a large blob (a layer or pack) for streaming, checking that its length matches
     /// the descriptor. The caller verifies the digest while reading, if it needs to.
-    pub fn open_blob(&self, desc: &Descriptor) -> Result<(File, PathBuf), Error> {
+    pub fn open_blob(&self, desc: &ContentDescriptor) -> Result<(File, PathBuf), Error> {
         let path = self.descriptor_path(desc)?;
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -530,7 +530,7 @@ mod tests {
         let (d, new) = layout.put_blob(b"hello").unwrap();
         assert!(new);
         assert!(!layout.put_blob(b"hello").unwrap().1);
-        let desc = Descriptor::for_bytes(media_type::OCI_CONFIG, b"hello");
+        let desc = ContentDescriptor::for_bytes(media_type::OCI_CONFIG, b"hello");
         assert_eq!(layout.read_blob(&desc, 100, "config").unwrap(), b"hello");
         assert_eq!(
             layout.blob_path(&d),
@@ -550,7 +550,7 @@ mod tests {
         let tmp = tempdir();
         let layout = Layout::create(&tmp.path().join("l")).unwrap();
         let (d, _) = layout.put_blob(b"hello").unwrap();
-        let mut desc = Descriptor::for_bytes(media_type::OCI_CONFIG, b"hello");
+        let mut desc = ContentDescriptor::for_bytes(media_type::OCI_CONFIG, b"hello");
         desc.size = 4;
         assert!(matches!(
             layout.read_blob(&desc, 100, "config"),
@@ -564,7 +564,7 @@ mod tests {
         fs::write(layout.blob_path(&d), b"jello").unwrap();
         let err = layout.read_blob(&desc, 100, "config").unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
-        let missing = Descriptor::for_bytes(media_type::OCI_CONFIG, b"other");
+        let missing = ContentDescriptor::for_bytes(media_type::OCI_CONFIG, b"other");
         assert!(matches!(
             layout.read_blob(&missing, 100, "config"),
             Err(Error::MissingBlob { .. })

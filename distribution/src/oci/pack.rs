@@ -25,7 +25,7 @@ use chunkfs_kernel_abi::{Le16, Le32, Le64, Pod};
 
 use crate::oci::layout::{self, BlobWriter, Layout};
 use crate::oci::media_type;
-use crate::oci::spec::Descriptor;
+use crate::oci::spec::ContentDescriptor;
 use chunkfs_format::digest::{Digest, Hasher};
 use chunkfs_format::model::limits;
 
@@ -189,8 +189,8 @@ pub struct PackInfo {
 
 impl PackInfo {
     /// The layer descriptor of this pack.
-    pub fn descriptor(&self) -> Descriptor {
-        Descriptor::new(media_type::PACK, self.digest, self.size)
+    pub fn descriptor(&self) -> ContentDescriptor {
+        ContentDescriptor::new(media_type::PACK, self.digest, self.size)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::oci::lock::{self, LayoutLock};
 use crate::oci::media_type;
 use crate::oci::pack::{self, PackIndex};
 use crate::oci::select::{self, Selected};
-use crate::oci::spec::Descriptor;
+use crate::oci::spec::ContentDescriptor;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{Image, ModelError};
 use chunkfs_format::translate::{ChunkLocation, ExtraDevice};
@@ -118,7 +118,7 @@ pub struct OciImage {
     /// The metadata digest.
     pub metadata_digest: Digest,
     /// The manifest's descriptor.
-    pub manifest: Descriptor,
+    pub manifest: ContentDescriptor,
     /// Pack layers in layer order: `packs[k - 1]` is extra device `k`.
     pub packs: Vec<PackRef>,
     /// Where each chunk's frame is, in chunk order.
@@ -131,7 +131,7 @@ pub struct OciImage {
 }
 
 impl OciImage {
-    /// The extra devices of the image's EROFS descriptor (`translate::Layout::devices`): one per
+    /// The extra devices of the image's EROFS descriptor (`translate::DeviceLayout::devices`): one per
     /// pack, in layer order, tagged with the pack's digest in hex (64 bytes).
     pub fn extra_devices(&self) -> Vec<ExtraDevice> {
         self.packs

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::oci::layout::{self, Layout, MANIFEST_MAX};
 use crate::oci::media_type;
-use crate::oci::spec::{self, Descriptor, Manifest};
+use crate::oci::spec::{self, ContentDescriptor, Manifest};
 
 /// How deep image indexes may nest.
 const NESTING_MAX: usize = 4;
@@ -161,7 +161,7 @@ fn list(items: &[String]) -> String {
 #[derive(Clone, Debug)]
 pub struct Selected {
     /// The manifest's descriptor (as listed in `index.json` or in an image index).
-    pub descriptor: Descriptor,
+    pub descriptor: ContentDescriptor,
     /// The parsed manifest.
     pub manifest: Manifest,
     /// The manifest's bytes, verified against the descriptor's digest.
@@ -208,7 +208,7 @@ pub fn select(
         .collect();
     available.sort();
     available.dedup();
-    let candidates: Vec<Descriptor> = match tag {
+    let candidates: Vec<ContentDescriptor> = match tag {
         Some(t) => {
             let c: Vec<_> = index
                 .manifests
@@ -241,7 +241,7 @@ pub fn select(
 
 fn resolve(
     layout: &Layout,
-    candidates: Vec<Descriptor>,
+    candidates: Vec<ContentDescriptor>,
     platform: &PlatformSpec,
     depth: usize,
 ) -> Result<Selected, Error> {
@@ -294,7 +294,7 @@ fn resolve(
     if media_type::is_index(&media) {
         let index = spec::parse_index("image index", &raw)
             .map_err(|source| Error::Spec { dir: dir(), source })?;
-        let usable: Vec<Descriptor> = index
+        let usable: Vec<ContentDescriptor> = index
             .manifests
             .into_iter()
             .filter(|d| {
@@ -361,22 +361,22 @@ mod tests {
     use super::*;
     use crate::oci::spec::{Index, Platform};
 
-    fn put_manifest(layout: &Layout, config_body: &[u8]) -> Descriptor {
+    fn put_manifest(layout: &Layout, config_body: &[u8]) -> ContentDescriptor {
         let (cd, _) = layout.put_blob(config_body).unwrap();
         let m = Manifest {
             schema_version: 2,
             media_type: Some(media_type::OCI_MANIFEST.into()),
             artifact_type: None,
-            config: Descriptor::new(media_type::OCI_CONFIG, cd, config_body.len() as u64),
+            config: ContentDescriptor::new(media_type::OCI_CONFIG, cd, config_body.len() as u64),
             layers: vec![],
             annotations: Default::default(),
         };
         let bytes = spec::to_json(&m);
         layout.put_blob(&bytes).unwrap();
-        Descriptor::for_bytes(media_type::OCI_MANIFEST, &bytes)
+        ContentDescriptor::for_bytes(media_type::OCI_MANIFEST, &bytes)
     }
 
-    fn tagged(mut d: Descriptor, tag: &str) -> Descriptor {
+    fn tagged(mut d: ContentDescriptor, tag: &str) -> ContentDescriptor {
         d.annotations
             .insert(crate::oci::REF_NAME.into(), tag.into());
         d
@@ -441,7 +441,7 @@ mod tests {
         layout.put_blob(&bytes).unwrap();
         let mut index = Index::default();
         index.manifests.push(tagged(
-            Descriptor::for_bytes(media_type::OCI_INDEX, &bytes),
+            ContentDescriptor::for_bytes(media_type::OCI_INDEX, &bytes),
             "multi",
         ));
         layout.write_index(&index).unwrap();

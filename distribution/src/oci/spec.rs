@@ -1,7 +1,7 @@
 //! The JSON documents of an OCI image layout (image-spec v1.1) and of Docker schema-2 images,
 //! reduced to the fields chunkfs reads or writes.
 //!
-//! Unknown fields of descriptors and of `index.json` are kept ([`Descriptor::extra`],
+//! Unknown fields of descriptors and of `index.json` are kept ([`ContentDescriptor::extra`],
 //! [`Index::extra`]) so that rewriting `index.json` to add or remove a tag never drops what
 //! another tool wrote. Documents chunkfs writes serialise their fields in declaration order
 //! with no whitespace, so they are byte-for-byte deterministic.
@@ -15,10 +15,10 @@ use chunkfs_format::digest::Digest;
 /// A content descriptor: media type, digest and size of a blob.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Descriptor {
+pub struct ContentDescriptor {
     /// The blob's media type.
     pub media_type: String,
-    /// `algorithm:hex`; only sha256 is supported ([`Descriptor::sha256`]).
+    /// `algorithm:hex`; only sha256 is supported ([`ContentDescriptor::sha256`]).
     pub digest: String,
     /// The blob's length in bytes.
     pub size: u64,
@@ -62,7 +62,7 @@ pub struct Index {
     pub media_type: Option<String>,
     /// The manifests (or nested indexes) it lists.
     #[serde(default)]
-    pub manifests: Vec<Descriptor>,
+    pub manifests: Vec<ContentDescriptor>,
     /// Fields chunkfs does not interpret (`annotations`, `subject`, ...).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -92,10 +92,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
     /// The config blob.
-    pub config: Descriptor,
+    pub config: ContentDescriptor,
     /// The layers, bottom first.
     #[serde(default)]
-    pub layers: Vec<Descriptor>,
+    pub layers: Vec<ContentDescriptor>,
     /// Annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -160,7 +160,7 @@ pub enum SpecError {
     },
 }
 
-impl Descriptor {
+impl ContentDescriptor {
     /// A descriptor of `media_type` for `bytes`.
     pub fn for_bytes(media_type: &str, bytes: &[u8]) -> Self {
         Self::new(media_type, Digest::of(bytes), bytes.len() as u64)

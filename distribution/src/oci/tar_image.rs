@@ -7,7 +7,7 @@ use crate::oci::layout::{self, Layout};
 use crate::oci::lock::{self, LayoutLock};
 use crate::oci::media_type;
 use crate::oci::select::{self, PlatformSpec};
-use crate::oci::spec::{self, Descriptor, ImageConfig};
+use crate::oci::spec::{self, ContentDescriptor, ImageConfig};
 use crate::tar::layer::LayerInput;
 use chunkfs_format::digest::Digest;
 
@@ -56,7 +56,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct TarImage {
     /// The manifest's descriptor.
-    pub manifest: Descriptor,
+    pub manifest: ContentDescriptor,
     /// The image config (platform and diff_ids).
     pub config: ImageConfig,
     /// The layers, bottom first, each with its diff_id.
@@ -194,7 +194,7 @@ pub(crate) mod tests {
         docker: bool,
         arch: &str,
         layers: &[Vec<u8>],
-    ) -> Descriptor {
+    ) -> ContentDescriptor {
         let (layer_type, manifest_type, config_type) = if docker {
             (
                 "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -219,7 +219,7 @@ pub(crate) mod tests {
                 zstd::encode_all(&tar[..], 1).unwrap()
             };
             layout.put_blob(&blob).unwrap();
-            descs.push(Descriptor::for_bytes(layer_type, &blob));
+            descs.push(ContentDescriptor::for_bytes(layer_type, &blob));
             diff_ids.push(Digest::of(tar).to_oci());
         }
         let config = ImageConfig {
@@ -237,13 +237,13 @@ pub(crate) mod tests {
             schema_version: 2,
             media_type: Some(manifest_type.into()),
             artifact_type: None,
-            config: Descriptor::for_bytes(config_type, &cb),
+            config: ContentDescriptor::for_bytes(config_type, &cb),
             layers: descs,
             annotations: Default::default(),
         };
         let mb = spec::to_json(&m);
         layout.put_blob(&mb).unwrap();
-        let mut d = Descriptor::for_bytes(manifest_type, &mb);
+        let mut d = ContentDescriptor::for_bytes(manifest_type, &mb);
         d.platform = Some(Platform {
             architecture: arch.into(),
             os: "linux".into(),
@@ -275,7 +275,7 @@ pub(crate) mod tests {
         };
         let lb = spec::to_json(&list);
         layout.put_blob(&lb).unwrap();
-        let mut entry = Descriptor::for_bytes(media_type::DOCKER_INDEX, &lb);
+        let mut entry = ContentDescriptor::for_bytes(media_type::DOCKER_INDEX, &lb);
         entry
             .annotations
             .insert(crate::oci::REF_NAME.into(), "multi".into());

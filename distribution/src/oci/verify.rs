@@ -236,8 +236,9 @@ pub fn verify_layout(dir: &Path, done: &AtomicU64) -> Result<LayoutReport, Error
             let doc: serde_json::Value = serde_json::from_slice(&raw)
                 .map_err(|e| bad(format!("{what} is not JSON: {e}"), None))?;
             for child in crate::oci::gc::children(&doc) {
-                let child: crate::oci::spec::Descriptor = serde_json::from_value(child.clone())
-                    .map_err(|e| bad(format!("{what} holds a bad descriptor: {e}"), None))?;
+                let child: crate::oci::spec::ContentDescriptor =
+                    serde_json::from_value(child.clone())
+                        .map_err(|e| bad(format!("{what} holds a bad descriptor: {e}"), None))?;
                 queue.push(child);
             }
         }

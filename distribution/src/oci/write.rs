@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::oci::layout::{self, Layout, MANIFEST_MAX};
 use crate::oci::lock::{self, LayoutLock};
 use crate::oci::pack::{self, PackIndex, PackInfo, PackSink};
-use crate::oci::spec::{self, Descriptor, ImageConfig, Manifest, RootFs};
+use crate::oci::spec::{self, ContentDescriptor, ImageConfig, Manifest, RootFs};
 use crate::oci::{REF_NAME, media_type};
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::ChunkInfo;
@@ -75,7 +75,7 @@ pub const PACKS_MAX: usize = u16::MAX as usize;
 /// A pack already in the layout.
 #[derive(Clone, Debug)]
 struct ExistingPack {
-    desc: Descriptor,
+    desc: ContentDescriptor,
     path: std::path::PathBuf,
     /// Sum of its frames' lengths.
     frame_bytes: u64,
@@ -111,7 +111,7 @@ pub struct Committed {
     /// The tag written.
     pub tag: String,
     /// The manifest's descriptor (as listed in `index.json`, without the tag annotation).
-    pub manifest: Descriptor,
+    pub manifest: ContentDescriptor,
     /// The image's metadata digest (= the metadata layer's digest).
     pub metadata_digest: Digest,
     /// Pack layers of the manifest.
@@ -132,7 +132,7 @@ impl LayoutWriter {
     pub fn open(dir: &Path, align512: bool) -> Result<Self, Error> {
         let lock = LayoutLock::exclusive(dir)?;
         let layout = Layout::create(dir)?;
-        let mut pack_descs: Vec<Descriptor> = Vec::new();
+        let mut pack_descs: Vec<ContentDescriptor> = Vec::new();
         let mut seen = HashSet::new();
         for entry in layout.read_index()?.manifests {
             if !media_type::is_manifest(&entry.media_type) {
@@ -361,7 +361,7 @@ impl LayoutWriter {
             new_blobs += 1;
             new_bytes += metadata_blob.len() as u64;
         }
-        layers.push(Descriptor::new(
+        layers.push(ContentDescriptor::new(
             media_type::METADATA,
             metadata_digest,
             metadata_blob.len() as u64,
@@ -391,7 +391,7 @@ impl LayoutWriter {
             schema_version: 2,
             media_type: Some(media_type::OCI_MANIFEST.into()),
             artifact_type: Some(media_type::ARTIFACT.into()),
-            config: Descriptor::new(
+            config: ContentDescriptor::new(
                 media_type::OCI_CONFIG,
                 config_digest,
                 config_bytes.len() as u64,
@@ -405,7 +405,7 @@ impl LayoutWriter {
             new_blobs += 1;
             new_bytes += manifest_bytes.len() as u64;
         }
-        let manifest_desc = Descriptor::new(
+        let manifest_desc = ContentDescriptor::new(
             media_type::OCI_MANIFEST,
             manifest_digest,
             manifest_bytes.len() as u64,

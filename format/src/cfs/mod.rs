@@ -13,4 +13,5 @@
 pub mod header;
 mod map;
 pub mod read;
+pub mod verify;
 pub mod write;

@@ -83,7 +83,7 @@ pub enum ErrorKind {
     Invalid(#[from] ModelError),
     /// The chunk index is malformed or disagrees with the metadata.
     #[error("chunk index: {0}")]
-    Index(#[from] crate::index::Error),
+    Index(#[from] crate::digest_table::Error),
     /// Bytes that must be zero are not.
     #[error("{region}: non-zero byte at offset {offset}")]
     NotZero {
@@ -184,8 +184,8 @@ impl Cfs {
             }));
         }
         let table = DigestTable::parse(index_bytes)
-            .map_err(|e| fail(crate::index::Error::from(e).into()))?;
-        crate::index::check(
+            .map_err(|e| fail(crate::digest_table::Error::from(e).into()))?;
+        crate::digest_table::check(
             &table,
             &image.chunks,
             0,

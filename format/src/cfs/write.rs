@@ -18,7 +18,7 @@ use super::header::{
 use crate::build::{BuildOptions, Builder, ChunkSink, Progress};
 use crate::digest::{Digest, Hasher};
 use crate::model::{ChunkIdx, ChunkInfo, Image};
-use crate::translate::{ChunkLocation, ExtentLayout, Layout};
+use crate::translate::{ChunkLocation, DeviceLayout, ExtentLayout};
 
 /// Why an image could not be written; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +321,7 @@ impl CfsWriter {
         let mut out = sink.out;
         let block: u64 = if self.align512 { 512 } else { 4096 };
         let meta_offset = chunks_end.next_multiple_of(block);
-        let layout = Layout {
+        let layout = DeviceLayout {
             block_size_bits: block.trailing_zeros() as u8,
             extents: if self.align512 {
                 ExtentLayout::Clusters
@@ -353,7 +353,7 @@ impl CfsWriter {
                 (blob, raw.len() as u64)
             }
         };
-        let index = crate::index::encode(&image.chunks, &located);
+        let index = crate::digest_table::encode(&image.chunks, &located);
 
         let erofs_meta = Region {
             offset: meta_offset,
@@ -444,7 +444,7 @@ impl Drop for CfsWriter {
 pub(crate) struct ErofsArea {
     /// The metadata area, written at `layout.meta_offset`.
     pub meta: Vec<u8>,
-    descriptor: crate::translate::Descriptor,
+    descriptor: crate::translate::BuiltDescriptor,
 }
 
 impl ErofsArea {
@@ -462,7 +462,7 @@ impl ErofsArea {
 pub(crate) fn erofs_descriptor(
     image: &Image,
     locations: &[ChunkLocation],
-    layout: &Layout,
+    layout: &DeviceLayout,
     meta_max: u64,
 ) -> Result<ErofsArea, String> {
     let descriptor = crate::translate::translate_within(image, locations, layout, meta_max)

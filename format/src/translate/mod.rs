@@ -1,16 +1,16 @@
 //! Translation of an image's metadata into its EROFS descriptor (docs/descriptor.md).
 //!
 //! Input: a validated [`Image`], where each of its chunks is stored ([`ChunkLocation`]), and the
-//! shape of the primary device ([`Layout`]). Output: the EROFS bytes to place in the primary
-//! device ([`Descriptor`]). Deterministic: the same input gives the same bytes.
+//! shape of the primary device ([`DeviceLayout`]). Output: the EROFS bytes to place in the primary
+//! device ([`BuiltDescriptor`]). Deterministic: the same input gives the same bytes.
 //!
 //! ```
 //! use chunkfs_format::model::{mode, Image, Inode, InodeKind};
-//! use chunkfs_format::translate::{translate, ExtentLayout, Layout};
+//! use chunkfs_format::translate::{translate, ExtentLayout, DeviceLayout};
 //! let root = Inode { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0,
 //!                    xattrs: vec![], kind: InodeKind::Directory(vec![]) };
 //! let image = Image { chunks: vec![], packed_stream: vec![], inodes: vec![root] };
-//! let layout = Layout { block_size_bits: 12, extents: ExtentLayout::Bit48, meta_offset: 4096, devices: vec![] };
+//! let layout = DeviceLayout { block_size_bits: 12, extents: ExtentLayout::Bit48, meta_offset: 4096, devices: vec![] };
 //! let d = translate(&image, &[], &layout).unwrap();
 //! let sb = d.superblock_area(d.min_primary_len()).unwrap();
 //! assert_eq!(sb.len() as u64, d.head_end() - 1024);
@@ -64,7 +64,7 @@ pub struct ExtraDevice {
 
 /// The shape of the primary device the descriptor will live in.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
+pub struct DeviceLayout {
     /// log2 of the EROFS block size: 12 for [`ExtentLayout::Bit48`], 9 for clusters of 512 bytes.
     pub block_size_bits: u8,
     /// Extent encoding.
@@ -101,7 +101,7 @@ pub enum Error {
     },
     /// The layout is inconsistent (block size, offsets, devices).
     #[error("layout: {0}")]
-    Layout(String),
+    DeviceLayout(String),
     /// An inode cannot be expressed in EROFS with this layout.
     #[error("inode {inode}: {problem}")]
     Inode {
@@ -113,7 +113,7 @@ pub enum Error {
     /// The descriptor would exceed an address or size limit of EROFS.
     #[error("the descriptor is too large: {0}")]
     TooLarge(String),
-    /// The primary device length passed to [`Descriptor::superblock_area`] does not fit.
+    /// The primary device length passed to [`BuiltDescriptor::superblock_area`] does not fit.
     #[error("primary device length {len}: {problem}")]
     PrimaryLen {
         /// The length given.
@@ -123,7 +123,7 @@ pub enum Error {
     },
 }
 
-/// Why [`Descriptor::write_standalone`] failed.
+/// Why [`BuiltDescriptor::write_standalone`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StandaloneError {
@@ -146,10 +146,10 @@ pub fn standalone_layout(
     block_size_bits: u8,
     extents: ExtentLayout,
     devices: Vec<ExtraDevice>,
-) -> Layout {
+) -> DeviceLayout {
     let meta_offset =
         superblock::head_end(devices.len()).next_multiple_of(1u64 << block_size_bits.min(12));
-    Layout {
+    DeviceLayout {
         block_size_bits,
         extents,
         meta_offset,
@@ -172,7 +172,7 @@ pub const PACKED_INODE: u32 = u32::MAX;
 /// The EROFS descriptor of an image: the metadata area, and everything needed to write the
 /// superblock area once the primary device's final length is known.
 #[derive(Clone, Debug)]
-pub struct Descriptor {
+pub struct BuiltDescriptor {
     meta: Vec<u8>,
     meta_offset: u64,
     head: superblock::Head,
@@ -181,7 +181,7 @@ pub struct Descriptor {
     stats: Stats,
 }
 
-impl Descriptor {
+impl BuiltDescriptor {
     /// The metadata area: write it at [`meta_offset`](Self::meta_offset) of the primary device.
     pub fn meta_area(&self) -> &[u8] {
         &self.meta
@@ -291,8 +291,8 @@ impl Descriptor {
 pub fn translate(
     image: &Image,
     chunks: &[ChunkLocation],
-    layout: &Layout,
-) -> Result<Descriptor, Error> {
+    layout: &DeviceLayout,
+) -> Result<BuiltDescriptor, Error> {
     translate_within(image, chunks, layout, META_MAX)
 }
 
@@ -307,9 +307,9 @@ pub const META_MAX: u64 = plan::META_MAX;
 pub fn translate_within(
     image: &Image,
     chunks: &[ChunkLocation],
-    layout: &Layout,
+    layout: &DeviceLayout,
     meta_max: u64,
-) -> Result<Descriptor, Error> {
+) -> Result<BuiltDescriptor, Error> {
     image.validate()?;
     if chunks.len() != image.chunks.len() {
         return Err(Error::ChunkCount {

@@ -10,7 +10,7 @@ use super::inode::{self, Core, Times};
 use super::superblock::{Head, HeadParams};
 use super::xattr;
 use super::zero_frame;
-use super::{ChunkLocation, Descriptor, Error, ExtentLayout, Layout, PACKED_INODE};
+use super::{BuiltDescriptor, ChunkLocation, DeviceLayout, Error, ExtentLayout, PACKED_INODE};
 use crate::model::{FileLayout, Image, InodeKind};
 
 /// Counts and sizes of what a translation emitted (for reports and tests).
@@ -191,9 +191,9 @@ pub(super) const META_MAX: u64 = 4 << 30;
 pub(super) fn build(
     image: &Image,
     chunks: &[ChunkLocation],
-    layout: &Layout,
+    layout: &DeviceLayout,
     meta_max: u64,
-) -> Result<Descriptor, Error> {
+) -> Result<BuiltDescriptor, Error> {
     let meta_max = meta_max.min(META_MAX);
     let head = HeadParams::check(layout)?;
     let blkbits = layout.block_size_bits;
@@ -426,7 +426,7 @@ pub(super) fn build(
         0
     };
     stats.meta_bytes = meta_len;
-    Ok(Descriptor {
+    Ok(BuiltDescriptor {
         meta,
         meta_offset: layout.meta_offset,
         head,
@@ -514,7 +514,7 @@ fn place(area: &mut Area, nodes: &mut [Node], i: usize, placed: &mut [bool]) -> 
 
 fn check_frames(
     chunks: &[ChunkLocation],
-    layout: &Layout,
+    layout: &DeviceLayout,
     head_end: u64,
     geo: Geo,
 ) -> Result<Vec<Frame>, Error> {
@@ -587,7 +587,7 @@ fn check_frames(
 
 /// Unified byte address of each device: 0 for the primary, then each extra device on the next
 /// [`DEVICE_ALIGN`] boundary past the previous one.
-fn device_bases(layout: &Layout, primary_data_end: u64, geo: Geo) -> Result<Vec<u64>, Error> {
+fn device_bases(layout: &DeviceLayout, primary_data_end: u64, geo: Geo) -> Result<Vec<u64>, Error> {
     let mut bases = vec![0u64];
     let mut end = primary_data_end;
     let limit: u64 = match geo.layout {

@@ -10,7 +10,7 @@ use chunkfs_kernel_abi::erofs::{
 
 use super::inode::Times;
 use super::plan::{Features, Geo};
-use super::{Error, ExtentLayout, Layout};
+use super::{DeviceLayout, Error, ExtentLayout};
 
 /// Device table start: the first 128-byte slot after the superblock and the zstd config.
 const DEVT_OFFSET: u64 = 1280;
@@ -38,16 +38,16 @@ pub(super) struct HeadParams {
 }
 
 impl HeadParams {
-    pub fn check(layout: &Layout) -> Result<Self, Error> {
+    pub fn check(layout: &DeviceLayout) -> Result<Self, Error> {
         let bits = layout.block_size_bits;
         if !(9..=12).contains(&bits) {
-            return Err(Error::Layout(format!(
+            return Err(Error::DeviceLayout(format!(
                 "block size 2^{bits} is outside 512..=4096 bytes"
             )));
         }
         let blksz = 1u64 << bits;
         if layout.devices.len() >= usize::from(u16::MAX) {
-            return Err(Error::Layout(format!(
+            return Err(Error::DeviceLayout(format!(
                 "{} extra devices exceed the device table's 16-bit count",
                 layout.devices.len()
             )));
@@ -59,21 +59,21 @@ impl HeadParams {
             (DEVT_OFFSET + n * DEVT_SLOT).next_multiple_of(4096)
         };
         if layout.meta_offset % blksz != 0 || layout.meta_offset < end {
-            return Err(Error::Layout(format!(
+            return Err(Error::DeviceLayout(format!(
                 "metadata offset {} is not block aligned or lies inside the head area (ends at {end})",
                 layout.meta_offset
             )));
         }
         for (k, d) in layout.devices.iter().enumerate() {
             if d.tag.len() > 64 {
-                return Err(Error::Layout(format!(
+                return Err(Error::DeviceLayout(format!(
                     "device {} tag of {} bytes exceeds 64",
                     k + 1,
                     d.tag.len()
                 )));
             }
             if d.len % 4096 != 0 {
-                return Err(Error::Layout(format!(
+                return Err(Error::DeviceLayout(format!(
                     "device {} length {} is not a multiple of 4096",
                     k + 1,
                     d.len

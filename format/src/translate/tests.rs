@@ -95,8 +95,8 @@ fn sample() -> Image {
     }
 }
 
-fn bit48() -> Layout {
-    Layout {
+fn bit48() -> DeviceLayout {
+    DeviceLayout {
         block_size_bits: 12,
         extents: ExtentLayout::Bit48,
         meta_offset: 1 << 20,
@@ -125,7 +125,7 @@ fn locations(aligned: bool) -> Vec<ChunkLocation> {
         .collect()
 }
 
-fn read_sb(d: &Descriptor) -> SuperBlock {
+fn read_sb(d: &BuiltDescriptor) -> SuperBlock {
     let area = d.superblock_area(d.min_primary_len()).unwrap();
     let mut sb = SuperBlock::zeroed();
     let n = 128;
@@ -211,7 +211,7 @@ fn extended_inode_keeps_what_compact_would_lose() {
 #[test]
 fn clusters_layout_uses_zero_frame_and_block_aligned_frames() {
     let img = sample();
-    let layout = Layout {
+    let layout = DeviceLayout {
         block_size_bits: 9,
         extents: ExtentLayout::Clusters,
         meta_offset: 1 << 20,
@@ -263,13 +263,13 @@ fn refusals_are_typed() {
         translate(&dev, &locations(false), &bit48()),
         Err(Error::Inode { inode: 3, .. })
     ));
-    let inside_head = Layout {
+    let inside_head = DeviceLayout {
         meta_offset: 2048,
         ..bit48()
     };
     assert!(matches!(
         translate(&img, &locations(false), &inside_head),
-        Err(Error::Layout(_))
+        Err(Error::DeviceLayout(_))
     ));
     let mut locs = locations(false);
     locs[0].stored_len = 2 << 20;
@@ -291,7 +291,7 @@ fn refusals_are_typed() {
 #[test]
 fn extra_devices_get_disjoint_aligned_ranges() {
     let img = sample();
-    let layout = Layout {
+    let layout = DeviceLayout {
         devices: vec![
             ExtraDevice {
                 tag: b"pack0".to_vec(),
@@ -355,7 +355,7 @@ fn huge_sparse_file_is_refused_in_the_cluster_layout_without_allocating() {
             chunk: 0,
         }]),
     });
-    let layout = Layout {
+    let layout = DeviceLayout {
         block_size_bits: 9,
         extents: ExtentLayout::Clusters,
         meta_offset: 1 << 20,

@@ -9,7 +9,7 @@ use chunkfs_distribution::oci::read::{OciImage, open_image};
 use chunkfs_distribution::oci::reference::{Reference, Role};
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::partial::PARTIAL;
-use chunkfs_format::translate::{self, ChunkLocation, Descriptor, ExtentLayout, ExtraDevice};
+use chunkfs_format::translate::{self, BuiltDescriptor, ChunkLocation, ExtentLayout, ExtraDevice};
 use chunkfs_kernel_abi::Descriptor as AbiDescriptor;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
 
@@ -155,7 +155,7 @@ fn choose(
 }
 
 /// Translates a `.cfs` with its frames on device 1 (the image file itself).
-fn build_cfs(cfs: &Cfs, extents: Option<Extents>) -> Result<Descriptor, Error> {
+fn build_cfs(cfs: &Cfs, extents: Option<Extents>) -> Result<BuiltDescriptor, Error> {
     let h = cfs.header();
     let (bits, layout) = choose(cfs.path(), h.erofs_block_size == 512, extents)?;
     let locations: Vec<ChunkLocation> = cfs
@@ -174,7 +174,11 @@ fn build_cfs(cfs: &Cfs, extents: Option<Extents>) -> Result<Descriptor, Error> {
 }
 
 /// Translates an OCI image: its chunk locations already name the packs as devices 1, 2, ...
-fn build_oci(oci: &OciImage, name: &Path, extents: Option<Extents>) -> Result<Descriptor, Error> {
+fn build_oci(
+    oci: &OciImage,
+    name: &Path,
+    extents: Option<Extents>,
+) -> Result<BuiltDescriptor, Error> {
     let (bits, layout) = choose(name, oci.align512, extents)?;
     let layout = translate::standalone_layout(bits, layout, oci.extra_devices());
     translate::translate(&oci.image, &oci.locations, &layout)
@@ -326,7 +330,7 @@ fn feature_names(bits: u32) -> Vec<&'static str> {
     .collect()
 }
 
-fn describe(d: &Descriptor) -> &'static str {
+fn describe(d: &BuiltDescriptor) -> &'static str {
     match d.extent_layout() {
         ExtentLayout::Bit48 => "48-bit extents, for Linux 6.15+",
         ExtentLayout::Clusters => "cluster layout, for Linux 6.12+",
@@ -334,7 +338,7 @@ fn describe(d: &Descriptor) -> &'static str {
 }
 
 /// Writes next to `out` and renames, so a reader never sees half a descriptor.
-fn write_atomically(out: &Path, d: &Descriptor) -> Result<u64, Error> {
+fn write_atomically(out: &Path, d: &BuiltDescriptor) -> Result<u64, Error> {
     let tmp = out.with_file_name(format!(
         ".{}.tmp-{}",
         out.file_name()

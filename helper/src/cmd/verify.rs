@@ -52,7 +52,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     let done = Arc::new(AtomicU64::new(0));
     let d = done.clone();
     let bar = Progress::start(None, move || (d.load(Ordering::Relaxed), String::new()));
-    let report = chunkfs_format::verify::verify_cfs(&args.image, args.jobs, &done);
+    let report = chunkfs_format::cfs::verify::verify_cfs(&args.image, args.jobs, &done);
     drop(bar);
     let report = report?;
     println!(

@@ -20,7 +20,7 @@ use chunkfs_format::cfs::read::{Cfs, ErrorKind as CfsErrorKind};
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{FileLayout, Image, InodeKind};
-use chunkfs_format::translate::{self, ExtentLayout, ExtraDevice, Layout};
+use chunkfs_format::translate::{self, DeviceLayout, ExtentLayout, ExtraDevice};
 use chunkfs_kernel_abi::Pod;
 use chunkfs_kernel_abi::erofs::SuperBlock;
 
@@ -200,7 +200,7 @@ fn prepare_cfs(
                 "the EROFS metadata area does not start at the first block after the chunks".into(),
             ));
         }
-        let layout = Layout {
+        let layout = DeviceLayout {
             block_size_bits: bits,
             extents,
             meta_offset: h.erofs_meta.offset,
@@ -432,7 +432,10 @@ fn prepare_oci(
     })
 }
 
-fn standalone_bytes(d: &translate::Descriptor, name: &Path) -> Result<(Vec<u8>, Digest), Error> {
+fn standalone_bytes(
+    d: &translate::BuiltDescriptor,
+    name: &Path,
+) -> Result<(Vec<u8>, Digest), Error> {
     let mut bytes = Vec::new();
     d.write_standalone(&mut bytes).map_err(|e| {
         Error::new(

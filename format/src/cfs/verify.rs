@@ -10,7 +10,7 @@ use crate::cfs::read::{Cfs, Error, ErrorKind};
 use crate::compress::Decoder;
 use crate::digest::{Digest, Hasher};
 use crate::model::ChunkIdx;
-use crate::translate::{ExtentLayout, Layout};
+use crate::translate::{DeviceLayout, ExtentLayout};
 
 /// What a successful verification covered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub fn check_structure(cfs: &Cfs) -> Result<(), Error> {
         pos = loc.offset + u64::from(loc.stored_len);
     }
     if pos != h.chunks.end() {
-        return Err(fail(ErrorKind::Index(crate::index::Error::Entry {
+        return Err(fail(ErrorKind::Index(crate::digest_table::Error::Entry {
             chunk: cfs.image().chunks.len() as ChunkIdx,
             problem: format!(
                 "the chunk region ends at {}, its last frame at {pos}",
@@ -101,7 +101,7 @@ pub fn check_structure(cfs: &Cfs) -> Result<(), Error> {
         return Err(corrupt("EROFS areas"));
     }
     let block = u64::from(h.erofs_block_size);
-    let layout = Layout {
+    let layout = DeviceLayout {
         block_size_bits: block.trailing_zeros() as u8,
         extents: if block == 512 {
             ExtentLayout::Clusters
