@@ -23,6 +23,7 @@ pub mod chunk;
 pub mod compress;
 pub mod digest;
 pub mod digest_table;
+pub mod error_class;
 pub mod inspect;
 pub mod model;
 pub mod partial;
@@ -30,3 +31,5 @@ pub mod scan;
 pub mod schema;
 pub mod translate;
 pub mod unpack;
+
+pub use error_class::ErrorClass;
