@@ -12,4 +12,5 @@
 //! ```
 
 pub mod oci;
+pub mod source;
 pub mod tar;
