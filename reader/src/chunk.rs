@@ -9,6 +9,7 @@ use sha2::{Digest as _, Sha256};
 use zstd::zstd_safe::{self, DParameter};
 
 use crate::cache::Chunk;
+use crate::device::Device;
 use crate::digests::Digests;
 use crate::error::ChunkError;
 
@@ -59,7 +60,7 @@ fn decompress_exact(frame: &[u8], len: u64) -> Result<Vec<u8>, ChunkError> {
     Ok(out)
 }
 
-/// Loads the chunk of the cluster `[start, start + len)` of a device whose bytes are `device`.
+/// Loads the chunk of the cluster `[start, start + len)` of `device` (id `device_id`).
 ///
 /// The frame is the digest entry ending at the cluster's end; bytes between the cluster start and
 /// the frame (the cluster layout's padding) must be zero, as the kernel skips only zeros. A
@@ -68,35 +69,48 @@ fn decompress_exact(frame: &[u8], len: u64) -> Result<Vec<u8>, ChunkError> {
 pub(crate) fn load(
     digests: &Digests,
     device_id: u16,
-    device: &[u8],
+    device: &dyn Device,
     start: u64,
     len: u64,
 ) -> Result<Chunk, ChunkError> {
     let end = start.checked_add(len).ok_or(ChunkError::OutOfDevice)?;
-    let range = |a: u64, b: u64| -> Result<&[u8], ChunkError> {
-        let a = usize::try_from(a).map_err(|_| ChunkError::OutOfDevice)?;
-        let b = usize::try_from(b).map_err(|_| ChunkError::OutOfDevice)?;
-        device.get(a..b).ok_or(ChunkError::OutOfDevice)
-    };
-    let cluster = range(start, end)?;
+    let cluster = read(device, start, len)?;
     let Some(entry) = digests.frame_in(device_id, start, end) else {
-        return zero_frame(cluster);
+        return zero_frame(&cluster);
     };
-    let frame_start = entry.offset.get();
-    if range(start, frame_start)?.iter().any(|&b| b != 0) {
+    let pad = usize::try_from(entry.offset.get().saturating_sub(start))
+        .map_err(|_| ChunkError::OutOfDevice)?;
+    let (padding, frame) = cluster
+        .split_at_checked(pad)
+        .ok_or(ChunkError::OutOfDevice)?;
+    if padding.iter().any(|&b| b != 0) {
         return Err(ChunkError::Padding);
     }
     let flags = entry.flags.get();
     if flags & DIGEST_FLAG_ZSTD == 0 {
         return Err(ChunkError::NotZstd(flags));
     }
-    let frame = range(frame_start, end)?;
     let raw_len = entry.raw_len.get();
     let out = decompress_exact(frame, raw_len.into())?;
     if Sha256::digest(&out).as_slice() != entry.sha256 {
         return Err(ChunkError::Digest);
     }
     Ok(Arc::new(out))
+}
+
+/// Bytes `[start, start + len)` of `device`; a device that cannot return them fails the chunk.
+fn read(
+    device: &dyn Device,
+    start: u64,
+    len: u64,
+) -> Result<std::borrow::Cow<'_, [u8]>, ChunkError> {
+    match start.checked_add(len) {
+        Some(end) if end <= device.len() => {}
+        _ => return Err(ChunkError::OutOfDevice),
+    }
+    device
+        .read_at(start, len)
+        .map_err(|e| ChunkError::Device(e.0))
 }
 
 /// A cluster without a digest: serve it only if it holds a zstd frame whose content is all zeros.
@@ -122,7 +136,7 @@ fn zero_frame(cluster: &[u8]) -> Result<Chunk, ChunkError> {
 pub(crate) fn load_raw(
     digests: &Digests,
     device_id: u16,
-    device: &[u8],
+    device: &dyn Device,
     start: u64,
 ) -> Result<Chunk, ChunkError> {
     let entry = digests
@@ -140,13 +154,9 @@ pub(crate) fn load_raw(
             expected: len,
         });
     }
-    let a = usize::try_from(start).map_err(|_| ChunkError::OutOfDevice)?;
-    let bytes = a
-        .checked_add(len as usize)
-        .and_then(|b| device.get(a..b))
-        .ok_or(ChunkError::OutOfDevice)?;
-    if Sha256::digest(bytes).as_slice() != entry.sha256 {
+    let bytes = read(device, start, len.into())?;
+    if Sha256::digest(&bytes).as_slice() != entry.sha256 {
         return Err(ChunkError::Digest);
     }
-    Ok(Arc::new(bytes.to_vec()))
+    Ok(Arc::new(bytes.into_owned()))
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use memmap2::{Mmap, MmapOptions};
 
+use crate::device::{Device, DeviceError, slice};
 use crate::error::OpenError;
 
 /// One mapped file (empty files cannot be mapped).
@@ -27,6 +28,33 @@ impl AsRef<[u8]> for Map {
             Map::Mapped(m) => m,
             Map::Empty => &[],
         }
+    }
+}
+
+/// A mapped file as a device: reads borrow the mapping.
+pub(crate) struct MappedDevice {
+    pub(crate) map: Map,
+    pub(crate) path: std::path::PathBuf,
+}
+
+impl Device for MappedDevice {
+    fn len(&self) -> u64 {
+        self.map.as_ref().len() as u64
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<std::borrow::Cow<'_, [u8]>, DeviceError> {
+        slice(self.map.as_ref(), offset, len)
+            .map(std::borrow::Cow::Borrowed)
+            .ok_or_else(|| {
+                DeviceError(format!(
+                    "{}: range {offset}+{len} is past its end",
+                    self.path.display()
+                ))
+            })
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
     }
 }
 

@@ -72,6 +72,9 @@ pub enum ChunkError {
     /// The frame or its zero padding lies outside its device file.
     #[error("frame outside its device")]
     OutOfDevice,
+    /// The device could not return the frame's bytes (e.g. a registry that cannot be reached).
+    #[error("{0}")]
+    Device(String),
     /// The bytes before the frame in its cluster are not zero.
     #[error("non-zero padding before the frame")]
     Padding,

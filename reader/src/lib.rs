@@ -25,6 +25,7 @@
 
 mod cache;
 mod chunk;
+mod device;
 mod devices;
 mod digests;
 mod error;
@@ -34,6 +35,7 @@ mod prefetch;
 mod reader;
 
 pub use cache::CacheStats;
+pub use device::{Device, DeviceError, DeviceSpec};
 pub use digests::DigestSource;
 pub use error::{ChunkError, OpenError, ReadError};
 pub use mount::MountHandle;

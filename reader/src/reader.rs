@@ -10,7 +10,8 @@ use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind, Mapping};
 
 use crate::cache::{Cache, CacheStats, Chunk};
 use crate::chunk;
-use crate::devices::{self, Map};
+use crate::device::{Device, DeviceError, DeviceSpec, slice};
+use crate::devices::{self, Map, MappedDevice};
 use crate::digests::{DigestSource, Digests};
 use crate::error::{ChunkError, OpenError, ReadError};
 
@@ -20,7 +21,7 @@ pub struct Config {
     /// The primary device: a `.cfs` image, or a descriptor file (OCI form).
     pub primary: PathBuf,
     /// The extra devices (OCI pack blobs), in the descriptor's device-table order.
-    pub devices: Vec<PathBuf>,
+    pub devices: Vec<DeviceSpec>,
     /// The digest tables covering every chunk frame.
     pub digests: Vec<DigestSource>,
     /// Bytes of decompressed chunks to keep in memory.
@@ -49,7 +50,7 @@ impl Config {
         let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
         Config {
             primary: primary.into(),
-            devices,
+            devices: devices.into_iter().map(DeviceSpec::File).collect(),
             digests,
             cache_bytes: 256 << 20,
             threads: cpus.max(2),
@@ -65,7 +66,7 @@ impl Config {
 pub struct Reader {
     desc: Descriptor<Map>,
     /// Extra devices, ids 1, 2, ...
-    devices: Vec<Map>,
+    devices: Vec<Arc<dyn Device>>,
     digests: Digests,
     cache: Cache,
     pub(crate) config: Config,
@@ -94,23 +95,28 @@ impl Reader {
                 given: config.devices.len(),
             });
         }
-        let mut maps = Vec::with_capacity(config.devices.len());
-        for (id, path) in (1u16..).zip(&config.devices) {
-            let map = devices::map(path)?;
+        let mut devices = Vec::with_capacity(config.devices.len());
+        for (id, spec) in (1u16..).zip(&config.devices) {
+            let device: Arc<dyn Device> = match spec {
+                DeviceSpec::File(path) => Arc::new(MappedDevice {
+                    map: devices::map(path)?,
+                    path: path.clone(),
+                }),
+                DeviceSpec::Custom(d) => d.clone(),
+            };
             let need = desc
                 .device(id)
                 .map_or(0, |d| d.blocks.saturating_mul(desc.block_size().into()));
-            let len = map.as_ref().len() as u64;
+            let len = device.len();
             if len < need {
                 return Err(OpenError::DeviceTooSmall {
-                    path: path.clone(),
+                    path: device.name().into(),
                     len,
                     need,
                 });
             }
-            maps.push(map);
+            devices.push(device);
         }
-        let devices = maps;
         let digests = Digests::new(config.digests.clone())?;
         let cache = Cache::new(config.cache_bytes);
         Ok(Reader {
@@ -137,26 +143,23 @@ impl Reader {
         self.digests.len()
     }
 
-    fn device_bytes(&self, id: u16) -> &[u8] {
-        if id == 0 {
-            self.desc.bytes()
-        } else {
-            self.devices
-                .get(usize::from(id) - 1)
-                .map_or(&[], |m| m.as_ref())
+    /// Device `id`: 0 is the primary (a `.cfs` holds its own frames), 1.. the extra devices.
+    fn with_device<R>(&self, id: u16, f: impl FnOnce(&dyn Device) -> R) -> R {
+        match usize::from(id).checked_sub(1) {
+            None => f(&Primary(self.desc.bytes())),
+            Some(k) => match self.devices.get(k) {
+                Some(d) => f(d.as_ref()),
+                None => f(&Primary(&[])),
+            },
         }
     }
 
     /// The verified chunk of the cluster `[offset, offset + len)` of `device`.
     fn chunk(&self, device: u16, offset: u64, len: u64) -> Result<Chunk, ChunkError> {
         self.cache.get_or_load((device, offset), || {
-            chunk::load(
-                &self.digests,
-                device,
-                self.device_bytes(device),
-                offset,
-                len,
-            )
+            self.with_device(device, |d| {
+                chunk::load(&self.digests, device, d, offset, len)
+            })
         })
     }
 
@@ -342,8 +345,11 @@ impl Reader {
                 ..
             } => (device, offset, self.chunk(device, offset, len)),
             MapKind::Raw { device, offset } | MapKind::Interlaced { device, offset } => {
-                let load =
-                    || chunk::load_raw(&self.digests, device, self.device_bytes(device), offset);
+                let load = || {
+                    self.with_device(device, |d| {
+                        chunk::load_raw(&self.digests, device, d, offset)
+                    })
+                };
                 match self.cache.get_or_load((device, offset), load) {
                     // Uncompressed bytes no digest vouches for (e.g. inline data).
                     Err(ChunkError::NoDigest) => return Err(ReadError::Unverifiable { nid, pos }),
@@ -427,6 +433,25 @@ pub(crate) struct ChunkRef {
     device: u16,
     offset: u64,
     len: u64,
+}
+
+/// The primary device's bytes (the mapped descriptor or `.cfs`) as a device.
+struct Primary<'a>(&'a [u8]);
+
+impl Device for Primary<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<std::borrow::Cow<'_, [u8]>, DeviceError> {
+        slice(self.0, offset, len)
+            .map(std::borrow::Cow::Borrowed)
+            .ok_or_else(|| DeviceError(format!("range {offset}+{len} is past the image's end")))
+    }
+
+    fn name(&self) -> String {
+        "the primary device".into()
+    }
 }
 
 /// Zeros for holes, served without allocating.

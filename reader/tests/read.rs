@@ -233,3 +233,75 @@ fn preloading_follows_the_stored_order_of_chunks() {
     assert_eq!(r.preload_after(nid_of(&r, "sub"), 1, 4), 0);
     assert_eq!(r.preload_after(nid_of(&r, "big"), 0, 4), 0);
 }
+
+/// A device whose bytes come from elsewhere (a registry, through the store): it can fail for a
+/// while, or return bytes other than the pack's.
+struct Remote {
+    bytes: Vec<u8>,
+    /// 0: serve, 1: fail, 2: flip a byte of what is served.
+    mode: std::sync::atomic::AtomicU8,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl chunkfs_reader::Device for Remote {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_at(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, chunkfs_reader::DeviceError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.reads.fetch_add(1, SeqCst);
+        let range = offset as usize..(offset + len) as usize;
+        match self.mode.load(SeqCst) {
+            1 => Err(chunkfs_reader::DeviceError("registry unreachable".into())),
+            2 => {
+                let mut v = self.bytes[range].to_vec();
+                let mid = v.len() / 2;
+                v[mid] ^= 1;
+                Ok(std::borrow::Cow::Owned(v))
+            }
+            _ => Ok(std::borrow::Cow::Borrowed(&self.bytes[range])),
+        }
+    }
+
+    fn name(&self) -> String {
+        "remote pack".into()
+    }
+}
+
+#[test]
+fn a_device_that_fails_fails_its_reads_until_it_serves_again_and_wrong_bytes_never_pass() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let img = common::build(parent());
+    let remote = Arc::new(Remote {
+        bytes: std::fs::read(&img.pack).unwrap(),
+        mode: 1.into(),
+        reads: 0.into(),
+    });
+    let mut config = img.config();
+    config.devices = vec![chunkfs_reader::DeviceSpec::Custom(remote.clone())];
+    let r = Reader::open(config).unwrap();
+    // Failing: the read that needs the device fails with its message; others are unaffected.
+    match chunk_error(read_all(&r, "onpack")) {
+        ChunkError::Device(m) => assert!(m.contains("unreachable"), "{m}"),
+        other => panic!("expected a device error, got {other:?}"),
+    }
+    assert_eq!(read_all(&r, "big").unwrap(), img.expected("big"));
+    // Wrong bytes: refused by the digest, never served, not cached.
+    remote.mode.store(2, SeqCst);
+    assert!(read_all(&r, "onpack").is_err());
+    // Serving again: the failures were not cached, the read now succeeds, and once.
+    remote.mode.store(0, SeqCst);
+    assert_eq!(read_all(&r, "onpack").unwrap(), img.expected("onpack"));
+    let reads = remote.reads.load(SeqCst);
+    assert_eq!(read_all(&r, "onpack").unwrap(), img.expected("onpack"));
+    assert_eq!(
+        remote.reads.load(SeqCst),
+        reads,
+        "the verified chunk is cached"
+    );
+}
