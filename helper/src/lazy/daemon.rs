@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::copy::{CopyPair, FileCopySource};
+use super::copy::{self, CopyPair, FileCopySource};
 use super::filler::{self, Config, FillSource, Filler, PackFile};
 use crate::mount::daemon::FdSpec;
 use crate::mount::sys;
@@ -36,6 +36,10 @@ pub enum SourceSpec {
     Copy {
         /// The copies.
         copies: Vec<FdSpec>,
+        /// Each copy is a `.cfs`: fill its chunk frames, each whole ([`super::copy::cfs_frames`]),
+        /// rather than 4 KiB blocks (which a killed filler can leave half-written).
+        #[serde(default)]
+        cfs_frames: bool,
     },
 }
 
@@ -96,7 +100,7 @@ pub fn main() -> ! {
     keep.extend(spec.files.iter().map(|f| f.fd));
     keep.extend(spec.mounts.iter().map(|f| f.fd));
     match &spec.source {
-        SourceSpec::Copy { copies } => keep.extend(copies.iter().map(|f| f.fd)),
+        SourceSpec::Copy { copies, .. } => keep.extend(copies.iter().map(|f| f.fd)),
     }
     sys::close_fds_except(&keep);
     let mut status = match sys::take_inherited_fd(spec.status_fd) {
@@ -179,22 +183,27 @@ fn start(spec: &Spec) -> Result<Filler, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     let source: Arc<dyn FillSource> = match &spec.source {
-        SourceSpec::Copy { copies } => {
+        SourceSpec::Copy { copies, cfs_frames } => {
             if copies.len() != files.len() {
-                return Err(format!(
-                    "{} copies for {} files",
-                    copies.len(),
-                    files.len()
-                ));
+                return Err(format!("{} copies for {} files", copies.len(), files.len()));
             }
             let pairs = files
                 .iter()
                 .zip(copies)
                 .map(|(f, c)| {
+                    let copy = take(c)?;
+                    let frames = cfs_frames
+                        .then(|| {
+                            let path = format!("/proc/self/fd/{}", copy.as_raw_fd());
+                            copy::cfs_frames(Path::new(&path))
+                                .map_err(|e| format!("{}: {e}", c.name).replace(&path, &c.name))
+                        })
+                        .transpose()?;
                     Ok(CopyPair {
                         name: f.name.clone(),
                         sparse: &f.file,
-                        copy: take(c)?,
+                        copy,
+                        frames,
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
@@ -266,6 +275,8 @@ pub struct DaemonOptions<'a> {
     pub mounts: Vec<(&'a File, String)>,
     /// Complete copies of the files, in their order ([`SourceSpec::Copy`]).
     pub copies: Vec<(&'a File, String)>,
+    /// The copies are `.cfs` files: fill whole chunk frames.
+    pub cfs_frames: bool,
     /// Fills in flight at most.
     pub workers: Option<usize>,
     /// Per-event deadline.
@@ -292,8 +303,8 @@ pub fn start_daemon(
         what: what.to_owned(),
         source,
     };
-    let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| setup("pipe", e.into()))?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| setup("pipe", e.into()))?;
     let spec_of = |list: &[(&File, String)]| -> Vec<FdSpec> {
         list.iter()
             .map(|(f, name)| FdSpec {
@@ -308,6 +319,7 @@ pub fn start_daemon(
         mounts: spec_of(&opts.mounts),
         source: SourceSpec::Copy {
             copies: spec_of(&opts.copies),
+            cfs_frames: opts.cfs_frames,
         },
         workers: opts.workers,
         deadline_ms: opts
@@ -433,6 +445,7 @@ mod tests {
                     fd: 5,
                     name: "/images/a".into(),
                 }],
+                cfs_frames: true,
             },
             workers: Some(2),
             deadline_ms: Some(1500),

@@ -275,7 +275,8 @@ struct Shared {
     pending: Mutex<HashMap<u64, Arc<Job>>>,
 }
 
-/// Stops a running [`Filler`] from another thread (or a signal-handling thread).
+/// Stops a running [`Filler`] from another thread (or a signal-handling thread), and reads its
+/// statistics meanwhile.
 #[derive(Clone)]
 pub struct StopHandle {
     shared: Arc<Shared>,
@@ -289,6 +290,11 @@ impl StopHandle {
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake();
+    }
+
+    /// What the filler did so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
     }
 }
 
@@ -457,9 +463,7 @@ impl Shared {
     }
 
     fn all_complete(&self) -> bool {
-        self.files
-            .iter()
-            .all(|f| f.complete.load(Ordering::SeqCst))
+        self.files.iter().all(|f| f.complete.load(Ordering::SeqCst))
     }
 
     fn respond(&self, fd: i32, r: Response) {
@@ -663,7 +667,10 @@ impl Shared {
                 }
                 Err(_) => {
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    self.log(format_args!("{name}: bytes {:?}: the source panicked", job.range));
+                    self.log(format_args!(
+                        "{name}: bytes {:?}: the source panicked",
+                        job.range
+                    ));
                     Response::Deny(libc::EIO)
                 }
             };

@@ -13,6 +13,7 @@
 //!     name: "/var/tmp/pack".into(),
 //!     sparse: &sparse,
 //!     copy,
+//!     frames: Some(chunkfs_helper::lazy::copy::cfs_frames("/images/pack".as_ref())?),
 //! }])?;
 //! let pack = PackFile { name: "/var/tmp/pack".into(), file: sparse.try_clone()? };
 //! let filler = Filler::new(vec![pack], Arc::new(source), Config::default())?;
