@@ -121,13 +121,19 @@ pub enum ParseError {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_ne_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_ne_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_ne_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// Parses the events of one `read(2)` of a fanotify group: each complete event, or the first
@@ -375,7 +381,9 @@ pub enum Why {
     #[error("this kernel has no fanotify pre-content events (FAN_PRE_ACCESS, Linux 6.14+)")]
     KernelTooOld,
     /// The filesystem does not allow pre-content marks (tmpfs, for example).
-    #[error("{dir}: this filesystem does not allow fanotify pre-content marks (tmpfs does not; ext4, xfs, btrfs do)")]
+    #[error(
+        "{dir}: this filesystem does not allow fanotify pre-content marks (tmpfs does not; ext4, xfs, btrfs do)"
+    )]
     FilesystemRefuses {
         /// The directory probed.
         dir: String,

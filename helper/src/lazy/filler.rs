@@ -273,6 +273,10 @@ struct Shared {
     wake_r: OwnedFd,
     counters: Counters,
     pending: Mutex<HashMap<u64, Arc<Job>>>,
+    /// Fills that missed their deadline and have not ended, by job: new events for ranges
+    /// overlapping them fail at once instead of waiting for another deadline (the kernel asks
+    /// again for the same range several times per read: readahead, then the page itself).
+    stalled: Mutex<HashMap<u64, (usize, Range<u64>)>>,
 }
 
 /// Stops a running [`Filler`] from another thread (or a signal-handling thread), and reads its
@@ -363,6 +367,7 @@ impl Filler {
                 wake_r,
                 counters: Counters::default(),
                 pending: Mutex::new(HashMap::new()),
+                stalled: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -558,6 +563,10 @@ impl Shared {
             ids.iter().filter_map(|id| pending.remove(id)).collect()
         };
         for job in expired {
+            self.stalled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.id, (job.file, job.range.clone()));
             if self.answer(&job, Response::Deny(libc::EIO)) {
                 self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
                 self.log(format_args!(
@@ -625,6 +634,10 @@ impl Shared {
         {
             return allow("");
         }
+        if self.stalls(file, &range) {
+            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            return self.respond(fd.as_raw_fd(), Response::Deny(libc::EIO));
+        }
         *next_id += 1;
         let job = Arc::new(Job {
             id: *next_id,
@@ -644,50 +657,66 @@ impl Shared {
         }
     }
 
+    /// Whether a fill of an overlapping range of `file` missed its deadline and still runs.
+    fn stalls(&self, file: usize, range: &Range<u64>) -> bool {
+        let stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        stalled
+            .values()
+            .any(|(f, r)| *f == file && r.start < range.end && range.start < r.end)
+    }
+
     fn worker(&self, rx: &crossbeam_channel::Receiver<Arc<Job>>) {
         while let Ok(job) = rx.recv() {
-            // After a stop, the jobs left are answered by `shut_down`.
-            if job.answered.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
-                continue;
-            }
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.source
-                    .fill(job.file, job.range.clone(), job.pid, &job.out)
-            }));
-            let name = self.files.get(job.file).map_or("?", |f| f.name.as_str());
-            let response = match result {
-                Ok(Ok(())) => {
-                    self.counters.filled.fetch_add(1, Ordering::Relaxed);
-                    Response::Allow
-                }
-                Ok(Err(e)) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    self.log(format_args!("{name}: bytes {:?}: {e}", job.range));
-                    Response::Deny(libc::EIO)
-                }
-                Err(_) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    self.log(format_args!(
-                        "{name}: bytes {:?}: the source panicked",
-                        job.range
-                    ));
-                    Response::Deny(libc::EIO)
-                }
-            };
-            if !self.answer(&job, response) && response == Response::Allow {
-                // Too late for this reader, but the bytes are there for the next one.
-                self.log(format_args!(
-                    "{name}: bytes {:?} filled after their deadline",
-                    job.range
-                ));
-            }
-            self.pending
+            self.run_job(&job);
+            self.stalled
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&job.id);
-            if response == Response::Allow {
-                self.check_complete(job.file);
+        }
+    }
+
+    fn run_job(&self, job: &Job) {
+        // After a stop, the jobs left are answered by `shut_down`.
+        if job.answered.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.source
+                .fill(job.file, job.range.clone(), job.pid, &job.out)
+        }));
+        let name = self.files.get(job.file).map_or("?", |f| f.name.as_str());
+        let response = match result {
+            Ok(Ok(())) => {
+                self.counters.filled.fetch_add(1, Ordering::Relaxed);
+                Response::Allow
             }
+            Ok(Err(e)) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.log(format_args!("{name}: bytes {:?}: {e}", job.range));
+                Response::Deny(libc::EIO)
+            }
+            Err(_) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.log(format_args!(
+                    "{name}: bytes {:?}: the source panicked",
+                    job.range
+                ));
+                Response::Deny(libc::EIO)
+            }
+        };
+        if !self.answer(job, response) && response == Response::Allow {
+            // Too late for this reader, but the bytes are there for the next one.
+            self.log(format_args!(
+                "{name}: bytes {:?} filled after their deadline",
+                job.range
+            ));
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id);
+        if response == Response::Allow {
+            self.check_complete(job.file);
         }
     }
 
