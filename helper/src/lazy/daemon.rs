@@ -103,6 +103,8 @@ pub fn main() -> ! {
         SourceSpec::Copy { copies, .. } => keep.extend(copies.iter().map(|f| f.fd)),
     }
     sys::close_fds_except(&keep);
+    // Every event in flight holds a descriptor until it is answered.
+    crate::raise_fd_limit();
     let mut status = match sys::take_inherited_fd(spec.status_fd) {
         Ok(fd) => File::from(fd),
         Err(e) => {
