@@ -34,7 +34,8 @@ pub trait FillSource: Send + Sync {
 
     /// Makes `range` of `file` present, writing the bytes through `out` only (an event's
     /// descriptor, or the filler's own descriptor opened before the file was marked: neither
-    /// raises events). A source may write more than asked (whole frames). Returns once every
+    /// raises events). Writes whole frames, each exactly and tail first, so that a frame's
+    /// header is never present without the rest of it (docs/lazy.md, rule 7). Returns once every
     /// byte of the range is present, or fails.
     fn fill(&self, file: usize, range: Range<u64>, pid: i32, out: &File) -> Result<(), FillError>;
 
@@ -288,9 +289,9 @@ pub struct StopHandle {
 
 impl StopHandle {
     /// Asks the filler to stop: events still waiting are denied with EIO, the files are
-    /// unmarked, and [`Filler::run`] returns. Reads of absent ranges after that see holes
-    /// (zeros, which our frame checks refuse): stop a filler only when its mount is gone or a
-    /// new filler takes over.
+    /// unmarked, and [`Filler::run`] returns. Reads of absent frames after that see holes
+    /// (zeros, which the kernel refuses as long as frames are written whole and tail first):
+    /// stop a filler only when its mount is gone or a new filler takes over.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake();
