@@ -153,7 +153,7 @@ fn case(name: &str) -> Case {
 }
 
 fn case_of(name: &str, f: &Fixture) -> Case {
-    let dir = chunkfs_tests::scratch_dir(&format!("lazy-{name}"));
+    let dir = fixture_dir(&format!("lazy-{name}"));
     let sparse_path = dir.join("pack.cfs");
     let sparse = File::options()
         .read(true)
@@ -171,6 +171,15 @@ fn case_of(name: &str, f: &Fixture) -> Case {
         sparse_path,
         sparse,
         mnt,
+    }
+}
+
+impl Drop for Case {
+    /// Removes the case's files; its mount and filler guards, made after it, are gone by then.
+    fn drop(&mut self) {
+        if mount_types(&self.mnt).is_empty() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
