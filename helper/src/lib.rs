@@ -6,6 +6,7 @@ pub mod error;
 pub mod init;
 pub mod initramfs;
 pub mod interrupt;
+pub mod lazy;
 pub mod mount;
 pub mod progress;
 

@@ -60,6 +60,9 @@ fn main() -> ExitCode {
     if argv0 == chunkfs_helper::mount::daemon::ARGV0 {
         chunkfs_helper::mount::daemon::main();
     }
+    if argv0 == chunkfs_helper::lazy::daemon::ARGV0 {
+        chunkfs_helper::lazy::daemon::main();
+    }
     chunkfs_helper::raise_fd_limit();
     let cli = Cli::parse();
     if matches!(

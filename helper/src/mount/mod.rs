@@ -32,7 +32,7 @@ pub mod loopdev;
 pub mod mountinfo;
 pub mod options;
 pub mod source;
-mod sys;
+pub(crate) mod sys;
 pub mod umount;
 pub mod verify;
 

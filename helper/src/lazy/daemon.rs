@@ -1,0 +1,496 @@
+//! The filler daemon: the same binary, executed with `argv[0]` = `@chunkfs-filler` and a JSON
+//! spec naming descriptors it inherited, as [`crate::mount::daemon`] is for the FUSE reader.
+//! It marks the files, reports `marked` on its status pipe (the caller mounts only then: rule
+//! 2), and serves events until every file is complete or it is told to stop (SIGTERM, SIGINT,
+//! SIGHUP).
+//!
+//! Status protocol (one line each): `pid N`, then `marked` or `error: MESSAGE`.
+//!
+//! The spec stays generic: the files to fill, and which [`SourceSpec`] fills them. Today that is
+//! a complete copy of each file ([`super::FileCopySource`]); the store's registry-backed source
+//! becomes another variant.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::copy::{self, CopyPair, FileCopySource};
+use super::filler::{self, Config, FillSource, Filler, PackFile};
+use crate::mount::daemon::FdSpec;
+use crate::mount::sys;
+
+/// `argv[0]` of the daemon.
+pub const ARGV0: &str = "@chunkfs-filler";
+
+/// What fills the files.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceSpec {
+    /// A complete copy of each file, in the order of [`Spec::files`].
+    Copy {
+        /// The copies.
+        copies: Vec<FdSpec>,
+        /// Each copy is a `.cfs`: fill its chunk frames, each whole ([`super::copy::cfs_frames`]),
+        /// rather than 4 KiB blocks (which a killed filler can leave half-written).
+        #[serde(default)]
+        cfs_frames: bool,
+    },
+}
+
+/// Everything the daemon needs, passed as `--spec JSON`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Spec {
+    /// The write end of the status pipe.
+    pub status_fd: i32,
+    /// The files to fill, opened by the caller *before* any filler marked them (read-write for
+    /// `background`).
+    pub files: Vec<FdSpec>,
+    /// Open root directories of EROFS mounts that already read these files: their cached
+    /// compressed pages are dropped once the files are marked (a filler taking over from one
+    /// that died).
+    #[serde(default)]
+    pub mounts: Vec<FdSpec>,
+    /// What fills them.
+    pub source: SourceSpec,
+    /// Fills in flight at most.
+    pub workers: Option<usize>,
+    /// Per-event deadline in milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// Also fill everything in the background.
+    #[serde(default)]
+    pub background: bool,
+    /// Fork once so that the daemon is nobody's child (the caller reaps the intermediate).
+    #[serde(default)]
+    pub detach: bool,
+    /// Log failed fills and a summary on stderr.
+    #[serde(default)]
+    pub log: bool,
+}
+
+/// Runs the daemon from its command line (`@chunkfs-filler --spec JSON`); never returns.
+pub fn main() -> ! {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let spec = match args.as_slice() {
+        [flag, json] if flag == "--spec" => serde_json::from_str::<Spec>(json).ok(),
+        _ => None,
+    };
+    let Some(spec) = spec else {
+        eprintln!("{ARGV0}: internal process of chunkfs mount; not for direct use");
+        std::process::exit(2);
+    };
+    if spec.detach {
+        // Right after exec this process has one thread, so forking is safe.
+        match sys::fork_single_threaded() {
+            Ok(Some(_)) => std::process::exit(0),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("{ARGV0}: fork: {e}");
+                std::process::exit(1);
+            }
+        }
+        let _ = nix::unistd::setsid();
+    }
+    let mut keep = vec![spec.status_fd];
+    keep.extend(spec.files.iter().map(|f| f.fd));
+    keep.extend(spec.mounts.iter().map(|f| f.fd));
+    match &spec.source {
+        SourceSpec::Copy { copies, .. } => keep.extend(copies.iter().map(|f| f.fd)),
+    }
+    sys::close_fds_except(&keep);
+    // Every event in flight holds a descriptor until it is answered.
+    crate::raise_fd_limit();
+    let mut status = match sys::take_inherited_fd(spec.status_fd) {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            eprintln!("{ARGV0}: status pipe: {e}");
+            std::process::exit(1);
+        }
+    };
+    let _ = writeln!(status, "pid {}", std::process::id());
+    // Blocked before any thread starts, so that every thread inherits the mask and only the
+    // waiting thread sees the signals.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    for s in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        signals.add(s);
+    }
+    let _ = signals.thread_block();
+    let filler = match start(&spec) {
+        Ok(f) => f,
+        Err(message) => {
+            let _ = writeln!(status, "error: {}", message.replace('\n', " "));
+            std::process::exit(1);
+        }
+    };
+    let _ = writeln!(status, "marked");
+    drop(status);
+    let _ = nix::unistd::chdir("/");
+    let stop = filler.stop_handle();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.wait().is_ok() {
+                stop.stop();
+            }
+        });
+    let code = match filler.run() {
+        Ok(stats) => {
+            if spec.log {
+                eprintln!("{ARGV0}: {}", summary(&stats));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{ARGV0}: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+/// The statistics as one line of `name=value` pairs.
+pub fn summary(s: &filler::Stats) -> String {
+    format!(
+        "events={} at_once={} filled={} failed={} timed_out={} bytes_requested={} completed={}",
+        s.events, s.at_once, s.filled, s.failed, s.timed_out, s.bytes_requested, s.completed
+    )
+}
+
+fn take(f: &FdSpec) -> Result<File, String> {
+    sys::take_inherited_fd(f.fd)
+        .map(File::from)
+        .map_err(|e| format!("{}: {e}", f.name))
+}
+
+/// Takes the inherited descriptors, builds the source, marks the files and drops the mounts'
+/// caches.
+fn start(spec: &Spec) -> Result<Filler, String> {
+    let files = spec
+        .files
+        .iter()
+        .map(|f| {
+            Ok(PackFile {
+                name: f.name.clone(),
+                file: take(f)?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let source: Arc<dyn FillSource> = match &spec.source {
+        SourceSpec::Copy { copies, cfs_frames } => {
+            if copies.len() != files.len() {
+                return Err(format!("{} copies for {} files", copies.len(), files.len()));
+            }
+            let pairs = files
+                .iter()
+                .zip(copies)
+                .map(|(f, c)| {
+                    let copy = take(c)?;
+                    let frames = cfs_frames
+                        .then(|| {
+                            let path = format!("/proc/self/fd/{}", copy.as_raw_fd());
+                            copy::cfs_frames(Path::new(&path))
+                                .map_err(|e| format!("{}: {e}", c.name).replace(&path, &c.name))
+                        })
+                        .transpose()?;
+                    Ok(CopyPair {
+                        name: f.name.clone(),
+                        sparse: &f.file,
+                        copy,
+                        frames,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Arc::new(FileCopySource::new(pairs).map_err(|e| e.to_string())?)
+        }
+    };
+    let mut config = Config {
+        background: spec.background,
+        log: spec.log,
+        ..Config::default()
+    };
+    if let Some(w) = spec.workers {
+        config.workers = w;
+    }
+    if let Some(ms) = spec.deadline_ms {
+        config.deadline = Duration::from_millis(ms);
+    }
+    let filler = Filler::new(files, source, config).map_err(|e| e.to_string())?;
+    for m in &spec.mounts {
+        let root = take(m)?;
+        filler::drop_erofs_caches(&root, &m.name).map_err(|e| e.to_string())?;
+    }
+    Ok(filler)
+}
+
+/// Why a filler daemon could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A descriptor, the pipe or the spec could not be made.
+    #[error("starting the filler daemon: {what}: {source}")]
+    Setup {
+        /// The step.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The daemon reported an error.
+    #[error("the filler daemon failed: {0}")]
+    Failed(String),
+    /// The daemon exited (or closed its status pipe) without marking.
+    #[error("the filler daemon exited before marking its files")]
+    Exited,
+    /// The daemon did not report within the timeout (it was killed).
+    #[error("the filler daemon did not mark its files within {0:?}; killed it")]
+    TimedOut(Duration),
+}
+
+impl StartError {
+    /// The failure's class.
+    pub fn class(&self) -> chunkfs_format::ErrorClass {
+        chunkfs_format::ErrorClass::Io
+    }
+}
+
+/// A daemon whose files are marked.
+#[derive(Debug)]
+pub struct Started {
+    /// The daemon's pid.
+    pub pid: i32,
+    /// The child process, when it was not detached (`wait` or kill it); `None` when detached.
+    pub child: Option<Child>,
+}
+
+/// What [`start_daemon`] hands to the daemon besides its files.
+#[derive(Debug)]
+pub struct DaemonOptions<'a> {
+    /// Root directories of mounts already reading the files (see [`Spec::mounts`]).
+    pub mounts: Vec<(&'a File, String)>,
+    /// Complete copies of the files, in their order ([`SourceSpec::Copy`]).
+    pub copies: Vec<(&'a File, String)>,
+    /// The copies are `.cfs` files: fill whole chunk frames.
+    pub cfs_frames: bool,
+    /// Fills in flight at most.
+    pub workers: Option<usize>,
+    /// Per-event deadline.
+    pub deadline: Option<Duration>,
+    /// Fill everything in the background too.
+    pub background: bool,
+    /// Detach from the caller (the mount helper does; tests keep a child to kill).
+    pub detach: bool,
+    /// Log on the daemon's stderr (inherited; else /dev/null).
+    pub log: bool,
+}
+
+/// How long a daemon may take to mark its files.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts `exe` as a filler daemon for `files` (opened by the caller, before anything marked
+/// them) and returns once they are marked: mount after this.
+pub fn start_daemon(
+    exe: &Path,
+    files: &[(&File, String)],
+    opts: &DaemonOptions<'_>,
+) -> Result<Started, StartError> {
+    let setup = |what: &str, source: std::io::Error| StartError::Setup {
+        what: what.to_owned(),
+        source,
+    };
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| setup("pipe", e.into()))?;
+    let spec_of = |list: &[(&File, String)]| -> Vec<FdSpec> {
+        list.iter()
+            .map(|(f, name)| FdSpec {
+                fd: f.as_raw_fd(),
+                name: name.clone(),
+            })
+            .collect()
+    };
+    let spec = Spec {
+        status_fd: status_w.as_raw_fd(),
+        files: spec_of(files),
+        mounts: spec_of(&opts.mounts),
+        source: SourceSpec::Copy {
+            copies: spec_of(&opts.copies),
+            cfs_frames: opts.cfs_frames,
+        },
+        workers: opts.workers,
+        deadline_ms: opts
+            .deadline
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        background: opts.background,
+        detach: opts.detach,
+        log: opts.log,
+    };
+    let json = serde_json::to_string(&spec).map_err(|e| setup("spec", std::io::Error::other(e)))?;
+    let mut keep = vec![status_w.as_raw_fd()];
+    for list in [files, &opts.mounts[..], &opts.copies[..]] {
+        keep.extend(list.iter().map(|(f, _)| f.as_raw_fd()));
+    }
+    let mut cmd = Command::new(exe);
+    std::os::unix::process::CommandExt::arg0(&mut cmd, ARGV0);
+    cmd.arg("--spec")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if opts.log {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    let mut child = sys::spawn_keeping(&mut cmd, &keep)
+        .map_err(|e| setup(&format!("cannot run {}", exe.display()), e))?;
+    // Only the daemon may hold the write end, so that its exit is seen as end-of-file.
+    drop(status_w);
+    let child = if opts.detach {
+        let _ = child.wait();
+        None
+    } else {
+        Some(child)
+    };
+    let (pid, outcome) = read_status(status_r, READY_TIMEOUT);
+    let fail = |e: StartError, child: Option<Child>| {
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        } else if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Err(e)
+    };
+    match (outcome, pid) {
+        (Outcome::Marked, Some(pid)) => Ok(Started { pid, child }),
+        (Outcome::Marked, None) => fail(StartError::Exited, child),
+        (Outcome::Failed(m), _) => fail(StartError::Failed(m), child),
+        (Outcome::Exited, _) => fail(StartError::Exited, child),
+        (Outcome::TimedOut, _) => fail(StartError::TimedOut(READY_TIMEOUT), child),
+    }
+}
+
+enum Outcome {
+    Marked,
+    Failed(String),
+    Exited,
+    TimedOut,
+}
+
+/// Reads status lines until `marked`, an error, end-of-file or the deadline.
+fn read_status(r: OwnedFd, timeout: Duration) -> (Option<i32>, Outcome) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = Instant::now() + timeout;
+    let mut file = File::from(r);
+    let mut text = String::new();
+    let mut pid = None;
+    loop {
+        if let Some(end) = text.rfind('\n') {
+            for line in text.get(..end).unwrap_or_default().lines() {
+                if let Some(p) = line.strip_prefix("pid ") {
+                    pid = p.trim().parse().ok();
+                } else if line == "marked" {
+                    return (pid, Outcome::Marked);
+                } else if let Some(m) = line.strip_prefix("error: ") {
+                    return (pid, Outcome::Failed(m.to_owned()));
+                }
+            }
+            text = text.get(end + 1..).unwrap_or_default().to_owned();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (pid, Outcome::TimedOut);
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => return (pid, Outcome::Exited),
+        }
+        let mut buf = [0u8; 4096];
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => return (pid, Outcome::Exited),
+            Ok(n) => text.push_str(&String::from_utf8_lossy(buf.get(..n).unwrap_or_default())),
+        }
+        if text.len() > 1 << 16 {
+            return (pid, Outcome::Failed("an endless status line".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_and_defaults() {
+        let spec = Spec {
+            status_fd: 3,
+            files: vec![FdSpec {
+                fd: 4,
+                name: "/store/packs/a".into(),
+            }],
+            mounts: vec![],
+            source: SourceSpec::Copy {
+                copies: vec![FdSpec {
+                    fd: 5,
+                    name: "/images/a".into(),
+                }],
+                cfs_frames: true,
+            },
+            workers: Some(2),
+            deadline_ms: Some(1500),
+            background: false,
+            detach: true,
+            log: false,
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""kind":"copy""#), "{json}");
+        assert_eq!(serde_json::from_str::<Spec>(&json).unwrap(), spec);
+        let minimal = r#"{"status_fd":3,"files":[],"source":{"kind":"copy","copies":[]},
+            "workers":null,"deadline_ms":null}"#;
+        let s: Spec = serde_json::from_str(minimal).unwrap();
+        assert!(!s.background && !s.detach && s.mounts.is_empty());
+    }
+
+    fn status_of(text: &[u8], close: bool) -> (Option<i32>, Outcome) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut w = File::from(w);
+        w.write_all(text).unwrap();
+        let keep = (!close).then_some(w);
+        let out = read_status(r, Duration::from_millis(200));
+        drop(keep);
+        out
+    }
+
+    #[test]
+    fn status_lines() {
+        assert!(matches!(
+            status_of(b"pid 42\nmarked\n", false),
+            (Some(42), Outcome::Marked)
+        ));
+        match status_of(b"pid 7\nerror: /x: cannot mark it\n", true) {
+            (Some(7), Outcome::Failed(m)) => assert_eq!(m, "/x: cannot mark it"),
+            _ => panic!("an error line is a failure"),
+        }
+        assert!(matches!(
+            status_of(b"pid 9\n", true),
+            (Some(9), Outcome::Exited)
+        ));
+        assert!(matches!(
+            status_of(b"pid 3\nmark", false),
+            (Some(3), Outcome::TimedOut)
+        ));
+    }
+}
