@@ -422,7 +422,8 @@ impl PackIndex {
             });
         }
         let mut tb = [0u8; TRAILER_LEN as usize];
-        file.read_exact_at(&mut tb, size - TRAILER_LEN).map_err(io)?;
+        file.read_exact_at(&mut tb, size - TRAILER_LEN)
+            .map_err(io)?;
         let tail_start = Self::tail_start(size, &tb, path)?;
         let mut tail = vec![0u8; (size - tail_start) as usize];
         file.read_exact_at(&mut tail, tail_start).map_err(io)?;
