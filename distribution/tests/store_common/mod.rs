@@ -170,7 +170,7 @@ pub fn worker_result(child: Child) -> Vec<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
         .unwrap_or_else(|| panic!("no RESULT line in {text}"));
     line.split(' ').map(str::to_owned).collect()
 }
