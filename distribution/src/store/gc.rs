@@ -77,8 +77,9 @@ impl Store {
             remove(path, &mut report)?;
         }
         let packs_dir = self.root.join("packs/sha256");
-        let with_state: HashSet<Digest> = self.pack_digests()?.into_iter().collect();
-        for d in &with_state {
+        let digests = self.pack_digests()?;
+        let with_state: HashSet<Digest> = digests.iter().copied().collect();
+        for d in &digests {
             if roots.packs.contains(d) {
                 report.kept_packs += 1;
                 continue;

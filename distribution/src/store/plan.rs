@@ -117,6 +117,12 @@ impl Plan {
         &mut self.lease
     }
 
+    /// The mount record alone, once the plan's devices and locations were used (the mount
+    /// keeps it: [`Lease::keep`]).
+    pub fn into_lease(self) -> Lease {
+        self.lease
+    }
+
     /// For each device, the frames (index positions) the image reads from it, ascending.
     pub fn frames_used(&self) -> Vec<Vec<usize>> {
         let mut used: Vec<Vec<usize>> = vec![Vec::new(); self.devices.len()];

@@ -55,18 +55,36 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
 
 /// A tree of a few MB; `variant` > 0 changes one file and adds another (most chunks shared).
 pub fn make_tree(root: &Path, variant: u64) {
+    make_tree_seeded(root, variant, 0);
+}
+
+/// [`make_tree`] whose content depends on `seed` too: trees of different seeds share nothing.
+pub fn make_tree_seeded(root: &Path, variant: u64, seed: u64) {
+    let seed = seed * 1_000_000;
     std::fs::create_dir_all(root.join("usr/lib")).unwrap();
     std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/hostname"), b"box\n").unwrap();
+    std::fs::write(root.join("etc/hostname"), format!("box{seed}\n")).unwrap();
     for i in 0..6u64 {
-        std::fs::write(root.join(format!("usr/lib/bin{i}")), noise(300_000, i + 1)).unwrap();
-        std::fs::write(root.join(format!("usr/lib/doc{i}")), text(200_000, i + 100)).unwrap();
+        std::fs::write(
+            root.join(format!("usr/lib/bin{i}")),
+            noise(300_000, seed + i + 1),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(format!("usr/lib/doc{i}")),
+            text(200_000, seed + i + 100),
+        )
+        .unwrap();
     }
     if variant > 0 {
-        std::fs::write(root.join("usr/lib/bin2"), noise(300_000, 1000 + variant)).unwrap();
+        std::fs::write(
+            root.join("usr/lib/bin2"),
+            noise(300_000, seed + 1000 + variant),
+        )
+        .unwrap();
         std::fs::write(
             root.join(format!("usr/lib/new{variant}")),
-            noise(150_000, 2000 + variant),
+            noise(150_000, seed + 2000 + variant),
         )
         .unwrap();
     }
