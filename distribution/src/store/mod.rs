@@ -15,19 +15,24 @@
 //!    ```no_run
 //!    use chunkfs_distribution::store::{ImageSpec, Store};
 //!    use chunkfs_distribution::source::LayoutSource;
+//!    use chunkfs_format::model::ChunkInfo;
 //!    use chunkfs_format::translate::ExtentLayout;
-//!    # let (manifest, packs, chunks) = (chunkfs_format::digest::Digest([0; 32]), vec![], vec![]);
+//!    # let manifest = chunkfs_format::digest::Digest([0; 32]);
+//!    # let (packs, chunks): (Vec<_>, Vec<ChunkInfo>) = (vec![], vec![]);
 //!    let store = Store::open("/var/lib/chunkfs".as_ref())?;
 //!    let source = LayoutSource::new("/srv/images".as_ref()); // or a registry client
+//!    let setup = store.setup()?; // no gc between storing the blobs and the plan's record
+//!    // store.put_blob(&manifest, &manifest_bytes)?; config, metadata likewise
 //!    let spec = ImageSpec {
-//!        reference: "oci:/srv/images:v1".into(),
+//!        reference: "oci:/srv/images:v1",
 //!        manifest,                // the manifest's digest
-//!        blobs: vec![manifest],   // manifest, config, metadata: kept with the image
-//!        packs,                   // (digest, length) of each pack layer, in layer order
-//!        chunks,                  // the metadata's chunk list (digest, size), in chunk order
+//!        blobs: &[manifest],      // manifest, config, metadata: kept with the image
+//!        packs: &packs,           // (digest, length) of each pack layer, in layer order
+//!        chunks: &chunks,         // the metadata's chunk list (digest, size), in chunk order
 //!        extents: ExtentLayout::Bit48,
 //!    };
 //!    let plan = store.plan(&spec, &source)?;
+//!    drop(setup);
 //!    let devices = plan.extra_devices();     // pack files, in order of first use
 //!    let locations = &plan.locations;        // chunk -> (device, base + offset, stored_len)
 //!    println!("{} bytes to fetch", plan.missing_bytes);
