@@ -111,6 +111,9 @@ impl Store {
                 remove(&path, &mut report)?;
             }
         }
+        if !dry_run {
+            prune_empty_dirs(&self.root.join("refs"));
+        }
         for (path, name) in list(&self.tmp_dir())? {
             if files::is_stale_temp(&name) {
                 remove(&path, &mut report)?;
@@ -202,6 +205,21 @@ fn pack_files(path: &Path) -> [PathBuf; 3] {
         path.to_owned(),
         with_ext(path, "index"),
     ]
+}
+
+/// Removes the empty directories under `dir` (repositories whose last ref went), not `dir`.
+fn prune_empty_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let sub = entry.path();
+            prune_empty_dirs(&sub);
+            // Fails, as it should, while the directory holds anything.
+            let _ = std::fs::remove_dir(&sub);
+        }
+    }
 }
 
 /// The files of `dir` with their names.

@@ -1,6 +1,6 @@
 //! What keeps an image's files in the store (docs/store.md §7): pins (`pins/HEX.json`, an
 //! image `chunkfs pull` keeps), mount records (`mounts/ID.json`, an image a mount uses, or that
-//! a process is setting up: a [`Lease`]), and refs (`refs/HOST/REPO/TAG`, the manifest a tag
+//! a process is setting up: a [`Lease`]), and refs (`refs/HOST/REPO/:TAG`, the manifest a tag
 //! resolved to last, for offline mounts).
 
 use std::path::{Path, PathBuf};
@@ -323,7 +323,9 @@ impl Store {
         if parts < 2 {
             return Err(bad());
         }
-        path.push(tag);
+        // `:TAG`: no repository component starts with a colon, so the tag file of `host/a:b`
+        // never collides with the directory of the repository `host/a/b`.
+        path.push(format!(":{tag}"));
         Ok(path)
     }
 
