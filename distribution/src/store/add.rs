@@ -18,6 +18,11 @@ use super::{Store, proc};
 use crate::oci::pack::{PackIndex, TRAILER_LEN};
 use crate::source::BlobSource;
 
+/// Largest pack blob the store takes: far above what chunkfs writes (64 MiB of frames and their
+/// index, docs/format.md §7.4), low enough that a manifest claiming an absurd length is refused
+/// before a file or a window is made for it.
+pub const PACK_BLOB_MAX: u64 = 4 << 30;
+
 /// Bytes fetched from a pack's end in the first request: the trailer and, for most packs,
 /// the whole index (a second request fetches the rest of a larger one).
 pub const TAIL_GUESS: u64 = 256 << 10;
@@ -100,8 +105,10 @@ impl Store {
             from: source.name(),
             problem,
         };
-        if blob_len < TRAILER_LEN {
-            return Err(bad(format!("length {blob_len} is too short for a pack")));
+        if !(TRAILER_LEN..=PACK_BLOB_MAX).contains(&blob_len) {
+            return Err(bad(format!(
+                "length {blob_len} is outside what a pack may be ({TRAILER_LEN}..={PACK_BLOB_MAX})"
+            )));
         }
         let start = blob_len.saturating_sub(TAIL_GUESS);
         let mut tail = self.fetch(digest, blob_len, start..blob_len, source)?;

@@ -149,8 +149,14 @@ fn a_lying_index_or_length_is_refused() {
         .unwrap_err();
     assert!(matches!(e.class(), ErrorClass::Corrupt), "{e}");
     assert!(store.pack(&tp.digest).unwrap().is_none());
+    let e = store.add_pack(&tp.digest, 1 << 50, &source).unwrap_err();
+    assert!(e.to_string().contains("outside what a pack may be"), "{e}");
     // A pack known here with one length and claimed with another.
     store.add_pack(&tp.digest, tp.len, &source).unwrap();
+    let e = store
+        .add_pack(&tp.digest, tp.len + 4096, &source)
+        .unwrap_err();
+    assert!(e.to_string().contains("the store has it with"), "{e}");
     // A blob whose tail is no pack index.
     let layout = crate::oci::layout::Layout::open(&tmp.path().join("layout")).unwrap();
     let junk = vec![7u8; 8192];
@@ -279,4 +285,55 @@ fn damaged_state_and_index_files_are_named() {
     let e = store.pack(&tp.digest).unwrap_err();
     assert!(e.to_string().contains(".state"), "{e}");
     assert!(e.to_string().contains("shorter than its header"), "{e}");
+}
+
+/// A source that answers ranges with the wrong number of bytes.
+struct Short(LayoutSource, i64);
+
+impl crate::source::BlobSource for Short {
+    fn read_range(
+        &self,
+        blob: &chunkfs_format::digest::Digest,
+        blob_len: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, crate::source::SourceError> {
+        let mut v = self.0.read_range(blob, blob_len, range)?;
+        if self.1 < 0 {
+            v.truncate(v.len().saturating_sub(self.1.unsigned_abs() as usize));
+        } else {
+            v.extend(std::iter::repeat_n(0, self.1 as usize));
+        }
+        Ok(v)
+    }
+    fn read_blob(
+        &self,
+        blob: &chunkfs_format::digest::Digest,
+        max_len: u64,
+    ) -> Result<Vec<u8>, crate::source::SourceError> {
+        self.0.read_blob(blob, max_len)
+    }
+    fn name(&self) -> String {
+        "short".into()
+    }
+}
+
+#[test]
+fn answers_of_the_wrong_length_are_refused() {
+    let (tmp, store, source, tp) = setup(0..6);
+    let pack = store.add_pack(&tp.digest, tp.len, &source).unwrap();
+    for delta in [-1i64, 1, -100] {
+        let short = Short(LayoutSource::new(&tmp.path().join("layout")), delta);
+        let e = pack.ensure(span(&pack, 1..3), &short).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Corrupt);
+        assert!(
+            e.to_string().contains("short") && e.to_string().contains("bytes"),
+            "{e}"
+        );
+        assert_eq!(pack.fill_state().unwrap().present, 0);
+        let other = make_pack(&tmp.path().join("layout"), 100..101, false);
+        let e = store
+            .add_pack(&other.digest, other.len, &short)
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Corrupt, "{e}");
+    }
 }
