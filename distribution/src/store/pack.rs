@@ -222,7 +222,9 @@ impl Pack {
     }
 
     /// [`Pack::ensure`], writing the frames only through `sink`, an open descriptor of this
-    /// pack file (the fanotify filler's event descriptor, whose writes raise no events).
+    /// pack file (the fanotify filler's event descriptor, whose writes raise no events). A
+    /// filler process writes marked packs only this way and never reads them itself: its own
+    /// accesses would raise events to itself (docs/store.md §6).
     pub fn ensure_with(
         &self,
         range: Range<u64>,
