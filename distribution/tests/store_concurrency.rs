@@ -221,8 +221,9 @@ fn fillers_killed_mid_fill_leave_a_store_that_verifies() {
                 ])))
             })
             .collect();
-        // Kill them once a random share of the frames is present: mid-fill.
-        let target = 5 + rng.below(frames - 10) as u64;
+        // Kill them once a random share (up to half) of the frames is present: mid-fill, far
+        // enough from the end that the fills cannot complete while they are being killed.
+        let target = 5 + rng.below(frames / 2 - 5) as u64;
         let deadline = Instant::now() + Duration::from_secs(30);
         while pack.fill_state().unwrap().present < target && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
