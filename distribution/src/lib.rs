@@ -13,4 +13,5 @@
 
 pub mod oci;
 pub mod source;
+pub mod store;
 pub mod tar;

@@ -410,51 +410,88 @@ impl PackIndex {
     /// trailer, zero padding, index checksum, digest table, every frame inside the frame region,
     /// the alignment the trailer claims, no digest twice.
     pub fn read(file: &File, path: &Path) -> Result<Self, Error> {
-        let corrupt = |problem: String| Error::Corrupt {
-            path: path.to_owned(),
-            problem,
-        };
         let io = |source| Error::Io {
             path: path.to_owned(),
             source,
         };
         let size = file.metadata().map_err(io)?.len();
-        if size < BLOB_ALIGN || size % BLOB_ALIGN != 0 {
-            return Err(corrupt(format!(
-                "length {size} is not a positive multiple of {BLOB_ALIGN}"
-            )));
+        if size < TRAILER_LEN {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                problem: format!("length {size} is not a positive multiple of {BLOB_ALIGN}"),
+            });
         }
         let mut tb = [0u8; TRAILER_LEN as usize];
         file.read_exact_at(&mut tb, size - TRAILER_LEN)
-            .map_err(|source| Error::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        let trailer = Trailer::decode(&tb).map_err(corrupt)?;
-        let tail_start = trailer.index_offset;
-        let tail_end = size - TRAILER_LEN;
-        let index_end = tail_start
+            .map_err(io)?;
+        let tail_start = Self::tail_start(size, &tb, path)?;
+        let mut tail = vec![0u8; (size - tail_start) as usize];
+        file.read_exact_at(&mut tail, tail_start).map_err(io)?;
+        Self::parse_tail(size, &tail, path)
+    }
+
+    /// Where the tail (index, padding, trailer) of a pack blob of `blob_len` bytes starts,
+    /// given its last 64 bytes `trailer`: checks the length, the trailer's magic, version and
+    /// flags, that the index lies inside the blob and that the tail is within the size limit.
+    /// What lets a caller fetch the tail by range before [`PackIndex::parse_tail`].
+    pub fn tail_start(
+        blob_len: u64,
+        trailer: &[u8; TRAILER_LEN as usize],
+        path: &Path,
+    ) -> Result<u64, Error> {
+        let corrupt = |problem: String| Error::Corrupt {
+            path: path.to_owned(),
+            problem,
+        };
+        if blob_len < BLOB_ALIGN || blob_len % BLOB_ALIGN != 0 {
+            return Err(corrupt(format!(
+                "length {blob_len} is not a positive multiple of {BLOB_ALIGN}"
+            )));
+        }
+        let trailer = Trailer::decode(trailer).map_err(corrupt)?;
+        let tail_end = blob_len - TRAILER_LEN;
+        let index_end = trailer
+            .index_offset
             .checked_add(trailer.index_len)
             .filter(|&e| e <= tail_end);
-        let Some(index_end) = index_end else {
+        if index_end.is_none() {
             return Err(corrupt(format!(
                 "index {}+{} runs past the trailer at {tail_end}",
                 trailer.index_offset, trailer.index_len
             )));
-        };
-        if tail_end - tail_start > INDEX_MAX + BLOB_ALIGN {
+        }
+        if tail_end - trailer.index_offset > INDEX_MAX + BLOB_ALIGN {
             return Err(corrupt(format!(
                 "index of {} bytes exceeds the limit of {INDEX_MAX}",
-                tail_end - tail_start
+                tail_end - trailer.index_offset
             )));
         }
-        let mut tail = vec![0u8; (tail_end - tail_start) as usize];
-        file.read_exact_at(&mut tail, tail_start)
-            .map_err(|source| Error::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (index, padding) = tail.split_at((index_end - tail_start) as usize);
+        Ok(trailer.index_offset)
+    }
+
+    /// Validates the tail of a pack blob of `blob_len` bytes: `tail` is the blob's bytes from
+    /// its index to its end (index, zero padding, trailer), as [`PackIndex::tail_start`] locates
+    /// them. Same checks as [`PackIndex::read`].
+    pub fn parse_tail(blob_len: u64, tail: &[u8], path: &Path) -> Result<Self, Error> {
+        let corrupt = |problem: String| Error::Corrupt {
+            path: path.to_owned(),
+            problem,
+        };
+        let trailer_at = tail
+            .len()
+            .checked_sub(TRAILER_LEN as usize)
+            .ok_or_else(|| corrupt(format!("tail of {} bytes has no trailer", tail.len())))?;
+        let mut tb = [0u8; TRAILER_LEN as usize];
+        tb.copy_from_slice(&tail[trailer_at..]);
+        let tail_start = Self::tail_start(blob_len, &tb, path)?;
+        if blob_len - tail_start != tail.len() as u64 {
+            return Err(corrupt(format!(
+                "tail of {} bytes given, the trailer puts the index at {tail_start} of {blob_len}",
+                tail.len()
+            )));
+        }
+        let trailer = Trailer::decode(&tb).map_err(corrupt)?;
+        let (index, padding) = tail[..trailer_at].split_at(trailer.index_len as usize);
         if padding.len() as u64 >= BLOB_ALIGN || padding.iter().any(|&b| b != 0) {
             return Err(corrupt(
                 "padding between index and trailer is not zero or too long".into(),
