@@ -12,5 +12,6 @@
 //! ```
 
 pub mod oci;
+pub mod registry;
 pub mod source;
 pub mod tar;
