@@ -45,6 +45,14 @@ struct State {
     tokens: HashMap<String, Token>,
 }
 
+/// What a token request needs of the request it serves.
+pub(crate) struct Net<'a> {
+    /// The operation, for messages.
+    pub at: &'a At,
+    pub transport: &'a Transport,
+    pub counters: &'a Counters,
+}
+
 /// A client's credentials and what it learnt about the registry's auth.
 pub(crate) struct Auth {
     found: Found,
@@ -72,6 +80,11 @@ impl Auth {
         }
     }
 
+    /// True if credentials were given or found.
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.found.creds.is_some()
+    }
+
     /// Where the credentials came from, for messages.
     pub(crate) fn describe(&self) -> String {
         self.found.describe()
@@ -81,9 +94,7 @@ impl Auth {
     /// with a bearer scheme, the cached token, or a new one when it expired (saving the 401).
     pub(crate) fn authorization(
         &self,
-        at: &At,
-        transport: &Transport,
-        counters: &Counters,
+        net: &Net<'_>,
         scope: &str,
     ) -> Result<Option<String>, Failure> {
         let (realm, service) = {
@@ -107,15 +118,7 @@ impl Auth {
                 }
             }
         };
-        self.fetch_token(
-            at,
-            transport,
-            counters,
-            &realm,
-            service.as_deref(),
-            scope,
-            None,
-        )?;
+        self.fetch_token(net, &realm, service.as_deref(), scope, None)?;
         Ok(self.cached(scope))
     }
 
@@ -133,9 +136,7 @@ impl Auth {
     /// learns the scheme, fetches a token if needed. Ok means: send the request again.
     pub(crate) fn on_unauthorized(
         &self,
-        at: &At,
-        transport: &Transport,
-        counters: &Counters,
+        net: &Net<'_>,
         server: &str,
         www_authenticate: Option<&str>,
         scope: &str,
@@ -148,7 +149,7 @@ impl Auth {
         if let Some(c) = bearer {
             let realm_text = c.param("realm").unwrap_or_default();
             let realm = Url::parse(realm_text).map_err(|e| {
-                at.corrupt(format!(
+                net.at.corrupt(format!(
                     "{server} asked for a bearer token from realm {realm_text:?}, which is not a URL: {e}"
                 ))
             })?;
@@ -161,19 +162,12 @@ impl Auth {
                     service: service.clone(),
                 });
             }
-            return self.fetch_token(
-                at,
-                transport,
-                counters,
-                &realm,
-                service.as_deref(),
-                scope,
-                sent,
-            );
+            return self.fetch_token(net, &realm, service.as_deref(), scope, sent);
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
             let Some((_, _)) = &self.found.creds else {
-                return Err(at
+                return Err(net
+                    .at
                     .unauthorized(format!(
                         "{server} requires credentials (Basic auth) and there are {}",
                         self.describe()
@@ -181,7 +175,8 @@ impl Auth {
                     .into());
             };
             if sent.is_some_and(|s| s.starts_with("Basic ")) {
-                return Err(at
+                return Err(net
+                    .at
                     .unauthorized(format!(
                         "{server} rejected {} (wrong user name or password?)",
                         self.describe()
@@ -193,7 +188,7 @@ impl Auth {
             }
             return Ok(());
         }
-        Err(at
+        Err(net.at
             .unauthorized(format!(
                 "{server} answered 401 Unauthorized without a Basic or Bearer challenge (WWW-Authenticate: {:?})",
                 www_authenticate.unwrap_or("")
@@ -204,9 +199,7 @@ impl Auth {
     /// Fetches a token for `scope` from `realm` and caches it.
     fn fetch_token(
         &self,
-        at: &At,
-        transport: &Transport,
-        counters: &Counters,
+        net: &Net<'_>,
         realm: &Url,
         service: Option<&str>,
         scope: &str,
@@ -220,8 +213,8 @@ impl Auth {
                 return Ok(());
             }
         }
-        if realm.scheme() != "https" && !transport.plain_http() {
-            return Err(at
+        if realm.scheme() != "https" && !net.transport.plain_http() {
+            return Err(net.at
                 .usage(format!(
                     "the token realm {realm_name} is not HTTPS; refusing to send credentials or use tokens over plain HTTP (only when plain HTTP is asked for)"
                 ))
@@ -238,12 +231,15 @@ impl Auth {
                 q.append_pair("account", &c.username);
             }
         }
-        counters.auth_round_trip();
-        let limits = transport.limits();
-        let token_at = At::new(&at.repo, format!("{} (token from {realm_name})", at.what));
-        let response = transport.send(
+        net.counters.auth_round_trip();
+        let limits = net.transport.limits();
+        let token_at = At::new(
+            &net.at.repo,
+            format!("{} (token from {realm_name})", net.at.what),
+        );
+        let response = net.transport.send(
             &token_at,
-            counters,
+            net.counters,
             Request {
                 url,
                 headers: &[("Accept", "application/json".to_owned())],
@@ -267,7 +263,7 @@ impl Auth {
                         self.describe()
                     ),
                 };
-                return Err(at.unauthorized(reason).into());
+                return Err(net.at.unauthorized(reason).into());
             }
             s if s == 429 || (500..600).contains(&s) => {
                 return Err(Failure::Retry {
@@ -281,7 +277,7 @@ impl Auth {
                     .into());
             }
         }
-        let mut body = Metered::new(response, None, limits, counters, &token_at);
+        let mut body = Metered::new(response, None, limits, net.counters, &token_at);
         let bytes = body.read_to_vec(TOKEN_RESPONSE_MAX, |n| {
             Failure::Fatal(token_at.corrupt(format!(
                 "{server} sent a token response of more than {TOKEN_RESPONSE_MAX} bytes ({n} read)"

@@ -21,7 +21,7 @@ use url::Url;
 use crate::oci::media_type;
 use crate::oci::select::{self, NoMatch, PlatformSpec};
 use crate::oci::spec::{self, ContentDescriptor, Manifest};
-use crate::registry::auth::Auth;
+use crate::registry::auth::{Auth, Net};
 use crate::registry::body::Metered;
 use crate::registry::credentials;
 use crate::registry::error::At;
@@ -160,10 +160,12 @@ impl Client {
         let inner = &self.inner;
         let mut authenticated_again = false;
         loop {
-            let authorization =
-                inner
-                    .auth
-                    .authorization(at, &inner.transport, &inner.counters, &inner.scope)?;
+            let net = Net {
+                at,
+                transport: &inner.transport,
+                counters: &inner.counters,
+            };
+            let authorization = inner.auth.authorization(&net, &inner.scope)?;
             let response = inner.transport.send(
                 at,
                 &inner.counters,
@@ -178,18 +180,22 @@ impl Client {
             let status = response.status;
             if status == 401 && authority(&response.url) == authority(url) {
                 if authenticated_again {
-                    return Err(at
-                        .unauthorized(format!(
-                            "{server} still answers 401 Unauthorized after authenticating with {}",
+                    let reason = if inner.auth.has_credentials() {
+                        format!(
+                            "{server} rejected {} (401 Unauthorized after authenticating; wrong user name or password?)",
                             inner.auth.describe()
-                        ))
-                        .into());
+                        )
+                    } else {
+                        format!(
+                            "{server} still answers 401 Unauthorized to anonymous access; there are {}",
+                            inner.auth.describe()
+                        )
+                    };
+                    return Err(at.unauthorized(reason).into());
                 }
                 inner.counters.auth_round_trip();
                 inner.auth.on_unauthorized(
-                    at,
-                    &inner.transport,
-                    &inner.counters,
+                    &net,
                     &server,
                     response.header("www-authenticate"),
                     &inner.scope,
@@ -451,6 +457,11 @@ impl Client {
             )));
         }
         self.fetch_whole(&digest, Some(desc.size), max)
+    }
+
+    /// The whole blob `digest`, at most `max` bytes, checked against its digest.
+    pub fn read_blob(&self, digest: &Digest, max: u64) -> Result<Vec<u8>, Error> {
+        self.fetch_whole(digest, None, max)
     }
 
     fn fetch_whole(&self, digest: &Digest, size: Option<u64>, max: u64) -> Result<Vec<u8>, Error> {
@@ -718,8 +729,7 @@ impl BlobSource for Client {
     }
 
     fn read_blob(&self, blob: &Digest, max_len: u64) -> Result<Vec<u8>, SourceError> {
-        self.fetch_whole(blob, None, max_len)
-            .map_err(SourceError::from)
+        Client::read_blob(self, blob, max_len).map_err(SourceError::from)
     }
 
     fn name(&self) -> String {

@@ -1,14 +1,14 @@
 //! The registry client: images and blobs of an OCI distribution registry, fetched over HTTPS
 //! with checks on everything that comes back (docs/registry.md).
 //!
-//! - [`reference`]: `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]`;
-//! - [`client`]: [`Client`], one repository: manifests (resolving indexes to the platform),
+//! - [`reference`][]: `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]`;
+//! - [`client`][]: [`Client`], one repository: manifests (resolving indexes to the platform),
 //!   whole blobs, streamed blobs and byte ranges, each checked; it implements
 //!   [`BlobSource`](crate::source::BlobSource) for the store;
-//! - [`credentials`]: finding credentials as podman, skopeo and docker do;
+//! - [`credentials`][]: finding credentials as podman, skopeo and docker do;
 //! - `transport`, `auth`, `body`, `tls`, `challenge`: HTTP (one pooled agent per host, our own
 //!   redirects, retries), the bearer-token dance, bounded and metered bodies, per-registry CAs;
-//! - [`stats`]: counters for the mount status.
+//! - [`stats`][]: counters for the mount status.
 //!
 //! ```no_run
 //! use chunkfs_distribution::registry::{Client, ImageRef, Options};
