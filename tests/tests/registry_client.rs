@@ -232,6 +232,7 @@ fn wrong_password(reg: &TestRegistry, image: &ImageRef) {
     let client = Client::new(image, options(reg, Some(("chunkfs", "not-the-password")))).unwrap();
     let e = client.resolve(image, None).unwrap_err();
     let text = e.to_string();
+    eprintln!("wrong password: {text}");
     assert_eq!(e.class(), ErrorClass::Usage, "{text}");
     assert!(text.contains(&reg.host()), "{text}");
     assert!(text.contains("rejected"), "{text}");
@@ -247,6 +248,7 @@ fn tls_checks(reg: &TestRegistry, scratch: &Path) {
     o.cert_dir = Some(empty);
     let e = Client::new(&image, o.clone()).unwrap().ping().unwrap_err();
     let text = e.to_string();
+    eprintln!("without the CA: {text}");
     assert_eq!(e.class(), ErrorClass::Usage, "{text}");
     assert!(text.contains("TLS with 127.0.0.1:"), "{text}");
     assert!(text.to_lowercase().contains("certificate"), "{text}");
