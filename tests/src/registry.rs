@@ -529,9 +529,20 @@ fn answer(signer: &Signer, target: &str, authorization: Option<&str>) -> (&'stat
     };
     let mut access = Vec::new();
     let mut service = None;
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        match &*k {
-            "service" => service = Some(v.into_owned()),
+    let pairs = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let decode = |x: &str| {
+                percent_encoding::percent_decode_str(&x.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        });
+    for (k, v) in pairs {
+        match k.as_str() {
+            "service" => service = Some(v),
             "scope" => {
                 // repository:NAME:ACTION[,ACTION]; NAME may hold no colon.
                 let mut parts = v.splitn(3, ':');

@@ -12,14 +12,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use url::Url;
-
 use crate::registry::body::Metered;
 use crate::registry::challenge;
 use crate::registry::credentials::Found;
 use crate::registry::error::At;
 use crate::registry::stats::Counters;
 use crate::registry::transport::{Failure, Request, Transport, authority, redacted};
+use crate::registry::url::Url;
 
 /// The largest token response accepted.
 const TOKEN_RESPONSE_MAX: u64 = 1 << 20;
@@ -220,17 +219,15 @@ impl Auth {
                 ))
                 .into());
         }
-        let mut url = realm.clone();
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", scope);
-            if let Some((c, _)) = &self.found.creds {
-                q.append_pair("account", &c.username);
-            }
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = service {
+            query.push(("service", s));
         }
+        query.push(("scope", scope));
+        if let Some((c, _)) = &self.found.creds {
+            query.push(("account", &c.username));
+        }
+        let url = realm.with_query(&query);
         net.counters.auth_round_trip();
         let limits = net.transport.limits();
         let token_at = At::new(

@@ -16,7 +16,6 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use chunkfs_format::digest::{Digest, Hasher};
-use url::Url;
 
 use crate::oci::media_type;
 use crate::oci::select::{self, NoMatch, PlatformSpec};
@@ -28,6 +27,7 @@ use crate::registry::error::At;
 use crate::registry::stats::{Counters, Stats};
 use crate::registry::tls::Trust;
 use crate::registry::transport::{Failure, Request, Response, Transport, authority, retry};
+use crate::registry::url::Url;
 use crate::registry::{Error, ImageRef, MANIFEST_MAX, Options};
 use crate::source::{BlobSource, SourceError};
 
@@ -144,7 +144,7 @@ impl Client {
     fn url(&self, at: &At, path: &str) -> Result<Url, Error> {
         self.inner
             .base
-            .join(&format!("v2/{}/{path}", self.inner.repository))
+            .join(&format!("/v2/{}/{path}", self.inner.repository))
             .map_err(|e| at.usage(format!("cannot form the request URL: {e}")))
     }
 
@@ -247,7 +247,7 @@ impl Client {
         let url = self
             .inner
             .base
-            .join("v2/")
+            .join("/v2/")
             .map_err(|e| at.usage(format!("cannot form the request URL: {e}")))?;
         let limits = self.inner.transport.limits();
         self.inner.transport.with_retries(&self.inner.counters, || {

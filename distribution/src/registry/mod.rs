@@ -31,6 +31,7 @@ pub mod reference;
 pub mod stats;
 mod tls;
 mod transport;
+mod url;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ureq::http::HeaderMap;
-use url::Url;
 
 use crate::registry::error::At;
 use crate::registry::stats::Counters;
 use crate::registry::tls::{self, Trust};
+use crate::registry::url::Url;
 use crate::registry::{Error, Limits};
 
 /// The outcome of one attempt that failed.
@@ -92,17 +92,7 @@ impl Response {
 
 /// `HOST[:PORT]` of a URL, the port only when it is not the scheme's default.
 pub(crate) fn authority(url: &Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_owned(),
-    }
-}
-
-fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
+    url.authority()
 }
 
 /// Agents per host and the policy every request follows.
@@ -177,7 +167,7 @@ impl Transport {
         let mut visited: Vec<Url> = vec![];
         let mut seen: HashSet<String> = HashSet::new();
         loop {
-            if !same_origin(&first, &url) {
+            if !first.same_origin(&url) {
                 // Registries send blobs to object storage with signed URLs: the registry's
                 // credentials must not follow.
                 authorization = None;
@@ -193,7 +183,7 @@ impl Transport {
                     )))
                 })?;
             let agent = self.agent(at, &url)?;
-            let mut builder = agent.get(url.as_str());
+            let mut builder = agent.get(url.to_string());
             for (k, v) in req.headers {
                 builder = builder.header(*k, v);
             }
@@ -244,7 +234,7 @@ impl Transport {
                 }
                 visited.push(url.clone());
                 seen.insert(url.to_string());
-                if seen.contains(next.as_str()) {
+                if seen.contains(&next.to_string()) {
                     return Err(at
                         .network(format!(
                             "redirect loop: {} -> {}",
@@ -341,12 +331,7 @@ fn gave_up(error: Error, attempts: u32) -> Error {
 
 /// A URL for messages: no query (signed storage URLs carry credentials in it).
 pub(crate) fn redacted(url: &Url) -> String {
-    let mut u = url.clone();
-    u.set_query(None);
-    u.set_fragment(None);
-    let _ = u.set_password(None);
-    let _ = u.set_username("");
-    u.to_string()
+    url.redacted()
 }
 
 fn path_list(urls: &[Url]) -> String {
@@ -427,20 +412,5 @@ mod tests {
         }
         let a: Vec<_> = (0..8).map(|_| t.backoff(3)).collect();
         assert!(a.windows(2).any(|w| w[0] != w[1]), "no jitter: {a:?}");
-    }
-
-    #[test]
-    fn redaction_and_origins() {
-        let u = Url::parse("https://u:p@s3.example:443/b/x?X-Amz-Signature=secret").unwrap();
-        assert_eq!(redacted(&u), "https://s3.example/b/x");
-        assert_eq!(authority(&Url::parse("http://h:5000/").unwrap()), "h:5000");
-        assert!(same_origin(
-            &Url::parse("https://h/a").unwrap(),
-            &Url::parse("https://h:443/b").unwrap()
-        ));
-        assert!(!same_origin(
-            &Url::parse("http://h:1/a").unwrap(),
-            &Url::parse("http://h:2/a").unwrap()
-        ));
     }
 }
