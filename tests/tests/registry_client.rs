@@ -321,3 +321,70 @@ fn a_multi_platform_index_picks_the_platform() {
         std::fs::read(l.descriptor_path(arm_meta).unwrap()).unwrap()
     );
 }
+
+/// Numbers for docs/registry.md, not a timed test: `CHUNKFS_REGISTRY_MODE=none|htpasswd|token
+/// cargo test -p chunkfs-tests --test registry_client measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_loopback() {
+    require_registry!();
+    let s = chunkfs_tests::scratch_dir("registry-measure");
+    let mode = match std::env::var("CHUNKFS_REGISTRY_MODE").as_deref() {
+        Ok("none") => AuthMode::None,
+        Ok("htpasswd") => AuthMode::Htpasswd,
+        _ => AuthMode::Token,
+    };
+    let (reg, _) = pushed(&s, mode);
+    let image = ImageRef::parse(&reg.reference("test/app", "v1")).unwrap();
+    let t = std::time::Instant::now();
+    let client = Client::new(&image, options(&reg, reg.credentials())).unwrap();
+    let resolved = client.resolve(&image, None).unwrap();
+    let meta = client
+        .read_descriptor(&resolved.manifest.layers[0], 64 << 20)
+        .unwrap();
+    eprintln!(
+        "cold resolve + metadata ({} bytes), {mode:?} auth, TLS: {:.1} ms, {} requests",
+        meta.len(),
+        t.elapsed().as_secs_f64() * 1e3,
+        client.stats().requests
+    );
+    let pack = &resolved.manifest.layers[1];
+    let digest = pack.sha256().unwrap();
+    let t = std::time::Instant::now();
+    let mut out = Vec::new();
+    client
+        .copy_blob(&digest, Some(pack.size), 256 << 20, &mut out)
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "whole pack streamed: {} bytes in {:.1} ms ({:.0} MiB/s)",
+        pack.size,
+        secs * 1e3,
+        pack.size as f64 / secs / 1048576.0
+    );
+    for threads in [1u64, 8] {
+        let per = 200u64;
+        let t = std::time::Instant::now();
+        std::thread::scope(|sc| {
+            for i in 0..threads {
+                let (client, digest) = (&client, &digest);
+                sc.spawn(move || {
+                    for j in 0..per {
+                        let at = ((i * per + j) * 65536) % (pack.size - 65536);
+                        client
+                            .read_range(digest, pack.size, at..at + 65536)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let secs = t.elapsed().as_secs_f64();
+        let n = threads * per;
+        eprintln!(
+            "{n} ranges of 64 KiB from {threads} thread(s): {:.0} requests/s, {:.2} ms each on average",
+            n as f64 / secs,
+            secs * 1e3 / (n as f64 / threads as f64)
+        );
+    }
+    eprintln!("{:?}", client.stats());
+}

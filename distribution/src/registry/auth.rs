@@ -185,6 +185,7 @@ impl Auth {
             if let Ok(mut state) = self.state.lock() {
                 state.scheme = Some(Scheme::Basic);
             }
+            net.counters.auth_round_trip();
             return Ok(());
         }
         Err(net.at

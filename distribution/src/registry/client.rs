@@ -193,7 +193,6 @@ impl Client {
                     };
                     return Err(at.unauthorized(reason).into());
                 }
-                inner.counters.auth_round_trip();
                 inner.auth.on_unauthorized(
                     &net,
                     &server,
