@@ -13,8 +13,10 @@ use crate::registry::transport::{Failure, Response, retry};
 pub(crate) struct Metered<'a> {
     reader: ureq::BodyReader<'static>,
     started: Instant,
-    /// Bytes read so far.
+    /// Bytes read so far from this body.
     pub read: u64,
+    /// Bytes of the object received before this body (a resumed transfer), for messages.
+    pub offset: u64,
     /// What the body should hold, if known (for messages).
     pub expected: Option<u64>,
     server: String,
@@ -37,6 +39,7 @@ impl<'a> Metered<'a> {
             reader: response.body.into_reader(),
             started: response.started,
             read: 0,
+            offset: 0,
             expected,
             server,
             limits,
@@ -46,9 +49,10 @@ impl<'a> Metered<'a> {
     }
 
     fn progress(&self) -> String {
+        let got = self.offset.saturating_add(self.read);
         match self.expected {
-            Some(n) => format!("{} of {n} bytes", self.read),
-            None => format!("{} bytes", self.read),
+            Some(n) => format!("{got} of {n} bytes"),
+            None => format!("{got} bytes"),
         }
     }
 

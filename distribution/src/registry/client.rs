@@ -576,7 +576,7 @@ impl Client {
                 total = total.or(announced);
             }
             let mut body = Metered::new(r, total, limits, &self.inner.counters, &at);
-            body.read = written;
+            body.offset = written;
             loop {
                 let room = max.saturating_add(1).saturating_sub(written);
                 let want = usize::try_from(room.min(buf.len() as u64)).unwrap_or(buf.len());
