@@ -12,6 +12,7 @@
 //! ```
 
 pub mod oci;
+pub mod registry;
 pub mod source;
 pub mod store;
 pub mod tar;

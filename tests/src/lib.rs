@@ -4,6 +4,7 @@
 pub mod corrupt;
 pub mod mount;
 pub mod oci;
+pub mod registry;
 pub mod tree;
 
 use std::path::PathBuf;

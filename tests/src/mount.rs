@@ -26,7 +26,7 @@ pub fn chunkfs_bin() -> PathBuf {
         let bin = profile_dir.join("chunkfs");
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        let newest = ["helper", "format", "reader", "kernel-abi"]
+        let newest = ["helper", "format", "distribution", "reader", "kernel-abi"]
             .iter()
             .filter_map(|c| newest_mtime(&root.join(c)))
             .max();

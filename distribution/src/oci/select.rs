@@ -171,13 +171,72 @@ pub struct Selected {
 impl Selected {
     /// True if this is a chunkfs image (rather than an ordinary tar-layer image).
     pub fn is_chunkfs(&self) -> bool {
-        self.manifest.artifact_type.as_deref() == Some(media_type::ARTIFACT)
-            || self
-                .manifest
-                .layers
-                .first()
-                .is_some_and(|l| l.media_type == media_type::METADATA)
+        is_chunkfs_manifest(&self.manifest)
     }
+}
+
+/// True if `manifest` is a chunkfs image (rather than an ordinary tar-layer image).
+pub fn is_chunkfs_manifest(manifest: &Manifest) -> bool {
+    manifest.artifact_type.as_deref() == Some(media_type::ARTIFACT)
+        || manifest
+            .layers
+            .first()
+            .is_some_and(|l| l.media_type == media_type::METADATA)
+}
+
+/// `os/arch[/variant]` of an index entry's platform, for messages.
+pub fn platform_name(p: &spec::Platform) -> String {
+    match &p.variant {
+        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
+/// Why no entry of an image index fits the platform.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoMatch {
+    /// The index lists no usable image (only `unknown/unknown` attestations, or nothing).
+    Empty,
+    /// No entry matches; the platforms the index offers.
+    Platform(Vec<String>),
+}
+
+/// Chooses the entry of an image index's `manifests` for `platform`, by the rules of the module
+/// documentation: `unknown/unknown` entries (attestations) never count, the first matching
+/// entry wins, a lone entry without a platform is taken and a lone entry with one must match.
+/// For registry clients, which have the index's bytes rather than a layout.
+pub fn choose_in_index<'a>(
+    entries: &'a [ContentDescriptor],
+    platform: &PlatformSpec,
+) -> Result<&'a ContentDescriptor, NoMatch> {
+    let usable: Vec<&ContentDescriptor> = entries
+        .iter()
+        .filter(|d| {
+            d.platform
+                .as_ref()
+                .is_none_or(|p| p.architecture != "unknown" || p.os != "unknown")
+        })
+        .collect();
+    if let [only] = usable.as_slice() {
+        if only.platform.as_ref().is_none_or(|p| platform.matches(p)) {
+            return Ok(only);
+        }
+    }
+    if usable.is_empty() {
+        return Err(NoMatch::Empty);
+    }
+    usable
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .copied()
+        .ok_or_else(|| {
+            NoMatch::Platform(
+                usable
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref().map(platform_name))
+                    .collect(),
+            )
+        })
 }
 
 /// The distinct tags of a layout, sorted.
@@ -294,37 +353,18 @@ fn resolve(
     if media_type::is_index(&media) {
         let index = spec::parse_index("image index", &raw)
             .map_err(|source| Error::Spec { dir: dir(), source })?;
-        let usable: Vec<ContentDescriptor> = index
-            .manifests
-            .into_iter()
-            .filter(|d| {
-                d.platform
-                    .as_ref()
-                    .is_none_or(|p| p.architecture != "unknown" || p.os != "unknown")
-            })
-            .collect();
-        if usable.is_empty() {
-            return Err(Error::Empty { dir: dir() });
-        }
-        // Inside an index, a lone entry is still checked against the platform.
-        if usable.len() == 1
-            && usable[0]
-                .platform
-                .as_ref()
-                .is_some_and(|p| !platform.matches(p))
-        {
-            let p = usable[0]
-                .platform
-                .as_ref()
-                .map(|p| format!("{}/{}", p.os, p.architecture))
-                .unwrap_or_default();
-            return Err(Error::NoPlatform {
-                dir: dir(),
-                wanted: platform.to_string(),
-                available: vec![p],
-            });
-        }
-        return resolve(layout, usable, platform, depth + 1);
+        let chosen = match choose_in_index(&index.manifests, platform) {
+            Ok(d) => d.clone(),
+            Err(NoMatch::Empty) => return Err(Error::Empty { dir: dir() }),
+            Err(NoMatch::Platform(available)) => {
+                return Err(Error::NoPlatform {
+                    dir: dir(),
+                    wanted: platform.to_string(),
+                    available,
+                });
+            }
+        };
+        return resolve(layout, vec![chosen], platform, depth + 1);
     }
     if !media_type::is_manifest(&media) {
         return Err(Error::Unsupported {
@@ -342,8 +382,8 @@ fn resolve(
     })
 }
 
-/// The media type a document declares, for descriptors that omit it.
-fn sniff_media_type(raw: &[u8]) -> String {
+/// The media type a document declares, for descriptors (and registry answers) that omit it.
+pub fn sniff_media_type(raw: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
     if let Some(t) = v.get("mediaType").and_then(|t| t.as_str()) {
         return t.to_owned();
@@ -466,6 +506,33 @@ mod tests {
         assert!(
             err.to_string().contains("linux/arm64, linux/amd64"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn choosing_in_an_index_by_bytes() {
+        let entry = |os: &str, arch: &str| {
+            let mut d = ContentDescriptor::for_bytes(media_type::OCI_MANIFEST, arch.as_bytes());
+            d.platform = Some(plat(os, arch));
+            d
+        };
+        let entries = vec![
+            entry("unknown", "unknown"),
+            entry("linux", "arm64"),
+            entry("linux", "amd64"),
+        ];
+        let amd = PlatformSpec::parse("linux/amd64").unwrap();
+        assert_eq!(choose_in_index(&entries, &amd).unwrap(), &entries[2]);
+        let s390 = PlatformSpec::parse("linux/s390x").unwrap();
+        assert_eq!(
+            choose_in_index(&entries, &s390).unwrap_err(),
+            NoMatch::Platform(vec!["linux/arm64".into(), "linux/amd64".into()])
+        );
+        // A lone entry must still match; attestations alone are no image.
+        assert!(choose_in_index(&entries[1..2], &amd).is_err());
+        assert_eq!(
+            choose_in_index(&entries[..1], &amd).unwrap_err(),
+            NoMatch::Empty
         );
     }
 
