@@ -63,6 +63,18 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::BadLevel(_) | Self::BadChunkSize(_) => C::Usage,
+            // Creating or configuring a zstd context failed: the machine, not the data.
+            Self::Zstd(_) => C::Io,
+            _ => C::Corrupt,
+        }
+    }
+}
+
 /// Encodes chunks into frames; one per worker thread (it owns a zstd context).
 pub struct Encoder {
     ctx: zstd::bulk::Compressor<'static>,

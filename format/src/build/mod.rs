@@ -126,6 +126,21 @@ pub enum Error {
     Aborted,
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::Options(_) => C::Usage,
+            Self::Compress(e) => e.class(),
+            Self::Sink { .. } | Self::Thread(_) | Self::Aborted => C::Io,
+            // A reader of file contents (a tar layer) marks contents that do not decode.
+            Self::Read(e) => e.class(),
+            Self::TooManyChunks => C::Unsupported,
+            Self::BadData(_) | Self::WorkerPanicked => C::Corrupt,
+        }
+    }
+}
+
 /// Counters a progress display may read while the build runs.
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -29,6 +29,12 @@ pub struct Error {
     pub kind: ErrorKind,
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        self.kind.class()
+    }
+}
+
 impl Error {
     /// True if the image could not be read at all (I/O), false if it was read and is corrupt
     /// or unsupported.
@@ -105,6 +111,17 @@ pub enum ErrorKind {
         /// What is wrong.
         problem: ChunkProblem,
     },
+}
+
+impl crate::Classify for ErrorKind {
+    fn class(&self) -> crate::ErrorClass {
+        match self {
+            Self::Io { .. } => crate::ErrorClass::Io,
+            Self::Header(e) => e.class(),
+            Self::Metadata(e) => e.class(),
+            _ => crate::ErrorClass::Corrupt,
+        }
+    }
 }
 
 /// What is wrong with one chunk.

@@ -83,6 +83,20 @@ pub enum Error {
     },
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::Io { .. } => C::Io,
+            Self::Scan(e) => e.class(),
+            Self::Build { source, .. } => source.class(),
+            // The descriptor needs more than EROFS can address.
+            Self::Erofs { .. } => C::Unsupported,
+            Self::Metadata { .. } | Self::Invalid { .. } | Self::MissingChunk { .. } => C::Corrupt,
+        }
+    }
+}
+
 /// How to write an image.
 #[derive(Clone, Debug, Default)]
 pub struct PackOptions {

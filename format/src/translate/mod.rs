@@ -123,6 +123,18 @@ pub enum Error {
     },
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::Model(_) | Self::ChunkCount { .. } | Self::Chunk { .. } => C::Corrupt,
+            Self::DeviceLayout(_) | Self::PrimaryLen { .. } => C::Usage,
+            // Valid metadata that EROFS (or this layout) cannot express.
+            Self::Inode { .. } | Self::TooLarge(_) => C::Unsupported,
+        }
+    }
+}
+
 /// Why [`BuiltDescriptor::write_standalone`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -138,6 +150,16 @@ pub enum StandaloneError {
     /// Writing failed.
     #[error("cannot write the descriptor: {0}")]
     Io(#[source] std::io::Error),
+}
+
+impl crate::Classify for StandaloneError {
+    fn class(&self) -> crate::ErrorClass {
+        match self {
+            Self::FramesInPrimary => crate::ErrorClass::Usage,
+            Self::Translate(e) => e.class(),
+            Self::Io(e) => e.class(),
+        }
+    }
 }
 
 /// The layout of a standalone descriptor file (primary device = the descriptor only): the
