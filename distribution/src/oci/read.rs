@@ -20,6 +20,7 @@ use crate::oci::spec::ContentDescriptor;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{Image, ModelError};
 use chunkfs_format::translate::{ChunkLocation, ExtraDevice};
+use chunkfs_format::{Classify, ErrorClass};
 
 /// Largest config blob read.
 pub const CONFIG_MAX: u64 = 1 << 20;
@@ -94,6 +95,23 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Lock(e) => e.class(),
+            Self::Layout(e) => e.class(),
+            Self::Select(e) => e.class(),
+            Self::Pack(e) => e.class(),
+            // An ordinary container image where a chunkfs image is needed: convert it first.
+            Self::NotChunkfs { .. } => ErrorClass::Usage,
+            Self::BadManifest { .. }
+            | Self::Metadata { .. }
+            | Self::Invalid { .. }
+            | Self::Chunk { .. } => ErrorClass::Corrupt,
+        }
+    }
 }
 
 /// One pack layer of an opened image: extra device `device`.

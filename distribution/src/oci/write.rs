@@ -21,6 +21,7 @@ use crate::oci::spec::{self, ContentDescriptor, ImageConfig, Manifest, RootFs};
 use crate::oci::{REF_NAME, media_type};
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::ChunkInfo;
+use chunkfs_format::{Classify, ErrorClass};
 
 /// The config's `architecture`: chunkfs images are filesystem images, whatever the CPU, and the
 /// config must be a function of the image alone (no host-dependent fields).
@@ -67,6 +68,19 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Lock(e) => e.class(),
+            Self::Layout(e) => e.class(),
+            Self::Pack(e) => e.class(),
+            Self::BadTag { .. } => ErrorClass::Usage,
+            Self::MissingChunk { .. } => ErrorClass::Corrupt,
+            Self::TooManyPacks { .. } => ErrorClass::Unsupported,
+        }
+    }
 }
 
 /// Most pack layers in one manifest: extra device ids are 16-bit and 0 is the primary device.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chunkfs_distribution::oci::read::{OciImage, open_image};
 use chunkfs_distribution::oci::reference::{Reference, Role};
+use chunkfs_format::ErrorClass;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::partial::PARTIAL;
 use chunkfs_format::translate::{self, BuiltDescriptor, ChunkLocation, ExtentLayout, ExtraDevice};
@@ -66,7 +67,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
             (d, vec![path])
         }
         Reference::Oci { dir, tag } => {
-            let oci = open_image(&dir, tag.as_deref()).map_err(|e| oci_error(&dir, &e))?;
+            let oci = open_image(&dir, tag.as_deref())?;
             let d = build_oci(&oci, &args.image, args.extents)?;
             (d, oci.packs.iter().map(|p| p.path.clone()).collect())
         }
@@ -103,12 +104,15 @@ pub fn run(args: &Args) -> Result<(), Error> {
         // reader uses, so it shows what readers see, not what the writer meant.
         let mut bytes = Vec::new();
         d.write_standalone(&mut bytes)
-            .map_err(|e| Error::failed(format!("{}: {e}", args.image.display())))?;
+            .map_err(|e| Error::from(e).about(args.image.display()))?;
         let text = dump(&bytes).map_err(|e| {
-            Error::failed(format!(
-                "{}: the descriptor does not parse back: {e}",
-                args.image.display()
-            ))
+            Error::new(
+                ErrorClass::Corrupt,
+                format!(
+                    "{}: the descriptor does not parse back: {e}",
+                    args.image.display()
+                ),
+            )
         })?;
         print!("{text}");
     }
@@ -120,17 +124,6 @@ fn classify(path: &Path) -> Reference {
         Some(s) => Reference::parse(s, Role::Source),
         // A non-UTF-8 path cannot be spelled as a reference.
         None => Reference::File(path.to_owned()),
-    }
-}
-
-fn oci_error(dir: &Path, e: &chunkfs_distribution::oci::read::Error) -> Error {
-    use chunkfs_distribution::oci::{layout, read};
-    let message = format!("{}: {e}", dir.display());
-    match e {
-        read::Error::Layout(layout::Error::Io { .. } | layout::Error::NotALayout { .. }) => {
-            Error::io(message)
-        }
-        _ => Error::failed(message),
     }
 }
 
@@ -170,7 +163,7 @@ fn build_cfs(cfs: &Cfs, extents: Option<Extents>) -> Result<BuiltDescriptor, Err
     };
     let layout = translate::standalone_layout(bits, layout, vec![device]);
     translate::translate(cfs.image(), &locations, &layout)
-        .map_err(|e| Error::failed(format!("{}: {e}", cfs.path().display())))
+        .map_err(|e| Error::from(e).about(cfs.path().display()))
 }
 
 /// Translates an OCI image: its chunk locations already name the packs as devices 1, 2, ...
@@ -182,7 +175,7 @@ fn build_oci(
     let (bits, layout) = choose(name, oci.align512, extents)?;
     let layout = translate::standalone_layout(bits, layout, oci.extra_devices());
     translate::translate(&oci.image, &oci.locations, &layout)
-        .map_err(|e| Error::failed(format!("{}: {e}", name.display())))
+        .map_err(|e| Error::from(e).about(name.display()))
 }
 
 /// A readable listing of a descriptor (a whole primary device), read back with
@@ -353,7 +346,7 @@ fn write_atomically(out: &Path, d: &BuiltDescriptor) -> Result<u64, Error> {
         let mut w = std::io::BufWriter::new(f);
         let len = d
             .write_standalone(&mut w)
-            .map_err(|e| Error::io(format!("{}: {e}", out.display())))?;
+            .map_err(|e| Error::from(e).about(out.display()))?;
         w.flush().map_err(|e| io("write", e))?;
         let f = w.into_inner().map_err(|e| io("write", e.into_error()))?;
         f.sync_all().map_err(|e| io("sync", e))?;

@@ -44,7 +44,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
         }
         _ => args.layout.clone(),
     };
-    let report = gc::gc(&dir, args.dry_run).map_err(gc_error)?;
+    let report = gc::gc(&dir, args.dry_run)?;
     let verb = if args.dry_run {
         "would remove"
     } else {
@@ -65,16 +65,4 @@ pub fn run(args: &Args) -> Result<(), Error> {
         HumanBytes(report.kept_bytes)
     );
     Ok(())
-}
-
-/// Exit status of a failed `gc` or `rm`.
-pub(crate) fn gc_error(e: gc::Error) -> Error {
-    let code = match &e {
-        gc::Error::NoSuchTag { .. } => crate::error::EXIT_USAGE,
-        _ => super::oci_pack::exit_code(&e),
-    };
-    Error {
-        message: e.to_string(),
-        exit_code: code,
-    }
 }

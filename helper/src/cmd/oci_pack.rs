@@ -12,7 +12,6 @@ use indicatif::HumanBytes;
 
 use super::pack::Args;
 use crate::Error;
-use crate::error::{EXIT_CORRUPT, EXIT_IO, EXIT_USAGE};
 use crate::progress::Progress;
 
 fn classify(path: &Path, role: Role) -> Reference {
@@ -94,8 +93,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
         )));
     }
     let mut bar = None;
-    let outcome = convert::convert(src, dest, &options, |p| bar = Progress::for_build(p))
-        .map_err(convert_error)?;
+    let outcome = convert::convert(src, dest, &options, |p| bar = Progress::for_build(p))?;
     drop(bar);
     report(&dest_ref, &outcome);
     Ok(())
@@ -128,67 +126,16 @@ fn report(dest: &Reference, o: &Outcome) {
     }
 }
 
-/// Exit status of a failed conversion: usage for a reference that names no image, I/O when an
-/// OS error is at the root, corrupt otherwise.
-fn convert_error(e: convert::Error) -> Error {
-    use chunkfs_distribution::oci::{read, select, tar_image, write};
-    let select_usage = |s: &select::Error| {
-        matches!(
-            s,
-            select::Error::NoSuchTag { .. }
-                | select::Error::Ambiguous { .. }
-                | select::Error::NoPlatform { .. }
-                | select::Error::Empty { .. }
-        )
-    };
-    let usage = match &e {
-        convert::Error::Select(s)
-        | convert::Error::Read(read::Error::Select(s))
-        | convert::Error::TarImage(tar_image::Error::Select(s)) => select_usage(s),
-        convert::Error::Write(write::Error::BadTag { .. }) | convert::Error::Unsupported { .. } => {
-            true
-        }
-        convert::Error::Read(read::Error::NotChunkfs { .. }) => true,
-        _ => false,
-    };
-    let code = if usage { EXIT_USAGE } else { exit_code(&e) };
-    Error {
-        message: e.to_string(),
-        exit_code: code,
-    }
-}
-
-/// EXIT_IO if an `io::Error` other than a decoding complaint is in the error's chain.
-pub(crate) fn exit_code(e: &(dyn std::error::Error + 'static)) -> i32 {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if !matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidData
-                    | std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::Other
-            ) {
-                return EXIT_IO;
-            }
-        }
-        cur = err.source();
-    }
-    EXIT_CORRUPT
-}
-
 /// `chunkfs unpack LAYOUT[:TAG] DIR`: `None` unless the image names a layout.
 pub fn unpack(args: &super::unpack::Args) -> Option<Result<(), Error>> {
     let Reference::Oci { dir, tag } = classify(&args.image, Role::Source) else {
         return None;
     };
     Some((|| {
-        let read_err = |e| convert_error(convert::Error::Read(e));
-        let img =
-            chunkfs_distribution::oci::read::open_image(&dir, tag.as_deref()).map_err(read_err)?;
+        let img = chunkfs_distribution::oci::read::open_image(&dir, tag.as_deref())?;
         let mut chunks = img
             .chunks()
-            .map_err(|e| Error::failed(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| Error::from(e).about(dir.display()))?;
         let report = chunkfs_format::unpack::unpack(&img.image, &mut chunks, &args.dir)?;
         for (kind, (count, first)) in &report.skipped {
             eprintln!(
@@ -202,7 +149,7 @@ pub fn unpack(args: &super::unpack::Args) -> Option<Result<(), Error>> {
 
 /// `chunkfs verify LAYOUT[:TAG]`: `None` unless the image names a layout.
 pub fn verify(args: &super::verify::Args) -> Option<Result<(), Error>> {
-    use chunkfs_distribution::oci::verify::{Error as V, verify_image};
+    use chunkfs_distribution::oci::verify::verify_image;
     let Reference::Oci { dir, tag } = classify(&args.image, Role::Source) else {
         return None;
     };
@@ -227,20 +174,13 @@ pub fn verify(args: &super::verify::Args) -> Option<Result<(), Error>> {
             );
             Ok(())
         }
-        Err(V::Open(e)) => Err(convert_error(convert::Error::Read(e))),
-        Err(e) => {
-            let code = exit_code(&e);
-            Err(Error {
-                message: e.to_string(),
-                exit_code: code,
-            })
-        }
+        Err(e) => Err(e.into()),
     })
 }
 
 /// `chunkfs verify --oci LAYOUT[:TAG]`: the whole layout, or one tag of it.
 pub fn verify_layout(args: &super::verify::Args) -> Result<(), Error> {
-    use chunkfs_distribution::oci::verify::{Error as V, verify_layout};
+    use chunkfs_distribution::oci::verify::verify_layout;
     let (dir, tag) = match classify(&args.image, Role::Source) {
         Reference::Oci { dir, tag } => (dir, tag),
         Reference::Dir(dir) => (dir, None),
@@ -300,13 +240,6 @@ pub fn verify_layout(args: &super::verify::Args) -> Result<(), Error> {
             );
             Ok(())
         }
-        Err(V::Open(e)) => Err(convert_error(convert::Error::Read(e))),
-        Err(e) => {
-            let code = exit_code(&e);
-            Err(Error {
-                message: e.to_string(),
-                exit_code: code,
-            })
-        }
+        Err(e) => Err(e.into()),
     }
 }

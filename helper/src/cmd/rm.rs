@@ -31,7 +31,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
             args.reference
         )));
     };
-    let n = gc::remove_tag(&dir, &tag).map_err(super::gc::gc_error)?;
+    let n = gc::remove_tag(&dir, &tag)?;
     println!(
         "{}: removed tag {tag} ({n} index entries); `chunkfs gc {}` frees its blobs",
         dir.display(),

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use chunkfs_distribution::oci::pack::PackIndex;
 use chunkfs_distribution::oci::read::{OciImage, open_image};
-use chunkfs_format::cfs::header::HeaderError;
-use chunkfs_format::cfs::read::{Cfs, ErrorKind as CfsErrorKind};
+use chunkfs_format::Classify;
+use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{FileLayout, Image, InodeKind};
@@ -121,27 +121,6 @@ pub fn prepare(source: &Source, opts: &Options) -> Result<Prepared, Error> {
     }
 }
 
-fn cfs_error(e: chunkfs_format::cfs::read::Error) -> Error {
-    let kind = match &e.kind {
-        CfsErrorKind::Io { .. } => ErrorKind::Io,
-        CfsErrorKind::Header(h @ (HeaderError::BadMagic | HeaderError::Truncated)) => {
-            let why = match h {
-                HeaderError::BadMagic => "bad magic number",
-                _ => "shorter than the 1024-byte header",
-            };
-            return Error::new(
-                ErrorKind::NotAnImage,
-                format!("{}: not a chunkfs image ({why})", e.path.display()),
-            );
-        }
-        CfsErrorKind::Header(
-            HeaderError::UnknownVersion { .. } | HeaderError::UnknownIncompat(_),
-        ) => ErrorKind::Unsupported,
-        _ => ErrorKind::Corrupt,
-    };
-    Error::new(kind, format!("{e}; refusing to mount it"))
-}
-
 fn check_pin(name: &str, actual: &Digest, opts: &Options) -> Result<(), Error> {
     match &opts.digest {
         Some(pinned) if pinned != actual => Err(Error::new(
@@ -170,7 +149,7 @@ fn prepare_cfs(
     let t = Instant::now();
     let backing = Backing::open(path, block)?;
     prefetch_tail(&backing.file);
-    let cfs = Cfs::open(path).map_err(cfs_error)?;
+    let cfs = Cfs::open(path).map_err(|e| Error::from_library(&e, "refusing to mount it"))?;
     let h = cfs.header().clone();
     check_pin(&display, &h.metadata_digest, opts)?;
     timings.push(("header, metadata and chunk index checked", t.elapsed()));
@@ -339,31 +318,17 @@ fn prepare_oci(
     tag: Option<&str>,
     opts: &Options,
 ) -> Result<Prepared, Error> {
-    use chunkfs_distribution::oci::{layout, read, select};
     let mut timings = Vec::new();
     let t = Instant::now();
-    let oci =
-        open_image(dir, tag).map_err(|e| {
-            let kind = match &e {
-                read::Error::Layout(layout::Error::Io { .. }) => ErrorKind::Io,
-                read::Error::Layout(layout::Error::NotALayout { .. })
-                | read::Error::Select(
-                    select::Error::NoSuchTag { .. } | select::Error::Empty { .. },
-                ) => ErrorKind::NotFound,
-                read::Error::Select(select::Error::Ambiguous { .. }) => ErrorKind::Usage,
-                read::Error::NotChunkfs { .. } => ErrorKind::NotAnImage,
-                _ => ErrorKind::Corrupt,
-            };
-            // The layout's errors name the directory and the tag already.
-            Error::new(kind, e.to_string())
-        })?;
+    // The layout's errors name the directory and the tag already.
+    let oci = open_image(dir, tag).map_err(|e| Error::from_library(&e, ""))?;
     check_pin(&display, &oci.metadata_digest, opts)?;
     let mut digests = Vec::with_capacity(oci.packs.len());
     let mut devices = Vec::with_capacity(oci.packs.len());
     for (k, pack) in (1u16..).zip(&oci.packs) {
         let b = Backing::open(&pack.path, false)?;
         let index = PackIndex::read(&b.file, &pack.path)
-            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("{display}: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::of(e.class()), format!("{display}: {e}")))?;
         digests.push(DigestSpec {
             on: k,
             offset: index.trailer.index_offset,
