@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chunkfs_format::model::{FileLayout, Image, InodeKind, mode};
 use chunkfs_distribution::oci::pack::frame_start;
 use chunkfs_format::translate::{
-    ChunkLocation, ExtentLayout, ExtraDevice, standalone_layout, translate_within,
+    ChunkLocation, DeviceLayout, ExtentLayout, ExtraDevice, translate_within,
 };
 use chunkfs_kernel_abi::Descriptor;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
@@ -64,8 +64,7 @@ fn locations(image: &Image, align512: bool) -> (Vec<ChunkLocation>, u64) {
 fn check_translation(image: &Image, extents: ExtentLayout) {
     let clusters = extents == ExtentLayout::Clusters;
     let (locs, device_len) = locations(image, clusters);
-    let layout = standalone_layout(
-        if clusters { 9 } else { 12 },
+    let layout = DeviceLayout::standalone(
         extents,
         vec![ExtraDevice {
             tag: b"pack".to_vec(),

@@ -1669,9 +1669,7 @@ fn export_images_for_other_kernels() {
 /// image holding the frames (as a `.cfs` is), mounted with `device=`.
 #[test]
 fn standalone_descriptor_over_an_image_file() {
-    use chunkfs_format::translate::{
-        ChunkLocation, ExtraDevice, device_options, standalone_layout,
-    };
+    use chunkfs_format::translate::{ChunkLocation, ExtraDevice, device_options, standalone};
     for (layout, bits) in [(ExtentLayout::Bit48, 12u8), (ExtentLayout::Clusters, 9)] {
         require_kernel!(layout == ExtentLayout::Bit48);
         let tmp = scratch();
@@ -1683,15 +1681,11 @@ fn standalone_descriptor_over_an_image_file() {
             .iter()
             .map(|l| ChunkLocation { device: 1, ..*l })
             .collect();
-        let l = standalone_layout(
-            bits,
-            layout,
-            vec![ExtraDevice {
-                tag: b"image.cfs".to_vec(),
-                len: image_len,
-            }],
-        );
-        let d = translate(&w.image, &locs, &l).unwrap();
+        let devices = vec![ExtraDevice {
+            tag: b"image.cfs".to_vec(),
+            len: image_len,
+        }];
+        let d = standalone(&w.image, &locs, devices, layout).unwrap();
         let desc = tmp.path().join("image.erofs");
         let mut f = fs::File::create(&desc).unwrap();
         let len = d.write_standalone(&mut f).unwrap();
@@ -1742,17 +1736,13 @@ fn packed_cfs_mounts_as_it_is() {
 fn packer_images_under_a_standalone_descriptor() {
     use chunkfs_format::cfs::read::Cfs;
     use chunkfs_format::cfs::write::{PackOptions, pack_dir};
-    use chunkfs_format::translate::{ChunkLocation, ExtraDevice, standalone_layout};
     require_kernel!(true);
     let tmp = scratch();
     let src = tmp.path().join("src");
     make_corner_tree(&src);
     for (align512, layouts) in [
-        (false, vec![(ExtentLayout::Bit48, 12u8)]),
-        (
-            true,
-            vec![(ExtentLayout::Clusters, 9), (ExtentLayout::Bit48, 12)],
-        ),
+        (false, vec![ExtentLayout::Bit48]),
+        (true, vec![ExtentLayout::Clusters, ExtentLayout::Bit48]),
     ] {
         let image = tmp.path().join(format!("image-{align512}.cfs"));
         pack_dir(
@@ -1766,21 +1756,8 @@ fn packer_images_under_a_standalone_descriptor() {
         )
         .unwrap();
         let cfs = Cfs::open(&image).unwrap();
-        let locs: Vec<ChunkLocation> = cfs
-            .locations()
-            .into_iter()
-            .map(|l| ChunkLocation { device: 1, ..l })
-            .collect();
-        for (layout, bits) in layouts {
-            let l = standalone_layout(
-                bits,
-                layout,
-                vec![ExtraDevice {
-                    tag: cfs.header().metadata_digest.to_hex().into_bytes(),
-                    len: cfs.bytes().len() as u64,
-                }],
-            );
-            let d = translate(cfs.image(), &locs, &l).unwrap();
+        for layout in layouts {
+            let d = cfs.standalone_descriptor(Some(layout)).unwrap();
             let desc = tmp.path().join("image.erofs");
             d.write_standalone(&mut fs::File::create(&desc).unwrap())
                 .unwrap();
@@ -1805,7 +1782,6 @@ fn oci_layout_under_a_standalone_descriptor() {
     use chunkfs_distribution::oci::convert::{Dest, Source, convert};
     use chunkfs_distribution::oci::read::open_image;
     use chunkfs_format::cfs::write::PackOptions;
-    use chunkfs_format::translate::standalone_layout;
     require_kernel!(true);
     let tmp = scratch();
     let src = tmp.path().join("src");
@@ -1822,8 +1798,8 @@ fn oci_layout_under_a_standalone_descriptor() {
     )
     .unwrap();
     let oci = open_image(&layout_dir, Some("v1")).unwrap();
-    let l = standalone_layout(12, ExtentLayout::Bit48, oci.extra_devices());
-    let d = translate(&oci.image, &oci.locations, &l).unwrap();
+    let d = oci.standalone_descriptor(None).unwrap();
+    assert_eq!(d.extent_layout(), ExtentLayout::Bit48);
     let desc = tmp.path().join("v1.erofs");
     d.write_standalone(&mut fs::File::create(&desc).unwrap())
         .unwrap();

@@ -395,6 +395,12 @@ fn an_image_without_an_embedded_descriptor_mounts_through_a_built_one() {
         (&f.img512, "legacy512.cfs", true),
     ] {
         let legacy = without_descriptor(image, name);
+        // verify checks the EROFS descriptor when there is one, and accepts its absence (it
+        // used to re-derive one anyway and refuse the image).
+        let o = output(Command::new(chunkfs_bin()).arg("verify").arg(&legacy));
+        assert!(o.status.success(), "verify {name}: {}", describe(&o));
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(said.contains("EROFS descriptor absent"), "{said}");
         for reader in ["kernel", "fuse"] {
             let m = mount_point(&format!("mnt-{name}-{reader}"));
             let mounted = helper_mount(&legacy, &m, &format!("reader={reader}"));

@@ -19,7 +19,7 @@ use crate::oci::select::{self, Selected};
 use crate::oci::spec::ContentDescriptor;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{Image, ModelError};
-use chunkfs_format::translate::{ChunkLocation, ExtraDevice};
+use chunkfs_format::translate::{BuiltDescriptor, ChunkLocation, ExtentLayout, ExtraDevice};
 use chunkfs_format::{Classify, ErrorClass};
 
 /// Largest config blob read.
@@ -159,6 +159,22 @@ impl OciImage {
                 len: p.size,
             })
             .collect()
+    }
+
+    /// The image's standalone EROFS descriptor, its pack blobs as the extra devices in layer
+    /// order: what `chunkfs descriptor oci:...` writes and what a mount of the image builds.
+    /// `extents`: the encoding asked for, else clusters when every pack is 512-byte aligned.
+    pub fn standalone_descriptor(
+        &self,
+        extents: Option<ExtentLayout>,
+    ) -> Result<BuiltDescriptor, chunkfs_format::translate::Error> {
+        let extents = ExtentLayout::choose(self.align512, extents)?;
+        chunkfs_format::translate::standalone(
+            &self.image,
+            &self.locations,
+            self.extra_devices(),
+            extents,
+        )
     }
 
     /// The bytes of chunk `idx`'s frame, read from its pack (not decompressed, not checked).

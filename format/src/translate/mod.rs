@@ -53,6 +53,38 @@ pub enum ExtentLayout {
     Clusters,
 }
 
+impl ExtentLayout {
+    /// log2 of the EROFS block size a descriptor of this encoding is written with: 4 KiB blocks
+    /// for 48-bit extents, 512-byte blocks for clusters (every frame a whole number of them).
+    pub fn block_size_bits(self) -> u8 {
+        match self {
+            Self::Bit48 => 12,
+            Self::Clusters => 9,
+        }
+    }
+
+    /// The default encoding for frames that do (`aligned512`) or do not all end on 512-byte
+    /// boundaries: clusters when the frames allow it (Linux 6.12+ reads them; 48-bit extents
+    /// need 6.15+). What `.cfs` images embed.
+    pub fn for_frames(aligned512: bool) -> Self {
+        if aligned512 {
+            Self::Clusters
+        } else {
+            Self::Bit48
+        }
+    }
+
+    /// `requested` if given, else the default [`for_frames`](Self::for_frames); refuses
+    /// clusters for frames that are not aligned.
+    pub fn choose(aligned512: bool, requested: Option<Self>) -> Result<Self, Error> {
+        match requested {
+            Some(Self::Clusters) if !aligned512 => Err(Error::Unaligned),
+            Some(extents) => Ok(extents),
+            None => Ok(Self::for_frames(aligned512)),
+        }
+    }
+}
+
 /// An extra device (an OCI pack blob), in device-table order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtraDevice {
@@ -74,6 +106,33 @@ pub struct DeviceLayout {
     pub meta_offset: u64,
     /// Extra devices, in order (device ids 1, 2, ...).
     pub devices: Vec<ExtraDevice>,
+}
+
+impl DeviceLayout {
+    /// A descriptor embedded in the image file that holds the frames (a `.cfs`): its metadata
+    /// area at `meta_offset`, after the frames; no extra devices.
+    pub fn embedded(extents: ExtentLayout, meta_offset: u64) -> Self {
+        Self {
+            block_size_bits: extents.block_size_bits(),
+            extents,
+            meta_offset,
+            devices: Vec::new(),
+        }
+    }
+
+    /// A standalone descriptor file (the primary device holds the descriptor only): the
+    /// metadata area right after the head area, every frame on one of `devices`.
+    pub fn standalone(extents: ExtentLayout, devices: Vec<ExtraDevice>) -> Self {
+        let block_size_bits = extents.block_size_bits();
+        let meta_offset =
+            superblock::head_end(devices.len()).next_multiple_of(1u64 << block_size_bits.min(12));
+        Self {
+            block_size_bits,
+            extents,
+            meta_offset,
+            devices,
+        }
+    }
 }
 
 /// Why an image could not be translated. Each variant names what was refused and why.
@@ -113,6 +172,11 @@ pub enum Error {
     /// The descriptor would exceed an address or size limit of EROFS.
     #[error("the descriptor is too large: {0}")]
     TooLarge(String),
+    /// The cluster layout was asked for frames that do not all end on 512-byte boundaries.
+    #[error(
+        "the cluster layout needs chunk frames that end on 512-byte boundaries (an image packed with --align 512)"
+    )]
+    Unaligned,
     /// The primary device length passed to [`BuiltDescriptor::superblock_area`] does not fit.
     #[error("primary device length {len}: {problem}")]
     PrimaryLen {
@@ -128,7 +192,7 @@ impl crate::Classify for Error {
         use crate::ErrorClass as C;
         match self {
             Self::Model(_) | Self::ChunkCount { .. } | Self::Chunk { .. } => C::Corrupt,
-            Self::DeviceLayout(_) | Self::PrimaryLen { .. } => C::Usage,
+            Self::DeviceLayout(_) | Self::PrimaryLen { .. } | Self::Unaligned => C::Usage,
             // Valid metadata that EROFS (or this layout) cannot express.
             Self::Inode { .. } | Self::TooLarge(_) => C::Unsupported,
         }
@@ -162,21 +226,22 @@ impl crate::Classify for StandaloneError {
     }
 }
 
-/// The layout of a standalone descriptor file (primary device = the descriptor only): the
-/// metadata area right after the head area, every frame on one of `devices`.
-pub fn standalone_layout(
-    block_size_bits: u8,
-    extents: ExtentLayout,
+/// The standalone descriptor of `image` whose chunks are stored at `locations` on `devices`
+/// (extra devices 1, 2, ...; no frame may be on the primary device), in the encoding `extents`.
+/// The one recipe behind `chunkfs descriptor`, the mount of an OCI image or of a `.cfs` without
+/// an embedded descriptor (`Cfs::standalone_descriptor`, `OciImage::standalone_descriptor`), and
+/// any caller that places frames on devices of its own (a local store's pack files).
+pub fn standalone(
+    image: &Image,
+    locations: &[ChunkLocation],
     devices: Vec<ExtraDevice>,
-) -> DeviceLayout {
-    let meta_offset =
-        superblock::head_end(devices.len()).next_multiple_of(1u64 << block_size_bits.min(12));
-    DeviceLayout {
-        block_size_bits,
-        extents,
-        meta_offset,
-        devices,
-    }
+    extents: ExtentLayout,
+) -> Result<BuiltDescriptor, Error> {
+    translate(
+        image,
+        locations,
+        &DeviceLayout::standalone(extents, devices),
+    )
 }
 
 /// The `device=` mount options for these device paths, in device-table order.
@@ -281,7 +346,7 @@ impl BuiltDescriptor {
 
     /// Writes a standalone descriptor file: zeros, the superblock area, the metadata area and
     /// zero padding to a multiple of 4096 ([`min_primary_len`](Self::min_primary_len) bytes).
-    /// Only for layouts whose frames all live on extra devices (see [`standalone_layout`]).
+    /// Only for layouts whose frames all live on extra devices ([`DeviceLayout::standalone`]).
     pub fn write_standalone(&self, w: &mut impl std::io::Write) -> Result<u64, StandaloneError> {
         if self.primary_frames {
             return Err(StandaloneError::FramesInPrimary);

@@ -20,7 +20,7 @@ use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{FileLayout, Image, InodeKind};
-use chunkfs_format::translate::{self, DeviceLayout, ExtentLayout, ExtraDevice};
+use chunkfs_format::translate::{self, ExtentLayout};
 use chunkfs_kernel_abi::Pod;
 use chunkfs_kernel_abi::erofs::SuperBlock;
 
@@ -153,19 +153,7 @@ fn prepare_cfs(
     let h = cfs.header().clone();
     check_pin(&display, &h.metadata_digest, opts)?;
     timings.push(("header, metadata and chunk index checked", t.elapsed()));
-    let corrupt = |what: String| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!("{}: {what}; refusing to mount it", path.display()),
-        )
-    };
     let t = Instant::now();
-    let block_size = u64::from(h.erofs_block_size);
-    let (bits, extents) = if block_size == 512 {
-        (9, ExtentLayout::Clusters)
-    } else {
-        (12, ExtentLayout::Bit48)
-    };
     let index = DigestSpec {
         on: 0,
         offset: h.index.offset,
@@ -174,53 +162,16 @@ fn prepare_cfs(
         device: None,
     };
     let mut prepared = if h.has_erofs() {
-        if h.erofs_meta.offset != h.chunks.end().next_multiple_of(block_size) {
-            return Err(corrupt(
-                "the EROFS metadata area does not start at the first block after the chunks".into(),
-            ));
-        }
-        let layout = DeviceLayout {
-            block_size_bits: bits,
-            extents,
-            meta_offset: h.erofs_meta.offset,
-            devices: Vec::new(),
-        };
-        let d = translate::translate(cfs.image(), &cfs.locations(), &layout)
-            .map_err(|e| corrupt(format!("its metadata has no EROFS descriptor: {e}")))?;
-        let head = d
-            .superblock_area(h.image_len)
-            .map_err(|e| corrupt(format!("EROFS superblock: {e}")))?;
-        for (what, stored, derived) in [
-            (
-                "EROFS metadata area",
-                cfs.region(h.erofs_meta),
-                d.meta_area(),
-            ),
-            (
-                "EROFS superblock area",
-                cfs.region(h.erofs_head),
-                head.as_slice(),
-            ),
-        ] {
-            if stored != derived {
-                let at = stored
-                    .iter()
-                    .zip(derived)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(stored.len().min(derived.len()));
-                return Err(corrupt(format!(
-                    "the {what} differs at byte {at} from the descriptor derived from the checked metadata"
-                )));
-            }
-        }
+        chunkfs_format::cfs::verify::check_descriptor(&cfs)
+            .map_err(|e| Error::from_library(&e, "refusing to mount it"))?;
         Prepared {
             display,
             metadata_digest: h.metadata_digest,
             primary: Primary::Image(backing),
             devices: Vec::new(),
             digests: vec![index],
-            incompat: incompat_of(&head),
-            extents,
+            incompat: incompat_of(cfs.region(h.erofs_head)),
+            extents: ExtentLayout::for_frames(h.erofs_block_size == 512),
             data_in_primary: true,
             chunks: cfs.image().chunks.len(),
             chunks_checked: 0,
@@ -230,19 +181,17 @@ fn prepare_cfs(
     } else {
         // Written before descriptors were embedded: the image becomes the extra device of a
         // standalone descriptor, as `chunkfs descriptor` writes it.
-        let locations: Vec<_> = cfs
-            .locations()
-            .into_iter()
-            .map(|l| translate::ChunkLocation { device: 1, ..l })
-            .collect();
-        let device = ExtraDevice {
-            tag: h.metadata_digest.to_hex().into_bytes(),
-            len: h.image_len,
-        };
-        let layout = translate::standalone_layout(bits, extents, vec![device]);
-        let d = translate::translate(cfs.image(), &locations, &layout)
-            .map_err(|e| corrupt(format!("no EROFS descriptor can be built: {e}")))?;
+        let d = cfs.standalone_descriptor(None).map_err(|e| {
+            Error::new(
+                ErrorKind::of(e.class()),
+                format!(
+                    "{}: no EROFS descriptor can be built: {e}; refusing to mount it",
+                    path.display()
+                ),
+            )
+        })?;
         let (bytes, digest) = standalone_bytes(&d, path)?;
+        let extents = d.extent_layout();
         Prepared {
             display,
             metadata_digest: h.metadata_digest,
@@ -340,19 +289,14 @@ fn prepare_oci(
     }
     timings.push(("manifest, metadata and pack indexes checked", t.elapsed()));
     let t = Instant::now();
-    let (bits, extents) = if oci.align512 {
-        (9, ExtentLayout::Clusters)
-    } else {
-        (12, ExtentLayout::Bit48)
-    };
-    let layout = translate::standalone_layout(bits, extents, oci.extra_devices());
-    let d = translate::translate(&oci.image, &oci.locations, &layout).map_err(|e| {
+    let d = oci.standalone_descriptor(None).map_err(|e| {
         Error::new(
-            ErrorKind::Corrupt,
+            ErrorKind::of(e.class()),
             format!("{display}: no EROFS descriptor can be built: {e}"),
         )
     })?;
     let (bytes, digest) = standalone_bytes(&d, dir)?;
+    let extents = d.extent_layout();
     timings.push(("EROFS descriptor built", t.elapsed()));
     let chunks = oci.image.chunks.len();
     let mut chunks_checked = 0;
