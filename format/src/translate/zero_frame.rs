@@ -4,7 +4,7 @@
 //! compressor, so its bytes never change with the zstd library version: the descriptor must be
 //! re-derivable bit for bit.
 
-use super::plan::ZERO_FRAME_LEN;
+use super::ctx::ZERO_FRAME_LEN;
 
 /// The frame: single segment, content size, RLE blocks of zeros, content checksum.
 pub(super) fn frame() -> Vec<u8> {
