@@ -6,7 +6,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use chunkfs_distribution::oci::read::open_image;
-use chunkfs_distribution::oci::reference::{Reference, Role};
 use chunkfs_format::ErrorClass;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::partial::PARTIAL;
@@ -14,6 +13,7 @@ use chunkfs_format::translate::{self, BuiltDescriptor, ExtentLayout};
 use chunkfs_kernel_abi::Descriptor as AbiDescriptor;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
 
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 
 /// Which extent encoding to write.
@@ -70,22 +70,22 @@ pub fn run(args: &Args) -> Result<(), Error> {
         ));
     }
     let extents = args.extents.map(ExtentLayout::from);
-    let (d, devices) = match classify(&args.image) {
-        Reference::File(path) => {
+    let (d, devices) = match ImageRef::resolve(&args.image, Role::Source) {
+        ImageRef::Cfs(path) => {
             let cfs = Cfs::open(&path)?;
             let d = cfs
                 .standalone_descriptor(extents)
                 .map_err(|e| Error::from(e).about(path.display()))?;
             (d, vec![path])
         }
-        Reference::Oci { dir, tag } => {
+        ImageRef::Layout { dir, tag } => {
             let oci = open_image(&dir, tag.as_deref())?;
             let d = oci
                 .standalone_descriptor(extents)
                 .map_err(|e| Error::from(e).about(args.image.display()))?;
             (d, oci.packs.iter().map(|p| p.path.clone()).collect())
         }
-        Reference::Dir(dir) => {
+        ImageRef::Dir(dir) => {
             return Err(Error::usage(format!(
                 "{}: a directory, not an image: `chunkfs pack` it first",
                 dir.display()
@@ -131,14 +131,6 @@ pub fn run(args: &Args) -> Result<(), Error> {
         print!("{text}");
     }
     Ok(())
-}
-
-fn classify(path: &Path) -> Reference {
-    match path.to_str() {
-        Some(s) => Reference::parse(s, Role::Source),
-        // A non-UTF-8 path cannot be spelled as a reference.
-        None => Reference::File(path.to_owned()),
-    }
 }
 
 /// A readable listing of a descriptor (a whole primary device), read back with

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use chunkfs_distribution::oci::gc;
-use chunkfs_distribution::oci::reference::{Reference, Role};
 use indicatif::HumanBytes;
 
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 
 /// Arguments of `chunkfs gc`.
@@ -31,18 +31,15 @@ pub struct Args {
 
 /// Runs `chunkfs gc`.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let dir = match args
-        .layout
-        .to_str()
-        .map(|s| Reference::parse(s, Role::Source))
-    {
-        Some(Reference::Oci { dir, tag: None }) => dir,
-        Some(Reference::Oci { tag: Some(_), .. }) => {
+    let dir = match ImageRef::resolve(&args.layout, Role::Source) {
+        ImageRef::Layout { dir, tag: None } => dir,
+        ImageRef::Layout { tag: Some(_), .. } => {
             return Err(Error::usage(
                 "gc takes a layout directory, not a tag (use chunkfs rm LAYOUT:TAG to untag)",
             ));
         }
-        _ => args.layout.clone(),
+        // gc's own error says that it is not a layout.
+        ImageRef::Cfs(_) | ImageRef::Dir(_) => args.layout.clone(),
     };
     let report = gc::gc(&dir, args.dry_run)?;
     let verb = if args.dry_run {
