@@ -581,15 +581,8 @@ mod tests {
     use chunkfs_format::cfs::write::pack_dir;
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::from_seed(seed);
+        (0..len).map(|_| (r.next_u64() >> 24) as u8).collect()
     }
 
     fn make_tree(root: &Path, variant: u64) {

@@ -637,16 +637,11 @@ mod tests {
         let w = LayoutWriter::open(&dir, false).unwrap();
         let mut sink = w.sink();
         let mut frame = vec![0u8; 32 * 1024];
-        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::new(0x1234_5678_9abc_def1);
         let mut chunks = Vec::new();
         let total: u64 = 10 << 30;
         for i in 0..total / frame.len() as u64 {
-            for b in frame.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes());
-            }
+            r.fill(&mut frame);
             let c = ChunkInfo {
                 digest: Digest::of(&i.to_le_bytes()),
                 size: 64 * 1024,
