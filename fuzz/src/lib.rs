@@ -7,6 +7,8 @@
 //! found by libFuzzer can be turned into a regression test that replays the effective input
 //! (the fixed-up bytes) without the harness.
 
+pub mod targets;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -121,9 +121,9 @@ pub fn unpack(image: &Image, chunks: &mut dyn ChunkSource, dir: &Path) -> Result
     unpack_unvalidated(image, chunks, dir)
 }
 
-/// [`unpack`] without [`Image::validate`], for the fuzz target `unpack` only (built with
-/// `--cfg fuzzing`), which checks that nothing is written outside `dir` whatever the metadata.
-#[cfg(fuzzing)]
+/// [`unpack`] without [`Image::validate`], for the fuzz target `unpack` only (feature
+/// `fuzzing`), which checks that nothing is written outside `dir` whatever the metadata.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_unpack_unvalidated(
     image: &Image,
