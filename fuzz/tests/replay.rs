@@ -31,8 +31,7 @@ fn every_regression_input_replays_without_a_panic() {
             .collect();
         inputs.sort();
         for input in inputs {
-            let data =
-                std::fs::read(&input).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+            let data = std::fs::read(&input).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
             if catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
                 failed.push(input.display().to_string());
             }

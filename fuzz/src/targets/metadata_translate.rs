@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use chunkfs_format::model::{FileLayout, Image, InodeKind, mode};
 use chunkfs_distribution::oci::pack::frame_start;
+use chunkfs_format::model::{FileLayout, Image, InodeKind, mode};
 use chunkfs_format::translate::{
     ChunkLocation, DeviceLayout, ExtentLayout, ExtraDevice, translate_within,
 };

@@ -27,10 +27,7 @@ pub fn run(data: &[u8]) {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("blobs dir");
     for blob in &docs[1..] {
-        crate::write(
-            &blobs.join(crate::hex(&crate::sha256(blob))),
-            blob,
-        );
+        crate::write(&blobs.join(crate::hex(&crate::sha256(blob))), blob);
     }
 
     if let Ok(layout) = Layout::open(&dir) {
@@ -49,7 +46,8 @@ pub fn run(data: &[u8]) {
         let _ = chunkfs_distribution::oci::verify::verify_image(&dir, None, &AtomicU64::new(0));
     }
     let amd64 = PlatformSpec::parse("linux/amd64").expect("platform");
-    if let Ok(img) = chunkfs_distribution::oci::tar_image::open_tar_image(&dir, None, Some(&amd64)) {
+    if let Ok(img) = chunkfs_distribution::oci::tar_image::open_tar_image(&dir, None, Some(&amd64))
+    {
         if let Ok(tree) = chunkfs_distribution::tar::merge_layers(&img.layers) {
             let _ = tree.to_inodes(|_, _| chunkfs_format::model::FileLayout::Extents(vec![]));
         }

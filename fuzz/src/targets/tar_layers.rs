@@ -3,10 +3,10 @@
 //! streams the surviving contents (whose lengths must be what pass 1 recorded), and the merged
 //! tree must convert into metadata that passes `Image::validate`.
 
-use chunkfs_format::digest::Digest;
-use chunkfs_format::model::{ChunkInfo, Extent, FileLayout, Image};
 use chunkfs_distribution::tar::layer::LayerInput;
 use chunkfs_distribution::tar::{feed_contents, merge_layers};
+use chunkfs_format::digest::Digest;
+use chunkfs_format::model::{ChunkInfo, Extent, FileLayout, Image};
 
 /// Runs one input, as the fuzz target `tar_layers` does; panics on a bug.
 pub fn run(data: &[u8]) {
