@@ -56,6 +56,20 @@ pub fn save(path: &Path, bytes: &[u8]) {
     }
 }
 
+/// The whole 8-byte words of `data` taken as raw Cap'n Proto metadata, wrapped in a metadata
+/// blob (one zstd frame declaring its size) and decoded, not validated: `None` when empty or
+/// when it does not decode.
+pub fn decode_raw_metadata(data: &[u8]) -> Option<chunkfs_format::model::Image> {
+    let raw = &data[..data.len() / 8 * 8];
+    if raw.is_empty() {
+        return None;
+    }
+    let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
+    c.include_contentsize(true).expect("zstd");
+    let blob = c.compress(raw).expect("zstd");
+    chunkfs_format::schema::codec::decode_blob(&blob).ok()
+}
+
 /// Splits `data` at every [`SEPARATOR`].
 pub fn split(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();

@@ -92,14 +92,7 @@ pub fn run(input: &[u8]) {
     let Some((&flags, rest)) = input.split_first() else {
         return;
     };
-    let raw = &rest[..rest.len() / 8 * 8];
-    if raw.is_empty() {
-        return;
-    }
-    let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
-    c.include_contentsize(true).expect("zstd");
-    let Ok(mut image) = chunkfs_format::schema::codec::decode_blob(&c.compress(raw).expect("zstd"))
-    else {
+    let Some(mut image) = crate::decode_raw_metadata(rest) else {
         return;
     };
     // Bounded runs: a few MiB of chunks, files the harness can hold in memory.

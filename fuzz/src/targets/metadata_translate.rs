@@ -16,16 +16,10 @@ use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
 
 /// Runs one input, as the fuzz target `metadata_translate` does; panics on a bug.
 pub fn run(data: &[u8]) {
-    let raw = &data[..data.len() / 8 * 8];
-    if raw.is_empty() {
-        return;
-    }
-    let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
-    c.include_contentsize(true).expect("zstd");
-    let blob = c.compress(raw).expect("zstd");
-    let Ok(image) = chunkfs_format::schema::codec::decode_blob(&blob) else {
+    let Some(image) = crate::decode_raw_metadata(data) else {
         return;
     };
+    let raw = &data[..data.len() / 8 * 8];
     let _ = chunkfs_format::inspect::dump(&image);
     if image.validate().is_err() {
         return;
