@@ -25,9 +25,10 @@ impl SourceError {
             what: what.into(),
         }
     }
+}
 
-    /// The class of the failure.
-    pub fn class(&self) -> ErrorClass {
+impl chunkfs_format::Classify for SourceError {
+    fn class(&self) -> ErrorClass {
         self.class
     }
 }

@@ -10,6 +10,7 @@
 // One setsockopt(SO_LINGER) to make the server reset a connection.
 #![allow(unsafe_code)]
 
+use chunkfs_format::Classify as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

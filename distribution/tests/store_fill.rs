@@ -6,6 +6,7 @@ mod store_common;
 
 use chunkfs_distribution::source::{BlobSource, LayoutSource};
 use chunkfs_distribution::store::{ChunkSource, Store};
+use chunkfs_format::Classify as _;
 use chunkfs_format::ErrorClass;
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;

@@ -4,6 +4,7 @@
 
 mod store_common;
 
+use chunkfs_format::Classify as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -18,13 +18,8 @@ fn synthetic(inodes: usize) -> (Image, Vec<u32>) {
     let dirs = inodes / (per_dir + 1);
     let mut image = Image::default();
     let mut chunk_stored = Vec::new();
-    let mut seed = 0x1234_5678_9abc_def0u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = chunkfs_kernel_abi::testkit::XorShift64::new(0x1234_5678_9abc_def0);
+    let mut rnd = move || rng.next_u64();
     let base = |r: u64, kind: InodeKind, m: u32| Inode {
         mode: m,
         uid: (r % 3) as u32 * 1000,

@@ -63,6 +63,18 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::BadLevel(_) | Self::BadChunkSize(_) => C::Usage,
+            // Creating or configuring a zstd context failed: the machine, not the data.
+            Self::Zstd(_) => C::Io,
+            _ => C::Corrupt,
+        }
+    }
+}
+
 /// Encodes chunks into frames; one per worker thread (it owns a zstd context).
 pub struct Encoder {
     ctx: zstd::bulk::Compressor<'static>,
@@ -108,50 +120,116 @@ impl Encoder {
 /// Length of the raw-block frame of a chunk of `len` bytes.
 fn raw_frame_len(len: usize) -> usize {
     let blocks = len.div_ceil(RAW_BLOCK_MAX).max(1);
-    4 + 1 + fcs_field_len(len) + blocks * 3 + len + 4
+    4 + 1 + fcs_field_len(len as u64) + blocks * 3 + len + 4
 }
 
-/// Bytes of the Frame_Content_Size field used for a single-segment frame of `len` bytes.
-fn fcs_field_len(len: usize) -> usize {
+/// Bytes of the Frame_Content_Size field of a single-segment frame of `len` bytes.
+fn fcs_field_len(len: u64) -> usize {
     if len < 256 {
         1
     } else if len < 65_536 + 256 {
         2
-    } else {
+    } else if len <= u64::from(u32::MAX) {
         4
+    } else {
+        8
     }
 }
 
-/// A zstd frame of raw blocks holding `chunk` (RFC 8878 §3.1.1): single segment, content size,
-/// content checksum.
+/// A zstd frame of raw blocks holding `chunk`: incompressible chunks are stored so.
 fn raw_frame(chunk: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw_frame_len(chunk.len()));
-    out.extend_from_slice(&ZSTD_MAGIC);
-    let fcs_len = fcs_field_len(chunk.len());
-    let fcs_flag: u8 = match fcs_len {
-        1 => 0,
-        2 => 1,
-        _ => 2,
-    };
-    // Frame_Header_Descriptor: FCS flag (bits 7-6), Single_Segment (bit 5), checksum (bit 2).
-    out.push((fcs_flag << 6) | (1 << 5) | (1 << 2));
-    let len = chunk.len() as u64;
-    match fcs_len {
-        1 => out.push(len as u8),
-        2 => out.extend_from_slice(&((len - 256) as u16).to_le_bytes()),
-        _ => out.extend_from_slice(&(len as u32).to_le_bytes()),
+    let mut f = FrameWriter::new(chunk.len() as u64, raw_frame_len(chunk.len()));
+    for block in chunk.chunks(RAW_BLOCK_MAX) {
+        f.raw_block(block);
     }
-    let mut blocks = chunk.chunks(RAW_BLOCK_MAX).peekable();
-    while let Some(block) = blocks.next() {
-        let last = u32::from(blocks.peek().is_none());
-        // Block_Header: Last_Block (bit 0), Block_Type 0 = raw (bits 1-2), Block_Size (bits 3-23).
-        let header = last | ((block.len() as u32) << 3);
-        out.extend_from_slice(&header.to_le_bytes()[..3]);
-        out.extend_from_slice(block);
+    f.finish()
+}
+
+/// A zstd frame of `len` copies of `byte` in RLE blocks: a few bytes per 128 KiB.
+pub(crate) fn rle_frame(byte: u8, len: u64) -> Vec<u8> {
+    let mut f = FrameWriter::new(len, 64);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(RAW_BLOCK_MAX as u64);
+        // At most RAW_BLOCK_MAX: fits usize.
+        f.rle_block(byte, n as usize);
+        left -= n;
     }
-    let checksum = xxhash_rust::xxh64::xxh64(chunk, 0) as u32;
-    out.extend_from_slice(&checksum.to_le_bytes());
-    out
+    f.finish()
+}
+
+/// Builds a zstd frame by hand (RFC 8878 §3.1.1): single segment, content size declared,
+/// content checksum, raw or RLE blocks. Its bytes never change with the zstd library's version,
+/// which a descriptor that must be re-derived bit for bit needs (the zero frame of holes), and
+/// a raw frame stores an incompressible chunk at its size plus a few bytes.
+struct FrameWriter {
+    out: Vec<u8>,
+    hasher: xxhash_rust::xxh64::Xxh64,
+    /// Content bytes not yet in a block; the block that brings it to 0 is the last.
+    left: u64,
+}
+
+impl FrameWriter {
+    /// Starts a frame of `content_size` bytes, reserving `capacity` bytes.
+    fn new(content_size: u64, capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity);
+        out.extend_from_slice(&ZSTD_MAGIC);
+        let fcs_len = fcs_field_len(content_size);
+        let fcs_flag: u8 = match fcs_len {
+            1 => 0,
+            2 => 1,
+            4 => 2,
+            _ => 3,
+        };
+        // Frame_Header_Descriptor: FCS flag (bits 7-6), Single_Segment (bit 5), checksum (bit 2).
+        out.push((fcs_flag << 6) | (1 << 5) | (1 << 2));
+        let fcs = if fcs_len == 2 {
+            content_size - 256
+        } else {
+            content_size
+        };
+        out.extend_from_slice(&fcs.to_le_bytes()[..fcs_len]);
+        Self {
+            out,
+            hasher: xxhash_rust::xxh64::Xxh64::new(0),
+            left: content_size,
+        }
+    }
+
+    /// Block_Header: Last_Block (bit 0), Block_Type (bits 1-2), Block_Size (bits 3-23).
+    fn block_header(&mut self, block_type: u32, content: usize) {
+        self.left = self.left.saturating_sub(content as u64);
+        let last = u32::from(self.left == 0);
+        let header = last | (block_type << 1) | ((content as u32) << 3);
+        self.out.extend_from_slice(&header.to_le_bytes()[..3]);
+    }
+
+    /// A raw block: `bytes` (at most 128 KiB) as they are.
+    fn raw_block(&mut self, bytes: &[u8]) {
+        self.block_header(0, bytes.len());
+        self.out.extend_from_slice(bytes);
+        self.hasher.update(bytes);
+    }
+
+    /// An RLE block: `byte` repeated `count` times (at most 128 KiB).
+    fn rle_block(&mut self, byte: u8, count: usize) {
+        self.block_header(1, count);
+        self.out.push(byte);
+        let run = [byte; 4096];
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(run.len());
+            self.hasher.update(&run[..n]);
+            left -= n;
+        }
+    }
+
+    /// The frame, ending with the low 32 bits of the content's XXH64.
+    fn finish(mut self) -> Vec<u8> {
+        let checksum = self.hasher.digest() as u32;
+        self.out.extend_from_slice(&checksum.to_le_bytes());
+        self.out
+    }
 }
 
 /// What a chunk frame's header declares.
@@ -270,15 +348,8 @@ mod tests {
     use super::*;
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::new(seed | 1);
+        (0..len).map(|_| r.next_u64() as u8).collect()
     }
 
     #[test]
@@ -293,6 +364,62 @@ mod tests {
         // zstd fits the window to the chunk, so small chunks need small windows.
         assert!(h.window_size <= 256 * 1024, "window {}", h.window_size);
         assert_eq!(dec.decode(&frame, data.len() as u32).unwrap(), data);
+    }
+
+    /// The hand-built frames are byte for byte what they were when images were first written
+    /// with them: descriptors and frames already stored must be re-derivable.
+    #[test]
+    fn hand_built_frames_keep_their_bytes() {
+        for (n, len, sha256) in [
+            (
+                1usize,
+                14,
+                "494e839d811f7d7bec248a9d603c126dd7563aa70cc642acb600a46f59b0cbe8",
+            ),
+            (
+                255,
+                268,
+                "4ebaef5ef1216b9dc6ccde2ea10da2e25255c1f38b0bf02bbb47612a00b92f5f",
+            ),
+            (
+                256,
+                270,
+                "d6e43402347db5d4734031604d5604fd3f010a0b6064470fbb3da8e8bf56107c",
+            ),
+            (
+                65791,
+                65805,
+                "be91a8fee790c216bd46136da5524e91485abf31e98bb71f80c31762dbdd34d2",
+            ),
+            (
+                65792,
+                65808,
+                "3c692c22914086bd57670853fe26a366e040439b41691ea0ebce4d12f20d8dea",
+            ),
+            (
+                300_000,
+                300_022,
+                "5ce7adfdcd011a7da99ba21b3b4e52a550a570f57bd74633de0cfbba2277c704",
+            ),
+        ] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+            let f = raw_frame(&data);
+            assert_eq!(
+                (f.len(), crate::digest::Digest::of(&f).to_hex()),
+                (len, sha256.into())
+            );
+            assert_eq!(zstd::bulk::decompress(&f, n).unwrap(), data);
+        }
+        let zeros = rle_frame(0, 1 << 20);
+        assert_eq!(
+            crate::digest::Digest::of(&zeros).to_hex(),
+            "dd31b3fa6bb8601710cbde2c625660763bf38adc5255501e3d3a681cc0e4e1a4"
+        );
+        let sevens = rle_frame(7, 300_000);
+        assert_eq!(
+            zstd::bulk::decompress(&sevens, 300_000).unwrap(),
+            vec![7u8; 300_000]
+        );
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub enum Error {
     },
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        crate::ErrorClass::Corrupt
+    }
+}
+
 /// Encodes the table whose entry `i` is chunk `i`, stored at `locations[i]`. Entries must be in
 /// `(device, offset)` order, which holds when frames are written in chunk order.
 pub fn encode(chunks: &[ChunkInfo], locations: &[ChunkLocation]) -> Vec<u8> {

@@ -32,4 +32,4 @@ pub mod schema;
 pub mod translate;
 pub mod unpack;
 
-pub use error_class::ErrorClass;
+pub use error_class::{Classify, ErrorClass};

@@ -200,6 +200,12 @@ pub enum ModelError {
     },
 }
 
+impl crate::Classify for ModelError {
+    fn class(&self) -> crate::ErrorClass {
+        crate::ErrorClass::Corrupt
+    }
+}
+
 impl Inode {
     /// The `S_IFMT` bits.
     pub fn file_type(&self) -> u32 {

@@ -1,13 +1,14 @@
 //! Inputs the fuzz targets (`fuzz/fuzz_targets/`) found, replayed as they reached the library:
 //! each once crashed a target or broke its oracle and must now give the outcome named here.
-//! The files live in `tests/fuzzed/`, named after what they exercise.
+//! The files are the committed regression inputs of `fuzz/regressions/TARGET/`, which
+//! `fuzz/tests/replay.rs` also runs through the targets themselves.
 #![allow(clippy::unwrap_used)] // helpers of tests: a panic is how a test fails
 
 use chunkfs_format::schema::codec;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fuzzed")
+        .join("../fuzz/regressions")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -24,7 +25,7 @@ fn blob(raw: &[u8]) -> Vec<u8> {
 /// with a different metadata digest (two encodings of one metadata).
 #[test]
 fn metadata_with_bits_outside_its_fields_is_not_canonical() {
-    let raw = fixture("metadata-bits-outside-fields.capnp");
+    let raw = fixture("metadata_translate/bits-outside-fields.capnp");
     assert!(
         matches!(
             codec::decode_blob(&blob(&raw)),

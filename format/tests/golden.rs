@@ -18,15 +18,8 @@ fn golden_dir() -> PathBuf {
 }
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut r = chunkfs_kernel_abi::testkit::XorShift64::new(seed | 1);
+    (0..len).map(|_| (r.next_u64() >> 24) as u8).collect()
 }
 
 /// Writes the `basic` golden image to `dest` from a tree defined here, independent of the

@@ -13,29 +13,17 @@ use chunkfs_format::model::{
 use chunkfs_format::translate::ChunkLocation;
 use chunkfs_kernel_abi::digest_table::DigestTable;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use chunkfs_kernel_abi::testkit::XorShift64 as Rng;
 
 /// Flips, sets or overwrites 1 to 4 bytes.
 fn mutate(rng: &mut Rng, bytes: &mut [u8]) {
     for _ in 0..1 + rng.below(4) {
-        let i = rng.below(bytes.len());
-        bytes[i] = match rng.below(4) {
+        let i = rng.below(bytes.len() as u64) as usize;
+        bytes[i] = match rng.below(4) as usize {
             0 => bytes[i] ^ (1 << rng.below(8)),
             1 => 0xff,
             2 => 0,
-            _ => rng.next() as u8,
+            _ => rng.next_u64() as u8,
         };
     }
 }
@@ -126,7 +114,7 @@ fn mutated_metadata_decodes_to_an_error_or_a_validated_image() {
     let image = sample_image();
     image.validate().unwrap();
     let raw = chunkfs_format::schema::codec::encode(&image).unwrap();
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let (mut decoded, mut valid) = (0, 0);
     for _ in 0..20_000 {
         let mut words = capnp::Word::allocate_zeroed_vec(raw.len() / 8);
@@ -153,18 +141,18 @@ fn mutated_metadata_decodes_to_an_error_or_a_validated_image() {
 
 #[test]
 fn mutated_frames_are_refused_or_decode_to_the_declared_size() {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut enc = Encoder::new(3).unwrap();
     let mut dec = Decoder::new().unwrap();
     let text: Vec<u8> = (0..5000u32).flat_map(|i| (i % 97).to_le_bytes()).collect();
-    let noise: Vec<u8> = (0..20_000).map(|_| rng.next() as u8).collect();
+    let noise: Vec<u8> = (0..20_000).map(|_| rng.next_u64() as u8).collect();
     for data in [text, noise] {
         let frame = enc.encode(&data).unwrap();
         for _ in 0..3000 {
             let mut f = frame.clone();
             mutate(&mut rng, &mut f);
             let cut = if rng.below(10) == 0 {
-                rng.below(f.len())
+                rng.below(f.len() as u64) as usize
             } else {
                 f.len()
             };
@@ -210,14 +198,14 @@ fn mutated_headers_with_valid_checksums_are_checked_field_by_field() {
         index_digest: Digest::default(),
     };
     let bytes = good.encode();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for _ in 0..20_000 {
         let mut b = bytes;
         // Mutate only the fields, then fix the checksum so the field checks are reached.
-        let n = 1 + rng.below(4);
+        let n = 1 + rng.below(4) as usize;
         for _ in 0..n {
-            let i = rng.below(240);
-            b[i] = rng.next() as u8;
+            let i = rng.below(240) as usize;
+            b[i] = rng.next_u64() as u8;
         }
         let sum = Digest::of(&b[..992]);
         b[992..].copy_from_slice(&sum.0);
@@ -248,7 +236,7 @@ fn mutated_chunk_indexes_are_refused_or_consistent() {
         })
         .collect();
     let table = chunkfs_format::digest_table::encode(&chunks, &locations);
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     for _ in 0..20_000 {
         let mut t = table.clone();
         mutate(&mut rng, &mut t);

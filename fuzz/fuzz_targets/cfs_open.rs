@@ -1,33 +1,5 @@
-//! A `.cfs` image: open it (header, metadata, chunk index), read every chunk, verify it whole
-//! (padding, EROFS descriptor re-derived), inspect it, and unpack it when it verifies.
-//! The header's digests are recomputed first so that mutations reach the regions behind them.
+//! cargo-fuzz entry of `cfs_open`: [`chunkfs_fuzz::targets::cfs_open::run`], which the regression
+//! replay (`tests/replay.rs`) calls too.
 #![no_main]
 
-use std::sync::atomic::AtomicU64;
-
-use chunkfs_format::cfs::read::Cfs;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let mut bytes = data.to_vec();
-    chunkfs_fuzz::fix_cfs_digests(&mut bytes);
-    let dir = chunkfs_fuzz::fresh_dir("cfs");
-    let path = dir.join("image.cfs");
-    chunkfs_fuzz::write(&path, &bytes);
-    let Ok(cfs) = Cfs::open(&path) else {
-        return;
-    };
-    let _ = chunkfs_format::inspect::dump(cfs.image());
-    let mut decoder = chunkfs_format::compress::Decoder::new().expect("zstd context");
-    for i in 0..cfs.image().chunks.len() {
-        let _ = cfs.read_chunk(i as u32, &mut decoder);
-    }
-    let verified = chunkfs_format::cfs::verify::verify_cfs(&path, 1, &AtomicU64::new(0)).is_ok();
-    if verified {
-        let target = dir.join("out");
-        if let Ok(mut chunks) = cfs.chunks() {
-            let _ = chunkfs_format::unpack::unpack(cfs.image(), &mut chunks, &target);
-        }
-        chunkfs_fuzz::assert_only(&dir, &["image.cfs", "out"]);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chunkfs_fuzz::targets::cfs_open::run(data));

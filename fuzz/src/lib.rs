@@ -7,6 +7,8 @@
 //! found by libFuzzer can be turned into a regression test that replays the effective input
 //! (the fixed-up bytes) without the harness.
 
+pub mod targets;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -52,6 +54,20 @@ pub fn save(path: &Path, bytes: &[u8]) {
         }
         let _ = std::fs::write(to, bytes);
     }
+}
+
+/// The whole 8-byte words of `data` taken as raw Cap'n Proto metadata, wrapped in a metadata
+/// blob (one zstd frame declaring its size) and decoded, not validated: `None` when empty or
+/// when it does not decode.
+pub fn decode_raw_metadata(data: &[u8]) -> Option<chunkfs_format::model::Image> {
+    let raw = &data[..data.len() / 8 * 8];
+    if raw.is_empty() {
+        return None;
+    }
+    let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
+    c.include_contentsize(true).expect("zstd");
+    let blob = c.compress(raw).expect("zstd");
+    chunkfs_format::schema::codec::decode_blob(&blob).ok()
 }
 
 /// Splits `data` at every [`SEPARATOR`].

@@ -499,9 +499,34 @@ fn an_image_inside_its_source_tree_is_left_out() {
     fs::remove_dir_all(&s).unwrap();
 }
 
+/// `initramfs` exits with the documented statuses too: an output that cannot be written is an
+/// I/O failure (3), a binary that cannot be /init is a usage error (2); neither leaves a file.
+#[test]
+fn initramfs_exit_statuses_tell_an_unwritable_output_from_a_bad_binary() {
+    let s = chunkfs_tests::scratch_dir("cli-initramfs");
+    fs::write(s.join("file"), b"not a directory").unwrap();
+    for out in [s.join("no/such/dir/initrd.img"), s.join("file/initrd.img")] {
+        let err = fails(
+            chunkfs(&[&"initramfs", &"--zstd-level", &"0", &out]),
+            3,
+            "cannot write",
+        );
+        assert!(err.contains(&*out.to_string_lossy()), "{err}");
+    }
+    // The test binary is dynamically linked: no kernel could run it as PID 1.
+    let out = s.join("initrd.img");
+    fails(
+        chunkfs(&[&"initramfs", &"--binary", &BIN, &"--zstd-level", &"0", &out]),
+        2,
+        "not a statically linked executable",
+    );
+    assert_no_output(&s, "initrd");
+    fs::remove_dir_all(&s).unwrap();
+}
+
 #[test]
 fn every_command_has_help_with_an_example_and_exit_codes() {
-    for cmd in ["pack", "unpack", "inspect", "verify"] {
+    for cmd in ["pack", "unpack", "inspect", "verify", "initramfs"] {
         let help = ok(chunkfs(&[&cmd, &"--help"]));
         assert!(help.contains(&format!("chunkfs {cmd} ")), "{cmd}: {help}");
         assert!(help.contains("Exit status: 0 ok"), "{cmd}: {help}");

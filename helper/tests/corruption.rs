@@ -541,18 +541,12 @@ fn oci_read_all(
     scratch: &Path,
 ) -> Result<Result<(usize, usize), String>, String> {
     use chunkfs_distribution::oci::pack::PackIndex;
-    use chunkfs_format::translate::{self, ExtentLayout};
     let img = match chunkfs_distribution::oci::read::open_image(dir, Some(tag)) {
         Ok(img) => img,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let (bits, extents) = if img.align512 {
-        (9, ExtentLayout::Clusters)
-    } else {
-        (12, ExtentLayout::Bit48)
-    };
-    let layout = translate::standalone_layout(bits, extents, img.extra_devices());
-    let d = translate::translate(&img.image, &img.locations, &layout)
+    let d = img
+        .standalone_descriptor(None)
         .map_err(|e| format!("translate after open_image: {e}"))?;
     let desc = scratch.join("descriptor");
     let mut bytes = Vec::new();

@@ -182,7 +182,7 @@ fn describes_an_oci_image_with_its_pack_blobs_as_devices() {
             &format!("oci:{}:nope", tmp.join("layout").display()),
             &out,
         ]),
-        1,
+        2,
         "nope",
     );
     fails(chunkfs(&[&"descriptor", &src, &out]), 2, "chunkfs pack");

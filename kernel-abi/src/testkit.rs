@@ -1,4 +1,5 @@
-//! A tiny EROFS writer for tests (feature `testkit`): it lays out a small image exactly as the
+//! Test helpers shared by every crate (feature `testkit`): the pseudo-random generator
+//! [`XorShift64`], and a tiny EROFS writer: it lays out a small image exactly as the
 //! kernel expects and records where everything went, so a test can corrupt one field or point
 //! extents at frames of its own. Not a general writer: one directory block per directory, 4 KiB
 //! blocks, everything in memory, and it panics on what it does not support.
@@ -11,6 +12,10 @@
     clippy::panic,
     clippy::new_without_default
 )]
+
+pub mod rng;
+
+pub use rng::XorShift64;
 
 use alloc::vec;
 use alloc::vec::Vec;

@@ -16,12 +16,10 @@ pub const PARTIAL: u32 = erofs::Z_EXTENT_PLEN_PARTIAL;
 
 /// Deterministic test data: compressible but not trivial.
 pub fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut r = chunkfs_kernel_abi::testkit::XorShift64::from_seed(seed);
     (0..len)
         .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = r.next_u64();
             if i % 7 < 3 {
                 b'a' + (i % 13) as u8
             } else {

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
+use chunkfs_kernel_abi::testkit::XorShift64;
 use chunkfs_reader::{ChunkError, OpenError, ReadError, Reader};
 
 fn parent() -> &'static Path {
@@ -194,11 +195,9 @@ fn concurrent_reads_load_each_chunk_once() {
                 .map(|n| (nid_of(&r, n), img.expected(n).to_vec()))
                 .collect();
             std::thread::spawn(move || {
-                let mut x = t.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+                let mut rng = XorShift64::new(t.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
                 for _ in 0..400 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    let x = rng.next_u64();
                     let (nid, exp) = &files[(x % files.len() as u64) as usize];
                     let off = (x >> 8) % exp.len() as u64;
                     let len = ((x >> 40) % 70_000) as u32 + 1;

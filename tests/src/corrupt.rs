@@ -159,24 +159,8 @@ pub struct Case {
     pub bytes: Vec<u8>,
 }
 
-/// A small deterministic generator (xorshift), so every run tries the same cases.
-#[derive(Clone, Debug)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number in `[0, n)`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+/// The shared deterministic generator, so every run tries the same cases.
+pub use chunkfs_kernel_abi::testkit::XorShift64 as Rng;
 
 /// The damaged copies of `good` to try: in every region, flips of its first and last byte and
 /// of `per_region` more bytes (chunk frames: a quarter as many each, since there are many); four zeroed
@@ -185,7 +169,7 @@ impl Rng {
 /// must still pass, and readers ignore it).
 pub fn cfs_cases(good: &[u8], per_region: usize, seed: u64) -> Vec<Case> {
     let regions = cfs_regions(good);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed | 1);
     let mut out = Vec::new();
     let region_of = |at: u64| {
         regions

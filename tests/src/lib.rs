@@ -1,9 +1,10 @@
 //! Shared fixtures for the integration tests: tree builders, tree comparison, mount guards that
-//! always unmount, and locating the built binaries.
+//! always unmount, locating the built binaries, and the concurrent read check of a mount.
 
 pub mod corrupt;
 pub mod mount;
 pub mod oci;
+pub mod reads;
 pub mod registry;
 pub mod tree;
 

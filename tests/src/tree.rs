@@ -23,6 +23,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat};
 use sha2::{Digest, Sha256};
 
+pub use chunkfs_kernel_abi::testkit::XorShift64;
+
 /// What [`make_every_corner_tree`] made.
 #[derive(Debug, Clone)]
 pub struct Made {
@@ -221,6 +223,229 @@ pub fn make_every_corner_tree(dir: &Path) -> std::io::Result<Made> {
     })
 }
 
+/// The every-corner tree ([`make_every_corner_tree`], which must be made whole: as root) plus,
+/// under `more/`, what the EROFS translation has corners for: many small files (fragments, some
+/// identical), a directory of thousands of entries, 100 levels of nesting, large device
+/// numbers, xattrs in every namespace (a POSIX ACL and an SELinux label where supported),
+/// 4095-byte symlinks, hard links of a symlink, sub-block and 64 MiB sparse files with leading
+/// and trailing holes, 32-bit owners, times before 1970 and far in the future.
+pub fn make_descriptor_corner_tree(dir: &Path) -> std::io::Result<Made> {
+    let made = make_every_corner_tree(dir)?;
+    if !made.root_parts {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            made.skipped.join("; "),
+        ));
+    }
+    let top = fs::symlink_metadata(dir)?;
+    add_more_corners(&dir.join("more"))?;
+    // Adding `more/` touched the top directory's mtime: put the shared tree's back.
+    set_mtime(dir, top.mtime(), top.mtime_nsec())?;
+    Ok(made)
+}
+
+fn add_more_corners(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::symlink;
+    fs::create_dir_all(root)?;
+    let d = |p: &str| -> std::io::Result<PathBuf> {
+        let q = root.join(p);
+        fs::create_dir_all(&q)?;
+        Ok(q)
+    };
+    // Regular files: empty, tiny, small (packed), medium, large, incompressible, shared chunks.
+    write(&root.join("empty"), b"")?;
+    write(&root.join("one"), b"x")?;
+    write(&root.join("medium.txt"), &words(100_000, 1))?;
+    let large = [words(1_500_000, 2), pseudo_random(700_000, 3)].concat();
+    write(&root.join("large.bin"), &large)?;
+    write(&root.join("large-copy.bin"), &large)?;
+    let prefix_shared = [&large[..600_000], &pseudo_random(50_000, 4)[..]].concat();
+    write(&root.join("prefix-shared.bin"), &prefix_shared)?;
+    write(&root.join("random.bin"), &pseudo_random(1 << 20, 5))?;
+    write(&root.join("exactly-8192"), &words(8192, 6))?;
+    // Sparse: 64 MiB with data at 0, 10 MiB and the end; leading and trailing holes.
+    write_sparse(
+        &root.join("sparse-64m"),
+        64 << 20,
+        &[(0, 4096), (10 << 20, 100_000), ((64 << 20) - 8192, 8192)],
+    )?;
+    write_sparse(
+        &root.join("sparse-holes-around"),
+        64 << 20,
+        &[(20 << 20, 300_000)],
+    )?;
+    write_sparse(&root.join("sparse-only-hole"), 5 << 20, &[])?;
+    // Many small files through fragments, some identical.
+    let small = d("small")?;
+    for i in 0..3000u64 {
+        let len = (1 + (i * 7919) % 6000) as usize;
+        let content = match (i % 10, i % 3) {
+            (0, _) => words(len, 42),
+            (_, 0) => pseudo_random(len, 100 + i),
+            _ => words(len, 100 + i),
+        };
+        write(&small.join(format!("f{i:05}")), &content)?;
+    }
+    // A directory with thousands of entries (many blocks), long and odd names.
+    let big = d("big-dir")?;
+    for i in 0..5000 {
+        let name = format!(
+            "entry-with-a-rather-long-name-{i:06}-{}",
+            "x".repeat(i % 40)
+        );
+        write(&big.join(name), b"")?;
+    }
+    let names = d("names")?;
+    write(
+        &names.join(OsStr::from_bytes(b"non-utf8-\xff\xfe\x80")),
+        b"bytes",
+    )?;
+    write(&names.join("n".repeat(255)), b"long")?;
+    write(&names.join("-dash-sorts-before-dot"), b"")?;
+    write(&names.join(".hidden"), b"")?;
+    write(&names.join("\u{e9}t\u{e9}"), b"")?;
+    // Deep nesting.
+    let mut deep = d("deep")?;
+    for i in 0..100 {
+        deep.push(format!("{}", i % 10));
+    }
+    fs::create_dir_all(&deep)?;
+    write(&deep.join("bottom"), b"deep file")?;
+    // Symlinks: short, dangling, the longest possible target.
+    let links = d("links")?;
+    symlink("../medium.txt", links.join("to-medium"))?;
+    symlink("/nonexistent/dangling", links.join("dangling"))?;
+    symlink("t".repeat(4095), links.join("long-4095"))?;
+    symlink("m".repeat(3000), links.join("mid-3000"))?;
+    // Devices, fifo, socket.
+    let dev = d("dev")?;
+    make_node(&dev.join("null"), SFlag::S_IFCHR, 0o666, (1, 3))?;
+    make_node(&dev.join("sda"), SFlag::S_IFBLK, 0o660, (8, 0))?;
+    make_node(
+        &dev.join("big-numbers"),
+        SFlag::S_IFCHR,
+        0o600,
+        (300, 70_000),
+    )?;
+    make_node(&dev.join("fifo"), SFlag::S_IFIFO, 0o644, (0, 0))?;
+    drop(std::os::unix::net::UnixListener::bind(dev.join("socket"))?);
+    // Hard links across directories (file, small file, symlink: `link` never follows it).
+    let (ha, hb) = (d("hard/a")?, d("hard/b")?);
+    write(&ha.join("file"), &words(50_000, 7))?;
+    fs::hard_link(ha.join("file"), hb.join("same-file"))?;
+    fs::hard_link(ha.join("file"), root.join("hard/third-name"))?;
+    write(&ha.join("small"), b"small and linked")?;
+    fs::hard_link(ha.join("small"), hb.join("small-too"))?;
+    symlink("target", ha.join("sym"))?;
+    fs::hard_link(ha.join("sym"), hb.join("sym-link"))?;
+    // Xattrs in every namespace, on files, directories and symlinks.
+    let x = d("xattrs")?;
+    let f = x.join("file");
+    write(&f, b"with xattrs")?;
+    xattr::set(&f, "user.comment", b"hello")?;
+    xattr::set(&f, "user.empty", b"")?;
+    xattr::set(&f, "trusted.overlay.opaque", b"y")?;
+    xattr::set(&f, "user.big", &pseudo_random(3000, 8))?;
+    xattr::set(&f, "security.capability", &CAP_NET_RAW)?;
+    // Where the file system takes them.
+    let _ = xattr::set(&f, "security.selinux", b"system_u:object_r:bin_t:s0\0");
+    xattr::set(&x, "user.on-dir", b"dir")?;
+    let many = x.join("many");
+    write(&many, b"")?;
+    for i in 0..40 {
+        xattr::set(
+            &many,
+            format!("user.k{i:02}"),
+            format!("value {i}").as_bytes(),
+        )?;
+    }
+    symlink("file", x.join("sym"))?;
+    xattr::set(x.join("sym"), "trusted.on-symlink", b"s")?;
+    // POSIX ACL user::rw-, user:1000:r--, group::r--, mask::r--, other::--- (where supported):
+    // version 2, then (tag, perm, id) entries sorted by tag.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    let _ = xattr::set(&f, "system.posix_acl_access", &acl);
+    // Owners and modes: 32-bit ids, setuid/setgid/sticky (owners first: chown clears setuid).
+    let own = d("owners")?;
+    for (name, uid, gid, m) in [
+        ("big-ids", 100_000u32, 4_000_000_000u32, 0o640),
+        ("suid", 0, 0, 0o4755),
+        ("sgid", 1, 2, 0o2711),
+        ("zero-mode", 65535, 65535, 0),
+    ] {
+        let p = own.join(name);
+        write(&p, name.as_bytes())?;
+        chown(&p, uid, gid)?;
+        chmod(&p, m)?;
+    }
+    let sticky = d("owners/sticky")?;
+    chmod(&sticky, 0o1777)?;
+    chown(&sticky, 4_294_967_294, 12345)?;
+    // Times: mostly nanoseconds; pre-1970, far future, exact seconds. Directories last.
+    let times = d("times")?;
+    for (name, sec, nsec) in [
+        ("pre-1970", -100_000_000i64, 500_000_000i64),
+        ("epoch-0", 0, 0),
+        ("far-future", 1 << 33, 999_999_999),
+        ("whole-second", 1_600_000_000, 0),
+    ] {
+        let p = times.join(name);
+        write(&p, name.as_bytes())?;
+        set_mtime(&p, sec, nsec)?;
+    }
+    set_mtime(&links.join("to-medium"), 1_234_567_890, 123_456_789)?;
+    // Directories get distinct nanosecond mtimes after their contents are complete.
+    let mut dirs = vec![(root.to_path_buf(), fs::symlink_metadata(root)?)];
+    walk(root, &mut dirs)?;
+    dirs.retain(|(_, m)| m.is_dir());
+    dirs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (i, (p, _)) in dirs.iter().rev().enumerate() {
+        set_mtime(
+            p,
+            1_500_000_000 + i as i64,
+            (i as i64 * 7_777_777) % 1_000_000_000,
+        )?;
+    }
+    Ok(())
+}
+
+/// `size` bytes with data only at the given `(offset, length)` pieces; holes elsewhere.
+fn write_sparse(path: &Path, size: u64, pieces: &[(u64, usize)]) -> std::io::Result<()> {
+    let f = File::create(path)?;
+    for (k, &(at, len)) in pieces.iter().enumerate() {
+        let seed = 1000 + k as u64;
+        let data = if k % 2 == 0 {
+            words(len, seed)
+        } else {
+            pseudo_random(len, seed)
+        };
+        f.write_all_at(&data, at)?;
+    }
+    f.set_len(size)
+}
+
+/// A device node, FIFO or socket `kind` with permissions `perm` and device numbers `rdev`.
+pub fn make_node(path: &Path, kind: SFlag, perm: u32, rdev: (u64, u64)) -> std::io::Result<()> {
+    mknod(
+        path,
+        kind,
+        Mode::from_bits_truncate(perm),
+        makedev(rdev.0, rdev.1),
+    )?;
+    Ok(())
+}
+
 fn write(path: &Path, data: &[u8]) -> std::io::Result<()> {
     File::create(path)?.write_all(data)
 }
@@ -229,7 +454,8 @@ fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+/// Sets the owner of `path`, not following a symlink.
+pub fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     fchownat(
         nix::fcntl::AT_FDCWD,
         path,
@@ -240,7 +466,8 @@ fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
+/// Sets the mtime (and atime) of `path` to `sec`.`nsec`, not following a symlink.
+pub fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
     let t = TimeSpec::new(sec, nsec);
     utimensat(
         nix::fcntl::AT_FDCWD,
@@ -254,13 +481,16 @@ fn set_mtime(path: &Path, sec: i64, nsec: i64) -> std::io::Result<()> {
 
 /// Deterministic incompressible bytes.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
+    XorShift64::from_seed(seed).bytes(len)
+}
+
+/// Deterministic compressible bytes: words of a small vocabulary, chosen at random.
+pub fn words(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&[u8]; 6] = [b"chunk ", b"frame ", b"erofs ", b"kernel ", b"zstd ", b"\n"];
+    let mut rng = XorShift64::from_seed(seed);
+    let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(WORDS[(rng.next_u64() % 6) as usize]);
     }
     out.truncate(len);
     out
@@ -298,11 +528,22 @@ struct Entry {
 }
 
 /// Compares two trees entry by entry: type, mode, owner, size, mtime with nanoseconds, device
-/// numbers, symlink targets, xattrs, content sha256, link counts, sparseness, and hard-link
-/// groups. Returns every difference, one per line.
+/// numbers, symlink targets, xattrs, content sha256, link counts (of everything but
+/// directories, which file systems count differently), sparseness, and hard-link groups.
+/// Returns every difference, one per line.
 pub fn compare_trees(a: &Path, b: &Path) -> Result<(), String> {
-    let (ea, ga) = snapshot(a).map_err(|e| format!("{}: {e}", a.display()))?;
-    let (eb, gb) = snapshot(b).map_err(|e| format!("{}: {e}", b.display()))?;
+    compare(a, b, false)
+}
+
+/// [`compare_trees`], and directories' link counts too (2 + subdirectories), which a
+/// descriptor must reproduce exactly.
+pub fn compare_trees_strictly(a: &Path, b: &Path) -> Result<(), String> {
+    compare(a, b, true)
+}
+
+fn compare(a: &Path, b: &Path, dir_links: bool) -> Result<(), String> {
+    let (ea, ga) = snapshot(a, dir_links).map_err(|e| format!("{}: {e}", a.display()))?;
+    let (eb, gb) = snapshot(b, dir_links).map_err(|e| format!("{}: {e}", b.display()))?;
     let mut diffs = Vec::new();
     let show = |rel: &[u8]| String::from_utf8_lossy(rel).into_owned();
     for (rel, x) in &ea {
@@ -370,7 +611,7 @@ pub fn compare_trees(a: &Path, b: &Path) -> Result<(), String> {
 
 type Snapshot = (BTreeMap<Vec<u8>, Entry>, BTreeSet<Vec<Vec<u8>>>);
 
-fn snapshot(root: &Path) -> std::io::Result<Snapshot> {
+fn snapshot(root: &Path, dir_links: bool) -> std::io::Result<Snapshot> {
     let mut list = vec![(root.to_owned(), fs::symlink_metadata(root)?)];
     walk(root, &mut list)?;
     let mut entries = BTreeMap::new();
@@ -423,7 +664,7 @@ fn snapshot(root: &Path) -> std::io::Result<Snapshot> {
                     .transpose()?,
                 xattrs,
                 sha256,
-                nlink: (!m.is_dir()).then_some(m.nlink()),
+                nlink: (dir_links || !m.is_dir()).then_some(m.nlink()),
                 sparse: is_file.then(|| m.size() > 1 << 20 && m.blocks() * 512 < m.size() / 2),
             },
         );

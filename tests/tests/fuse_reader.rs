@@ -8,9 +8,8 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use chunkfs_reader::Reader;
 
@@ -208,51 +207,12 @@ fn eight_threads_of_random_reads_and_mmap() {
     let img = common::build(&scratch());
     let fm = img.dir.path().join("fuse");
     let mount = fuse_mount(&img, &fm);
-    let files: Arc<Vec<(PathBuf, Vec<u8>)>> = Arc::new(
-        ["big", "frag", "onpack", "zeros"]
-            .iter()
-            .map(|n| (fm.join(n), img.expected(n).to_vec()))
-            .collect(),
-    );
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let files = files.clone();
-            std::thread::spawn(move || {
-                let mut x = (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                for _ in 0..300 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let (path, exp) = &files[(x % files.len() as u64) as usize];
-                    let off = (x >> 8) % exp.len() as u64;
-                    let len = ((x >> 40) % 150_000) as usize + 1;
-                    let mut buf = vec![0u8; len];
-                    // O_DIRECT-free pread: goes through the page cache and FUSE readahead.
-                    let n = File::open(path).unwrap().read_at(&mut buf, off).unwrap();
-                    let end = (off as usize + len).min(exp.len());
-                    assert_eq!(&buf[..n], &exp[off as usize..end], "{path:?} at {off}");
-                }
-            })
-        })
+    let files = ["big", "frag", "onpack", "zeros"]
+        .iter()
+        .map(|n| (fm.join(n), img.expected(n).to_vec()))
         .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    // mmap reads.
-    for (path, exp) in files.iter() {
-        let m = map(&File::open(path).unwrap());
-        assert_eq!(&m[..], &exp[..], "{path:?}");
-    }
+    chunkfs_tests::reads::random_reads_and_mmap(files, 8, 300, 150_000);
     mount.unmount().unwrap();
-}
-
-/// A read-only mapping of a whole file.
-fn map(f: &File) -> memmap2::Mmap {
-    #[allow(unsafe_code)]
-    // SAFETY: the file is on a read-only mount and nothing modifies it while mapped.
-    unsafe {
-        memmap2::Mmap::map(f).unwrap()
-    }
 }
 
 #[test]

@@ -12,15 +12,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_tests::mount::{
     Mounted, SbinHelper, assert_nothing_left, chunkfs_bin, describe, helper_in, output,
 };
+use chunkfs_tests::reads::random_reads_and_mmap;
 use chunkfs_tests::require_mount;
 use chunkfs_tests::tree::{compare_trees, make_every_corner_tree, pseudo_random};
 
@@ -149,49 +149,13 @@ fn eight_threads_of_random_reads_and_mmap_on_both_readers() {
     for reader in ["kernel", "fuse"] {
         let m = mount_point(&format!("mnt-threads-{reader}"));
         let mounted = helper_mount(&f.img, &m, &format!("reader={reader}"));
-        let files: Arc<Vec<(PathBuf, Vec<u8>)>> = Arc::new(
-            ["random-4m", "usr/bin/noise", "usr/lib/medium", "var/sparse"]
-                .iter()
-                .map(|n| (m.join(n), std::fs::read(f.src.join(n)).unwrap()))
-                .collect(),
-        );
-        let threads: Vec<_> = (0..8u64)
-            .map(|t| {
-                let files = files.clone();
-                std::thread::spawn(move || {
-                    let mut x = (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    for _ in 0..200 {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        let (path, exp) = &files[(x % files.len() as u64) as usize];
-                        let off = (x >> 8) % exp.len() as u64;
-                        let len = ((x >> 40) % 300_000) as usize + 1;
-                        let mut buf = vec![0u8; len];
-                        let n = File::open(path).unwrap().read_at(&mut buf, off).unwrap();
-                        let end = (off as usize + len).min(exp.len());
-                        assert_eq!(&buf[..n], &exp[off as usize..end], "{path:?} at {off}");
-                    }
-                })
-            })
+        let files = ["random-4m", "usr/bin/noise", "usr/lib/medium", "var/sparse"]
+            .iter()
+            .map(|n| (m.join(n), std::fs::read(f.src.join(n)).unwrap()))
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        for (path, exp) in files.iter() {
-            let map = mmap(&File::open(path).unwrap());
-            assert!(map[..] == exp[..], "{reader}: mmap of {path:?} differs");
-        }
+        random_reads_and_mmap(files, 8, 200, 300_000);
         mounted.unmount();
         assert_nothing_left(&m);
-    }
-}
-
-fn mmap(f: &File) -> memmap2::Mmap {
-    #[allow(unsafe_code)]
-    // SAFETY: the file is on a read-only mount and nothing modifies it while mapped.
-    unsafe {
-        memmap2::Mmap::map(f).unwrap()
     }
 }
 
@@ -395,6 +359,12 @@ fn an_image_without_an_embedded_descriptor_mounts_through_a_built_one() {
         (&f.img512, "legacy512.cfs", true),
     ] {
         let legacy = without_descriptor(image, name);
+        // verify checks the EROFS descriptor when there is one, and accepts its absence (it
+        // used to re-derive one anyway and refuse the image).
+        let o = output(Command::new(chunkfs_bin()).arg("verify").arg(&legacy));
+        assert!(o.status.success(), "verify {name}: {}", describe(&o));
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(said.contains("EROFS descriptor absent"), "{said}");
         for reader in ["kernel", "fuse"] {
             let m = mount_point(&format!("mnt-{name}-{reader}"));
             let mounted = helper_mount(&legacy, &m, &format!("reader={reader}"));

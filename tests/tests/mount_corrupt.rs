@@ -162,7 +162,7 @@ fn damaged_header_metadata_or_descriptor_is_refused_at_mount() {
             h.erofs_meta.offset + h.erofs_meta.len / 2,
             "EROFS metadata area",
         ),
-        ("erofs-superblock", 1024 + 12, "EROFS superblock area"),
+        ("erofs-superblock", 1024 + 12, "EROFS head area"),
         ("chunk-index", h.index.offset + 40, "chunk index"),
     ];
     for (what, offset, needle) in cases {

@@ -10,6 +10,7 @@
 // Fixtures outside #[test] functions too: a panic is how these tests fail.
 #![allow(clippy::unwrap_used)]
 
+use chunkfs_format::Classify as _;
 use std::path::{Path, PathBuf};
 
 use chunkfs_distribution::oci::layout::Layout;

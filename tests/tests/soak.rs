@@ -345,7 +345,7 @@ fn load(root: &Path, src: &Source, secs: u64) -> Load {
         for t in 0..THREADS {
             let (counts, failures, stop) = (&counts, &failures, &stop);
             s.spawn(move || {
-                let mut rng = Rng(0x9E37_79B9 + t as u64);
+                let mut rng = Rng::new(0x9E37_79B9 + t as u64);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     if let Err(e) = one_op(&mut rng, root, src, counts) {
                         failures.lock().unwrap().push(e);
@@ -355,7 +355,7 @@ fn load(root: &Path, src: &Source, secs: u64) -> Load {
             });
         }
         // Readers killed mid-read: the daemon must not notice beyond the aborted requests.
-        let mut rng = Rng(77);
+        let mut rng = Rng::new(77);
         let killed = &killed;
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let (rel, _) = &src.files[rng.below(4) as usize];

@@ -29,6 +29,7 @@ use chunkfs_format::cfs::write::{self as cfs_write, CfsWriter, PackOptions, Summ
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{ChunkIdx, ChunkInfo, FileLayout, Image, ModelError};
+use chunkfs_format::{Classify, ErrorClass};
 
 /// What to convert from.
 #[derive(Clone, Copy, Debug)]
@@ -62,40 +63,44 @@ pub enum Dest<'a> {
     },
 }
 
-/// Why a conversion failed. Every message names the file, layer or chunk concerned.
+/// Why a conversion failed, named by the step that failed. Every message names the file,
+/// layer or chunk concerned; [`Classify::class`] says what kind of failure it is.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Writing into the destination layout failed.
-    #[error(transparent)]
-    Write(#[from] write::Error),
-    /// Opening a chunkfs image in a layout failed.
-    #[error(transparent)]
-    Read(#[from] read::Error),
-    /// Opening an ordinary image in a layout failed.
-    #[error(transparent)]
-    TarImage(#[from] tar_image::Error),
-    /// A layer could not be converted.
-    #[error(transparent)]
-    Tar(#[from] crate::tar::Error),
-    /// Choosing the image in the source layout failed.
-    #[error(transparent)]
-    Select(#[from] select::Error),
-    /// The layout could not be read.
-    #[error(transparent)]
-    Layout(#[from] crate::oci::layout::Error),
-    /// A pack could not be written.
-    #[error(transparent)]
-    Pack(#[from] pack::Error),
-    /// Writing the `.cfs` failed.
-    #[error(transparent)]
-    CfsWrite(#[from] cfs_write::Error),
-    /// Reading the source `.cfs` failed.
-    #[error(transparent)]
-    CfsRead(#[from] chunkfs_format::cfs::read::Error),
-    /// Scanning the source directory failed.
-    #[error(transparent)]
-    Scan(#[from] chunkfs_format::scan::Error),
+    /// Choosing the image in the source layout (by tag and platform) failed.
+    #[error("{0}")]
+    SelectSource(#[source] select::Error),
+    /// Opening the source `.cfs` failed.
+    #[error("{0}")]
+    OpenCfs(#[source] chunkfs_format::cfs::read::Error),
+    /// Opening the chunkfs image in the source layout failed.
+    #[error("{0}")]
+    OpenImage(#[source] read::Error),
+    /// Opening the ordinary container image in the source layout failed.
+    #[error("{0}")]
+    OpenContainerImage(#[source] tar_image::Error),
+    /// Reading the source directory failed.
+    #[error("{0}")]
+    ScanDir(#[source] chunkfs_format::scan::Error),
+    /// Reading (merging, then streaming) the container image's tar layers failed.
+    #[error("{0}")]
+    ReadLayers(#[source] crate::tar::Error),
+    /// Reading a chunk frame from a pack of the source image failed.
+    #[error("{0}")]
+    ReadFrame(#[source] pack::Error),
+    /// Opening (or creating) the destination layout failed.
+    #[error("{0}")]
+    OpenLayout(#[source] write::Error),
+    /// Writing chunk frames into new pack blobs of the destination layout failed.
+    #[error("{0}")]
+    WritePacks(#[source] pack::Error),
+    /// Writing the manifest and the tag into the destination layout failed.
+    #[error("{0}")]
+    CommitLayout(#[source] write::Error),
+    /// Writing the destination `.cfs` failed.
+    #[error("{0}")]
+    WriteCfs(#[source] cfs_write::Error),
     /// Building chunks failed.
     #[error("{}: {source}", dest.display())]
     Build {
@@ -142,6 +147,28 @@ pub enum Error {
     },
 }
 
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::SelectSource(e) => e.class(),
+            Self::OpenCfs(e) => e.class(),
+            Self::OpenImage(e) => e.class(),
+            Self::OpenContainerImage(e) => e.class(),
+            Self::ScanDir(e) => e.class(),
+            Self::ReadLayers(e) => e.class(),
+            Self::ReadFrame(e) | Self::WritePacks(e) => e.class(),
+            Self::OpenLayout(e) | Self::CommitLayout(e) => e.class(),
+            Self::WriteCfs(e) => e.class(),
+            Self::Build { source, .. } => source.class(),
+            Self::Metadata { .. } | Self::Invalid { .. } | Self::BadChunk { .. } => {
+                ErrorClass::Corrupt
+            }
+            // The caller asked for a pair of forms this module does not convert.
+            Self::Unsupported { .. } => ErrorClass::Usage,
+        }
+    }
+}
+
 /// What a conversion produced.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -173,10 +200,10 @@ pub fn convert(
         }
         (Source::Cfs(path), Dest::Layout { dir, tag }) => cfs_to_layout(path, dir, tag),
         (Source::Layout { dir, tag, platform }, dest) => {
-            let sel = {
-                let l = Layout::open(dir)?;
-                select::select(&l, tag, platform)?
-            };
+            let sel = Layout::open(dir)
+                .map_err(select::Error::from)
+                .and_then(|l| select::select(&l, tag, platform))
+                .map_err(Error::SelectSource)?;
             if sel.is_chunkfs() {
                 match dest {
                     Dest::Cfs(path) => layout_to_cfs(dir, tag, path),
@@ -218,7 +245,7 @@ fn dir_to_layout(
     options: &PackOptions,
     on_start: impl FnOnce(Arc<Progress>),
 ) -> Result<Outcome, Error> {
-    let writer = LayoutWriter::open(dir, options.align512)?;
+    let writer = LayoutWriter::open(dir, options.align512).map_err(Error::OpenLayout)?;
     let mut builder = Builder::new(
         options.build.clone(),
         writer.sink(),
@@ -232,7 +259,7 @@ fn dir_to_layout(
             vec![(m.dev(), m.ino())]
         })
         .unwrap_or_default();
-    let tree = chunkfs_format::scan::scan(src, &mut builder, &exclude)?;
+    let tree = chunkfs_format::scan::scan(src, &mut builder, &exclude).map_err(Error::ScanDir)?;
     let mut built = builder.finish().map_err(build_err(dir))?;
     let image = tree.into_image(&mut built);
     commit_built(writer, dir, tag, image, built.sink, "directory")
@@ -256,7 +283,10 @@ fn commit_built(
             dest: dir.to_owned(),
             source,
         })?;
-    let committed = writer.commit(tag, &blob, &image.chunks, sink.finish()?)?;
+    let packs = sink.finish().map_err(Error::WritePacks)?;
+    let committed = writer
+        .commit(tag, &blob, &image.chunks, packs)
+        .map_err(Error::CommitLayout)?;
     Ok(Outcome {
         metadata_digest: committed.metadata_digest,
         source_kind: kind,
@@ -288,9 +318,9 @@ fn decoder(src: &Path) -> Result<Decoder, Error> {
 }
 
 fn cfs_to_layout(path: &Path, dir: &Path, tag: &str) -> Result<Outcome, Error> {
-    let cfs = Cfs::open(path)?;
+    let cfs = Cfs::open(path).map_err(Error::OpenCfs)?;
     let align512 = cfs.header().compat & COMPAT_ALIGN512 != 0;
-    let writer = LayoutWriter::open(dir, align512)?;
+    let writer = LayoutWriter::open(dir, align512).map_err(Error::OpenLayout)?;
     let mut sink = writer.sink();
     let mut dec = decoder(path)?;
     let image = cfs.image();
@@ -308,10 +338,14 @@ fn cfs_to_layout(path: &Path, dir: &Path, tag: &str) -> Result<Outcome, Error> {
             .frame(i as ChunkIdx)
             .ok_or_else(|| bad("has no frame".into()))?;
         check_frame(&mut dec, frame, c).map_err(bad)?;
-        sink.write_frame(&c.digest, c.size, frame)?;
+        sink.write_frame(&c.digest, c.size, frame)
+            .map_err(Error::WritePacks)?;
     }
     let blob = cfs.region(cfs.header().metadata);
-    let committed = writer.commit(tag, blob, &image.chunks, sink.finish()?)?;
+    let packs = sink.finish().map_err(Error::WritePacks)?;
+    let committed = writer
+        .commit(tag, blob, &image.chunks, packs)
+        .map_err(Error::CommitLayout)?;
     Ok(Outcome {
         metadata_digest: committed.metadata_digest,
         source_kind: "cfs",
@@ -323,12 +357,12 @@ fn cfs_to_layout(path: &Path, dir: &Path, tag: &str) -> Result<Outcome, Error> {
 }
 
 fn layout_to_cfs(dir: &Path, tag: Option<&str>, dest: &Path) -> Result<Outcome, Error> {
-    let img = read::open_image(dir, tag)?;
-    let (writer, mut sink) = CfsWriter::create(dest, img.align512)?;
+    let img = read::open_image(dir, tag).map_err(Error::OpenImage)?;
+    let (writer, mut sink) = CfsWriter::create(dest, img.align512).map_err(Error::WriteCfs)?;
     let mut dec = decoder(dir)?;
     let mut locations = Vec::with_capacity(img.image.chunks.len());
     for (i, c) in img.image.chunks.iter().enumerate() {
-        let frame = img.read_frame(i)?;
+        let frame = img.read_frame(i).map_err(Error::ReadFrame)?;
         check_frame(&mut dec, &frame, c).map_err(|problem| Error::BadChunk {
             src: img.packs[usize::from(img.locations[i].device) - 1]
                 .path
@@ -339,15 +373,18 @@ fn layout_to_cfs(dir: &Path, tag: Option<&str>, dest: &Path) -> Result<Outcome, 
         })?;
         let loc = sink
             .write_frame(i as ChunkIdx, c, &frame)
-            .map_err(|source| cfs_write::Error::Io {
-                path: dest.to_owned(),
-                op: "write",
-                source,
+            .map_err(|source| {
+                Error::WriteCfs(cfs_write::Error::Io {
+                    path: dest.to_owned(),
+                    op: "write",
+                    source,
+                })
             })?;
         locations.push(Some(loc));
     }
-    let summary =
-        writer.finish_with_metadata(sink, &img.image, &locations, Some(&img.metadata_blob))?;
+    let summary = writer
+        .finish_with_metadata(sink, &img.image, &locations, Some(&img.metadata_blob))
+        .map_err(Error::WriteCfs)?;
     Ok(Outcome {
         metadata_digest: summary.metadata_digest,
         source_kind: "chunkfs image",
@@ -373,18 +410,27 @@ fn layout_to_layout(
 ) -> Result<Outcome, Error> {
     // The destination's packs must have the source's alignment, so probe it first (the probe's
     // lock is released at once).
-    let align512 = read::open_image(src, tag)?.align512;
+    let align512 = read::open_image(src, tag)
+        .map_err(Error::OpenImage)?
+        .align512;
     // Locks are taken in path order, so two opposite copies cannot deadlock; within one layout
     // the writer's exclusive lock covers the read.
+    let open_writer = || LayoutWriter::open(dir, align512).map_err(Error::OpenLayout);
     let (img, writer) = if same_dir(src, dir) {
-        let writer = LayoutWriter::open(dir, align512)?;
-        (read::open_image_locked(src, tag)?, writer)
+        let writer = open_writer()?;
+        (
+            read::open_image_locked(src, tag).map_err(Error::OpenImage)?,
+            writer,
+        )
     } else if src.canonicalize().ok() <= dir.canonicalize().ok() {
-        let img = read::open_image(src, tag)?;
-        (img, LayoutWriter::open(dir, align512)?)
+        let img = read::open_image(src, tag).map_err(Error::OpenImage)?;
+        (img, open_writer()?)
     } else {
-        let writer = LayoutWriter::open(dir, align512)?;
-        (read::open_image(src, tag)?, writer)
+        let writer = open_writer()?;
+        (
+            read::open_image(src, tag).map_err(Error::OpenImage)?,
+            writer,
+        )
     };
     if img.align512 != align512 {
         return Err(Error::Unsupported {
@@ -407,16 +453,20 @@ fn copy_into_layout(
         if writer.is_known(&c.digest) {
             continue;
         }
-        let frame = img.read_frame(i)?;
+        let frame = img.read_frame(i).map_err(Error::ReadFrame)?;
         check_frame(&mut dec, &frame, c).map_err(|problem| Error::BadChunk {
             src: src.to_owned(),
             chunk: i,
             digest: c.digest,
             problem,
         })?;
-        sink.write_frame(&c.digest, c.size, &frame)?;
+        sink.write_frame(&c.digest, c.size, &frame)
+            .map_err(Error::WritePacks)?;
     }
-    let committed = writer.commit(tag, &img.metadata_blob, &img.image.chunks, sink.finish()?)?;
+    let packs = sink.finish().map_err(Error::WritePacks)?;
+    let committed = writer
+        .commit(tag, &img.metadata_blob, &img.image.chunks, packs)
+        .map_err(Error::CommitLayout)?;
     Ok(Outcome {
         metadata_digest: committed.metadata_digest,
         source_kind: "chunkfs image",
@@ -438,8 +488,9 @@ fn build_tar<S: ChunkSink>(
     crate::tar::feed_contents(&img.layers, tree, |node, data, size| {
         let id = builder.add_reader(size, data)?;
         ids.insert(node, id);
-        Ok(())
-    })?;
+        Ok::<_, build::Error>(())
+    })
+    .map_err(Error::ReadLayers)?;
     let mut built = builder.finish().map_err(build_err(dest))?;
     let inodes = tree.to_inodes(|node, _| {
         ids.get(&node)
@@ -468,23 +519,30 @@ fn tar_to(
     // Into the same layout: the writer's exclusive lock covers reading the layers.
     let (img, writer) = match dest {
         Dest::Layout { dir: to, .. } if same_dir(dir, to) => {
-            let writer = LayoutWriter::open(to, options.align512)?;
+            let writer = LayoutWriter::open(to, options.align512).map_err(Error::OpenLayout)?;
             (
-                tar_image::open_tar_image_locked(dir, tag, platform)?,
+                tar_image::open_tar_image_locked(dir, tag, platform)
+                    .map_err(Error::OpenContainerImage)?,
                 Some(writer),
             )
         }
-        _ => (tar_image::open_tar_image(dir, tag, platform)?, None),
+        _ => (
+            tar_image::open_tar_image(dir, tag, platform).map_err(Error::OpenContainerImage)?,
+            None,
+        ),
     };
-    let tree = crate::tar::merge_layers(&img.layers)?;
+    let tree = crate::tar::merge_layers(&img.layers).map_err(Error::ReadLayers)?;
     match dest {
         Dest::Cfs(path) => {
-            let (writer, sink) = CfsWriter::create(path, options.align512)?;
+            let (writer, sink) =
+                CfsWriter::create(path, options.align512).map_err(Error::WriteCfs)?;
             let builder =
                 Builder::new(options.build.clone(), sink, None).map_err(build_err(path))?;
             on_start(builder.progress());
             let (image, built) = build_tar(&img, &tree, builder, path)?;
-            let summary = writer.finish(built.sink, &image, &built.locations)?;
+            let summary = writer
+                .finish(built.sink, &image, &built.locations)
+                .map_err(Error::WriteCfs)?;
             Ok(Outcome {
                 metadata_digest: summary.metadata_digest,
                 source_kind: "container image",
@@ -500,7 +558,7 @@ fn tar_to(
         } => {
             let writer = match writer {
                 Some(w) => w,
-                None => LayoutWriter::open(to, options.align512)?,
+                None => LayoutWriter::open(to, options.align512).map_err(Error::OpenLayout)?,
             };
             let builder = Builder::new(
                 options.build.clone(),
@@ -523,15 +581,8 @@ mod tests {
     use chunkfs_format::cfs::write::pack_dir;
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::from_seed(seed);
+        (0..len).map(|_| (r.next_u64() >> 24) as u8).collect()
     }
 
     fn make_tree(root: &Path, variant: u64) {

@@ -8,6 +8,7 @@
 //! against chunkfs writers; they are not safe against other tools (skopeo, umoci) writing into
 //! the same layout at the same time, which take no lock.
 
+use chunkfs_format::{Classify, ErrorClass};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
@@ -58,6 +59,18 @@ pub enum Error {
         /// The tags present.
         available: Vec<String>,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Lock(e) => e.class(),
+            Self::Layout(e) => e.class(),
+            Self::Io { source, .. } => source.class(),
+            Self::Unfollowable { .. } => ErrorClass::Corrupt,
+            Self::NoSuchTag { .. } => ErrorClass::Usage,
+        }
+    }
 }
 
 /// What `gc` removed (or would remove, with `dry_run`).

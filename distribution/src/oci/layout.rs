@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::oci::spec::{self, ContentDescriptor, Index, LayoutMarker, SpecError};
 use chunkfs_format::digest::{Digest, Hasher};
 use chunkfs_format::partial::PARTIAL;
+use chunkfs_format::{Classify, ErrorClass};
 
 /// Name of the layout marker file.
 pub const OCI_LAYOUT_FILE: &str = "oci-layout";
@@ -115,6 +116,27 @@ pub enum Error {
         /// What kind of document it is.
         what: &'static str,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Io { source, .. } => source.class(),
+            // chunkfs will not write into a directory that is not a layout and holds files.
+            Self::NotEmpty { .. } => ErrorClass::Usage,
+            // A directory named as a layout without the oci-layout marker: a damaged layout (a
+            // missing directory is an I/O error).
+            Self::NotALayout { .. } => ErrorClass::Corrupt,
+            Self::Version { .. } => ErrorClass::Unsupported,
+            Self::Spec { source, .. } => source.class(),
+            // A layout whose index or blobs are missing is incomplete, not unreadable.
+            Self::MissingIndex { .. }
+            | Self::MissingBlob { .. }
+            | Self::SizeMismatch { .. }
+            | Self::DigestMismatch { .. }
+            | Self::TooLarge { .. } => ErrorClass::Corrupt,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {

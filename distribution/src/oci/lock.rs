@@ -6,6 +6,7 @@
 //! (skopeo, umoci) ignore the file. The lock is advisory and released when the value is dropped
 //! or the process dies.
 
+use chunkfs_format::{Classify, ErrorClass};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,12 @@ pub struct Error {
     pub path: PathBuf,
     /// The OS error.
     pub source: io::Error,
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Io
+    }
 }
 
 /// A held layout lock.

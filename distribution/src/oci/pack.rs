@@ -28,6 +28,7 @@ use crate::oci::media_type;
 use crate::oci::spec::ContentDescriptor;
 use chunkfs_format::digest::{Digest, Hasher};
 use chunkfs_format::model::limits;
+use chunkfs_format::{Classify, ErrorClass};
 
 /// `magic` of the pack trailer.
 pub const PACK_MAGIC: [u8; 8] = *b"CFSPACK1";
@@ -85,6 +86,16 @@ pub enum Error {
         /// The frame's length.
         len: usize,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Layout(e) => e.class(),
+            Self::Io { source, .. } => source.class(),
+            Self::Corrupt { .. } | Self::BadFrame { .. } => ErrorClass::Corrupt,
+        }
+    }
 }
 
 /// True if a pack holding `pack_len` bytes of frames ends after the chunk `digest`, whose frame

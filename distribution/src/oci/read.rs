@@ -19,7 +19,8 @@ use crate::oci::select::{self, Selected};
 use crate::oci::spec::ContentDescriptor;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{Image, ModelError};
-use chunkfs_format::translate::{ChunkLocation, ExtraDevice};
+use chunkfs_format::translate::{BuiltDescriptor, ChunkLocation, ExtentLayout, ExtraDevice};
+use chunkfs_format::{Classify, ErrorClass};
 
 /// Largest config blob read.
 pub const CONFIG_MAX: u64 = 1 << 20;
@@ -96,6 +97,23 @@ pub enum Error {
     },
 }
 
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Lock(e) => e.class(),
+            Self::Layout(e) => e.class(),
+            Self::Select(e) => e.class(),
+            Self::Pack(e) => e.class(),
+            // An ordinary container image where a chunkfs image is needed: convert it first.
+            Self::NotChunkfs { .. } => ErrorClass::Usage,
+            Self::BadManifest { .. }
+            | Self::Metadata { .. }
+            | Self::Invalid { .. }
+            | Self::Chunk { .. } => ErrorClass::Corrupt,
+        }
+    }
+}
+
 /// One pack layer of an opened image: extra device `device`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackRef {
@@ -141,6 +159,22 @@ impl OciImage {
                 len: p.size,
             })
             .collect()
+    }
+
+    /// The image's standalone EROFS descriptor, its pack blobs as the extra devices in layer
+    /// order: what `chunkfs descriptor oci:...` writes and what a mount of the image builds.
+    /// `extents`: the encoding asked for, else clusters when every pack is 512-byte aligned.
+    pub fn standalone_descriptor(
+        &self,
+        extents: Option<ExtentLayout>,
+    ) -> Result<BuiltDescriptor, chunkfs_format::translate::Error> {
+        let extents = ExtentLayout::choose(self.align512, extents)?;
+        chunkfs_format::translate::standalone(
+            &self.image,
+            &self.locations,
+            self.extra_devices(),
+            extents,
+        )
     }
 
     /// The bytes of chunk `idx`'s frame, read from its pack (not decompressed, not checked).

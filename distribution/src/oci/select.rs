@@ -6,6 +6,7 @@
 //! by default the host's. Index entries for platform `unknown/unknown` (build attestations) are
 //! never chosen.
 
+use chunkfs_format::{Classify, ErrorClass};
 use std::path::PathBuf;
 
 use crate::oci::layout::{self, Layout, MANIFEST_MAX};
@@ -147,6 +148,22 @@ pub enum Error {
         /// What is wrong.
         source: spec::SpecError,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Layout(e) => e.class(),
+            // The reference names no image, or not one image: the caller must say which.
+            Self::Empty { .. }
+            | Self::NoSuchTag { .. }
+            | Self::Ambiguous { .. }
+            | Self::NoPlatform { .. } => ErrorClass::Usage,
+            Self::Unsupported { .. } => ErrorClass::Unsupported,
+            Self::TooDeep { .. } => ErrorClass::Corrupt,
+            Self::Spec { source, .. } => source.class(),
+        }
+    }
 }
 
 fn list(items: &[String]) -> String {

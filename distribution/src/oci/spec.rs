@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use chunkfs_format::digest::Digest;
+use chunkfs_format::{Classify, ErrorClass};
 
 /// A content descriptor: media type, digest and size of a blob.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +159,15 @@ pub enum SpecError {
         /// The version found.
         version: u32,
     },
+}
+
+impl Classify for SpecError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::SchemaVersion { .. } => ErrorClass::Unsupported,
+            Self::BadDigest(_) | Self::Json { .. } => ErrorClass::Corrupt,
+        }
+    }
 }
 
 impl ContentDescriptor {

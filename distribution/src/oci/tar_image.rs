@@ -10,6 +10,7 @@ use crate::oci::select::{self, PlatformSpec};
 use crate::oci::spec::{self, ContentDescriptor, ImageConfig};
 use crate::tar::layer::LayerInput;
 use chunkfs_format::digest::Digest;
+use chunkfs_format::{Classify, ErrorClass};
 
 /// Largest image config read.
 pub const CONFIG_MAX: u64 = 8 << 20;
@@ -49,6 +50,18 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Lock(e) => e.class(),
+            Self::Layout(e) => e.class(),
+            Self::Select(e) => e.class(),
+            Self::NotTar { .. } => ErrorClass::Unsupported,
+            Self::Config { .. } => ErrorClass::Corrupt,
+        }
+    }
 }
 
 /// An ordinary image chosen in a layout, its layers ready to stream. Holds the layout's shared
@@ -300,7 +313,7 @@ pub(crate) mod tests {
         let mut got = Vec::new();
         crate::tar::feed_contents(&img.layers, &tree, |_, r, _| {
             std::io::Read::read_to_end(r, &mut got)?;
-            Ok(())
+            Ok::<_, std::io::Error>(())
         })
         .unwrap();
         assert_eq!(got, b"arm64");

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::oci::read::{self, open_image};
 use chunkfs_format::digest::{Digest, Hasher};
 use chunkfs_format::unpack::ChunkSource;
+use chunkfs_format::{Classify, ErrorClass};
 
 /// Why verification failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,21 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Open(e) => e.class(),
+            Self::Io { source, .. } => source.class(),
+            // A blob that exists but cannot be read is unreadable; a missing one, or one with
+            // another size or digest, makes the layout incomplete.
+            Self::Blob { source, .. } => source.as_ref().map_or(ErrorClass::Corrupt, |e| e.class()),
+            Self::Layers { source, .. } => source.class(),
+            Self::TarImage(e) => e.class(),
+            Self::PackDigest { .. } | Self::Chunk { .. } => ErrorClass::Corrupt,
+        }
+    }
 }
 
 /// What was checked.

@@ -21,6 +21,7 @@ use crate::oci::spec::{self, ContentDescriptor, ImageConfig, Manifest, RootFs};
 use crate::oci::{REF_NAME, media_type};
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::ChunkInfo;
+use chunkfs_format::{Classify, ErrorClass};
 
 /// The config's `architecture`: chunkfs images are filesystem images, whatever the CPU, and the
 /// config must be a function of the image alone (no host-dependent fields).
@@ -67,6 +68,19 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Lock(e) => e.class(),
+            Self::Layout(e) => e.class(),
+            Self::Pack(e) => e.class(),
+            Self::BadTag { .. } => ErrorClass::Usage,
+            Self::MissingChunk { .. } => ErrorClass::Corrupt,
+            Self::TooManyPacks { .. } => ErrorClass::Unsupported,
+        }
+    }
 }
 
 /// Most pack layers in one manifest: extra device ids are 16-bit and 0 is the primary device.
@@ -623,16 +637,11 @@ mod tests {
         let w = LayoutWriter::open(&dir, false).unwrap();
         let mut sink = w.sink();
         let mut frame = vec![0u8; 32 * 1024];
-        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::new(0x1234_5678_9abc_def1);
         let mut chunks = Vec::new();
         let total: u64 = 10 << 30;
         for i in 0..total / frame.len() as u64 {
-            for b in frame.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes());
-            }
+            r.fill(&mut frame);
             let c = ChunkInfo {
                 digest: Digest::of(&i.to_le_bytes()),
                 size: 64 * 1024,

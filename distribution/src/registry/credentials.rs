@@ -289,6 +289,7 @@ fn normalise_scoped_key(key: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use chunkfs_format::Classify as _;
 
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(s)

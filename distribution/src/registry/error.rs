@@ -1,6 +1,7 @@
 //! The registry client's error: every message names the repository (`docker://HOST/REPO`), the
 //! object (manifest, blob, range, token) and what is wrong; `class()` sorts it for the CLI.
 
+use chunkfs_format::Classify as _;
 use chunkfs_format::ErrorClass;
 
 use crate::registry::reference::ParseError;
@@ -106,9 +107,9 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl chunkfs_format::Classify for Error {
     /// The class of the failure (exit status, retry decisions).
-    pub fn class(&self) -> ErrorClass {
+    fn class(&self) -> ErrorClass {
         match self {
             Error::Reference(_) | Error::Usage { .. } | Error::Unauthorized { .. } => {
                 ErrorClass::Usage

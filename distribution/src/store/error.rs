@@ -92,10 +92,10 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The class of the failure: `Network` when the source failed (retrying may succeed),
-    /// `Corrupt` for bytes or files that do not check, `Io` for local file errors.
-    pub fn class(&self) -> ErrorClass {
+/// The class of the failure: `Network` when the source failed (retrying may succeed), `Corrupt`
+/// for bytes or files that do not check, `Io` for local file errors.
+impl chunkfs_format::Classify for Error {
+    fn class(&self) -> ErrorClass {
         match self {
             Error::Io { .. } => ErrorClass::Io,
             Error::CorruptFile { .. }
@@ -108,7 +108,9 @@ impl Error {
             Error::Unsupported(_) => ErrorClass::Unsupported,
         }
     }
+}
 
+impl Error {
     /// An [`Error::Io`] maker for `map_err`.
     pub(crate) fn io(
         path: impl Into<PathBuf>,

@@ -1,5 +1,6 @@
 //! The store's behaviour on made-up packs served by a `LayoutSource`.
 
+use chunkfs_format::Classify as _;
 use std::os::unix::fs::FileExt;
 
 use chunkfs_format::ErrorClass;

@@ -2,7 +2,7 @@
 //! bytes (gzip, zstd or plain tar), with the blob's sha256 and the uncompressed stream's sha256
 //! (the config's `diff_id`) computed on the way and checked at the end.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use crate::tar::stream::{Entry, StreamError, TarStream};
 use chunkfs_format::digest::{Digest, Hasher};
+use chunkfs_format::{Classify, ErrorClass};
 
 /// One layer to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +75,8 @@ impl<R: Read> Read for Tallying<R> {
 pub struct LayerStream {
     stream: TarStream<Tallying<Box<dyn Read>>>,
     file: Rc<File>,
+    /// Set when reading the blob file itself failed (not the decompressor or the tar parser).
+    file_failed: Rc<Cell<bool>>,
     raw: Rc<RefCell<Tally>>,
     plain: Rc<RefCell<Tally>>,
     input: LayerInput,
@@ -126,6 +129,17 @@ pub enum LayerError {
     },
 }
 
+impl Classify for LayerError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Io { source, .. } => source.class(),
+            Self::Stream { .. } | Self::BlobDigest { .. } | Self::DiffId { .. } => {
+                ErrorClass::Corrupt
+            }
+        }
+    }
+}
+
 impl LayerStream {
     /// Opens a layer blob.
     pub fn open(input: &LayerInput) -> Result<Self, LayerError> {
@@ -138,8 +152,12 @@ impl LayerStream {
         let n = read_full(&mut &*file, &mut head).map_err(io)?;
         let compression = Compression::sniff(&head[..n]);
         let raw = Rc::new(RefCell::new(Tally::default()));
+        let file_failed = Rc::new(Cell::new(false));
         let raw_reader = Tallying {
-            inner: io::Cursor::new(head[..n].to_vec()).chain(RcFile(file.clone())),
+            inner: io::Cursor::new(head[..n].to_vec()).chain(RcFile {
+                file: file.clone(),
+                failed: file_failed.clone(),
+            }),
             tally: raw.clone(),
         };
         let decoded: Box<dyn Read> = match compression {
@@ -163,6 +181,7 @@ impl LayerStream {
         Ok(Self {
             stream,
             file,
+            file_failed,
             raw,
             plain,
             input: input.clone(),
@@ -178,7 +197,17 @@ impl LayerStream {
         }
     }
 
+    /// The stream's complaint as a layer error: an I/O error when the blob file could not be
+    /// read, else a malformed stream.
     fn wrap(&self, source: StreamError) -> LayerError {
+        if self.file_failed.get() {
+            return LayerError::Io {
+                path: self.input.path.clone(),
+                source: source
+                    .source
+                    .unwrap_or_else(|| io::Error::other(source.problem)),
+            };
+        }
         LayerError::Stream {
             compression: self.compression_name(),
             source,
@@ -200,19 +229,31 @@ impl LayerStream {
     pub fn finish(self) -> Result<u64, LayerError> {
         let compression = self.compression_name();
         let at = self.stream.position();
+        let file_failed = self.file_failed.get();
         let mut rest = self.stream.into_inner();
-        io::copy(&mut rest, &mut io::sink()).map_err(|e| LayerError::Stream {
-            compression,
-            source: StreamError {
-                offset: at,
-                problem: format!("after the end of the archive: {e}"),
-                source: Some(e),
-            },
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| {
+            if file_failed || self.file_failed.get() {
+                return LayerError::Io {
+                    path: self.input.path.clone(),
+                    source: e,
+                };
+            }
+            LayerError::Stream {
+                compression,
+                source: StreamError {
+                    offset: at,
+                    problem: format!("after the end of the archive: {e}"),
+                    source: Some(e),
+                },
+            }
         })?;
         drop(rest);
         // Bytes after the end of the compressed stream still belong to the blob.
         let mut tail = Tallying {
-            inner: RcFile(self.file.clone()),
+            inner: RcFile {
+                file: self.file.clone(),
+                failed: self.file_failed.clone(),
+            },
             tally: self.raw.clone(),
         };
         io::copy(&mut tail, &mut io::sink()).map_err(|source| LayerError::Io {
@@ -245,12 +286,22 @@ impl LayerStream {
     }
 }
 
-/// A reader over a shared file handle (the position is the file's own).
-struct RcFile(Rc<File>);
+/// A reader over a shared file handle (the position is the file's own) that records a failed
+/// read, so the decompressor passing the OS error on is not taken for a malformed stream.
+struct RcFile {
+    file: Rc<File>,
+    failed: Rc<Cell<bool>>,
+}
 
 impl Read for RcFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        let r = (&*self.file).read(buf);
+        if r.as_ref()
+            .is_err_and(|e| e.kind() != io::ErrorKind::Interrupted)
+        {
+            self.failed.set(true);
+        }
+        r
     }
 }
 
@@ -267,9 +318,16 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-/// Lets the stream's data be read with `std::io` adapters.
+/// Lets the stream's data be read with `std::io` adapters. A malformed layer reads as
+/// [`io::ErrorKind::InvalidData`], so whoever consumes the data keeps the failure's class.
 impl Read for LayerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_data(buf).map_err(io::Error::other)
+        self.read_data(buf).map_err(|e| {
+            let kind = match e.class() {
+                ErrorClass::Io => io::ErrorKind::Other,
+                _ => io::ErrorKind::InvalidData,
+            };
+            io::Error::new(kind, e)
+        })
     }
 }

@@ -17,7 +17,7 @@
 //!     let mut buf = Vec::new();
 //!     std::io::Read::read_to_end(data, &mut buf)?;
 //!     assert_eq!(buf.len() as u64, size);
-//!     Ok(())
+//!     Ok::<_, std::io::Error>(())
 //! })?;
 //! # let _ = tree.inode_order(); Ok(()) }
 //! ```
@@ -29,6 +29,7 @@ pub mod stream;
 use std::io::Read;
 
 use chunkfs_format::digest::Digest;
+use chunkfs_format::{Classify, ErrorClass};
 use layer::{LayerError, LayerInput, LayerStream};
 use merge::{NodeId, Tree};
 use stream::EntryKind;
@@ -72,9 +73,21 @@ pub enum Error {
         digest: Digest,
         /// The member's path.
         path: String,
+        /// The class of the consumer's error.
+        class: ErrorClass,
         /// The consumer's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Layer { source, .. } => source.class(),
+            Self::Entry { .. } => ErrorClass::Corrupt,
+            Self::Consumer { class, .. } => *class,
+        }
+    }
 }
 
 fn layer_err(i: usize, l: &LayerInput) -> impl Fn(LayerError) -> Error + '_ {
@@ -107,10 +120,13 @@ pub fn merge_layers(layers: &[LayerInput]) -> Result<Tree, Error> {
 }
 
 /// Pass 2: streams the layers again and calls `consume(node, data, size)` for every surviving
-/// regular file with content, in layer order and archive order within a layer.
-pub fn feed_contents<F>(layers: &[LayerInput], tree: &Tree, mut consume: F) -> Result<(), Error>
+/// regular file with content, in layer order and archive order within a layer. Reading `data`
+/// fails with [`std::io::ErrorKind::InvalidData`] when the layer is corrupt, so a consumer's
+/// error keeps the class of what went wrong.
+pub fn feed_contents<F, E>(layers: &[LayerInput], tree: &Tree, mut consume: F) -> Result<(), Error>
 where
-    F: FnMut(NodeId, &mut dyn Read, u64) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    F: FnMut(NodeId, &mut dyn Read, u64) -> Result<(), E>,
+    E: std::error::Error + Classify + Send + Sync + 'static,
 {
     let wanted = tree.wanted_contents();
     let mut next = 0;
@@ -144,7 +160,8 @@ where
                 position: i + 1,
                 digest: l.digest,
                 path,
-                source,
+                class: source.class(),
+                source: Box::new(source),
             })?;
         }
         s.finish().map_err(&err)?;

@@ -126,6 +126,21 @@ pub enum Error {
     Aborted,
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::Options(_) => C::Usage,
+            Self::Compress(e) => e.class(),
+            Self::Sink { .. } | Self::Thread(_) | Self::Aborted => C::Io,
+            // A reader of file contents (a tar layer) marks contents that do not decode.
+            Self::Read(e) => e.class(),
+            Self::TooManyChunks => C::Unsupported,
+            Self::BadData(_) | Self::WorkerPanicked => C::Corrupt,
+        }
+    }
+}
+
 /// Counters a progress display may read while the build runs.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -477,15 +492,8 @@ mod tests {
     }
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::new(seed | 1);
+        (0..len).map(|_| (r.next_u64() >> 24) as u8).collect()
     }
 
     fn options(jobs: usize) -> BuildOptions {

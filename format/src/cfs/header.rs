@@ -115,6 +115,17 @@ pub enum HeaderError {
     },
 }
 
+impl crate::Classify for HeaderError {
+    fn class(&self) -> crate::ErrorClass {
+        match self {
+            Self::UnknownVersion { .. } | Self::UnknownIncompat(_) => {
+                crate::ErrorClass::Unsupported
+            }
+            _ => crate::ErrorClass::Corrupt,
+        }
+    }
+}
+
 impl Header {
     /// The 1024 header bytes, checksum included.
     pub fn encode(&self) -> [u8; HEADER_LEN] {

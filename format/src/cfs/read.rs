@@ -16,7 +16,7 @@ use super::header::{HEADER_LEN, Header, HeaderError, Region};
 use crate::compress::Decoder;
 use crate::digest::Digest;
 use crate::model::{ChunkIdx, Image, ModelError};
-use crate::translate::ChunkLocation;
+use crate::translate::{BuiltDescriptor, ChunkLocation, ExtentLayout, ExtraDevice};
 
 /// Why an image could not be opened or read; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,12 @@ pub struct Error {
     /// What is wrong.
     #[source]
     pub kind: ErrorKind,
+}
+
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        self.kind.class()
+    }
 }
 
 impl Error {
@@ -105,6 +111,17 @@ pub enum ErrorKind {
         /// What is wrong.
         problem: ChunkProblem,
     },
+}
+
+impl crate::Classify for ErrorKind {
+    fn class(&self) -> crate::ErrorClass {
+        match self {
+            Self::Io { .. } => crate::ErrorClass::Io,
+            Self::Header(e) => e.class(),
+            Self::Metadata(e) => e.class(),
+            _ => crate::ErrorClass::Corrupt,
+        }
+    }
 }
 
 /// What is wrong with one chunk.
@@ -276,6 +293,28 @@ impl Cfs {
             return Err(fail(offset, ChunkProblem::Digest));
         }
         Ok(data)
+    }
+
+    /// A standalone EROFS descriptor for this image, whose one extra device is the image file
+    /// itself (tagged with the metadata digest): what `chunkfs descriptor` writes and what a
+    /// mount builds for an image without an embedded descriptor. `extents`: the encoding asked
+    /// for, else clusters for an image packed with `--align 512`.
+    pub fn standalone_descriptor(
+        &self,
+        extents: Option<ExtentLayout>,
+    ) -> Result<BuiltDescriptor, crate::translate::Error> {
+        let extents = ExtentLayout::choose(self.header.erofs_block_size == 512, extents)?;
+        let locations: Vec<ChunkLocation> = self
+            .locations()
+            .into_iter()
+            .map(|l| ChunkLocation { device: 1, ..l })
+            .collect();
+        // The tag names the image by its metadata digest: 64 hex characters fill the slot.
+        let device = ExtraDevice {
+            tag: self.header.metadata_digest.to_hex().into_bytes(),
+            len: self.header.image_len,
+        };
+        crate::translate::standalone(&self.image, &locations, vec![device], extents)
     }
 
     /// A chunk reader for unpacking.

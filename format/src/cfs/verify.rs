@@ -10,7 +10,7 @@ use crate::cfs::read::{Cfs, Error, ErrorKind};
 use crate::compress::Decoder;
 use crate::digest::{Digest, Hasher};
 use crate::model::ChunkIdx;
-use crate::translate::{DeviceLayout, ExtentLayout};
+use crate::translate::{DeviceLayout, ExtentLayout, translate_within};
 
 /// What a successful verification covered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,17 +100,24 @@ pub fn check_structure(cfs: &Cfs) -> Result<(), Error> {
     if hasher.finish() != h.erofs_digest {
         return Err(corrupt("EROFS areas"));
     }
-    let block = u64::from(h.erofs_block_size);
-    let layout = DeviceLayout {
-        block_size_bits: block.trailing_zeros() as u8,
-        extents: if block == 512 {
-            ExtentLayout::Clusters
-        } else {
-            ExtentLayout::Bit48
-        },
-        meta_offset: h.erofs_meta.offset,
-        devices: Vec::new(),
+    check_descriptor(cfs)
+}
+
+/// The EROFS descriptor embedded in `cfs` (head and metadata areas) against the one re-derived
+/// from its checked metadata and chunk index, byte for byte: what a mount checks before the
+/// kernel parses the descriptor. The derived metadata area may not be longer than the stored
+/// one, so metadata declaring huge sparse files cannot make it build more than the image holds.
+/// An image without an embedded descriptor passes.
+pub fn check_descriptor(cfs: &Cfs) -> Result<(), Error> {
+    let fail = |kind| Error {
+        path: cfs.path().to_owned(),
+        kind,
     };
+    let h = cfs.header();
+    if !h.has_erofs() {
+        return Ok(());
+    }
+    let block = u64::from(h.erofs_block_size);
     if h.erofs_meta.offset != h.chunks.end().next_multiple_of(block) {
         return Err(fail(ErrorKind::Header(
             crate::cfs::header::HeaderError::BadField {
@@ -119,23 +126,18 @@ pub fn check_structure(cfs: &Cfs) -> Result<(), Error> {
             },
         )));
     }
-    // The derived area must equal the stored one, so it may not be longer: metadata declaring
-    // huge sparse files cannot make us build more than the image holds.
-    let derived = crate::cfs::write::erofs_descriptor(
-        cfs.image(),
-        &cfs.locations(),
-        &layout,
-        h.erofs_meta.len,
-    )
-    .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
+    let layout =
+        DeviceLayout::embedded(ExtentLayout::for_frames(block == 512), h.erofs_meta.offset);
+    let derived = translate_within(cfs.image(), &cfs.locations(), &layout, h.erofs_meta.len)
+        .map_err(|e| fail(ErrorKind::Erofs(e.to_string())))?;
     let derived_head = derived
-        .head(h.image_len)
-        .map_err(|problem| fail(ErrorKind::Erofs(problem)))?;
+        .superblock_area(h.image_len)
+        .map_err(|e| fail(ErrorKind::Erofs(e.to_string())))?;
     for (what, stored, expected) in [
         (
             "EROFS metadata area",
             cfs.region(h.erofs_meta),
-            derived.meta.as_slice(),
+            derived.meta_area(),
         ),
         (
             "EROFS head area",
@@ -154,7 +156,6 @@ pub fn check_structure(cfs: &Cfs) -> Result<(), Error> {
             ))));
         }
     }
-
     Ok(())
 }
 

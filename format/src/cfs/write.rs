@@ -83,6 +83,20 @@ pub enum Error {
     },
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::Io { .. } => C::Io,
+            Self::Scan(e) => e.class(),
+            Self::Build { source, .. } => source.class(),
+            // The descriptor needs more than EROFS can address.
+            Self::Erofs { .. } => C::Unsupported,
+            Self::Metadata { .. } | Self::Invalid { .. } | Self::MissingChunk { .. } => C::Corrupt,
+        }
+    }
+}
+
 /// How to write an image.
 #[derive(Clone, Debug, Default)]
 pub struct PackOptions {
@@ -319,22 +333,14 @@ impl CfsWriter {
         }
         let chunks_end = sink.pos;
         let mut out = sink.out;
-        let block: u64 = if self.align512 { 512 } else { 4096 };
+        let extents = ExtentLayout::for_frames(self.align512);
+        let block = 1u64 << extents.block_size_bits();
         let meta_offset = chunks_end.next_multiple_of(block);
-        let layout = DeviceLayout {
-            block_size_bits: block.trailing_zeros() as u8,
-            extents: if self.align512 {
-                ExtentLayout::Clusters
-            } else {
-                ExtentLayout::Bit48
-            },
-            meta_offset,
-            devices: Vec::new(),
-        };
-        let erofs = erofs_descriptor(image, &located, &layout, crate::translate::META_MAX)
-            .map_err(|problem| Error::Erofs {
+        let layout = DeviceLayout::embedded(extents, meta_offset);
+        let erofs =
+            crate::translate::translate(image, &located, &layout).map_err(|e| Error::Erofs {
                 path: path.clone(),
-                problem,
+                problem: e.to_string(),
             })?;
         let metadata_err = |source| Error::Metadata {
             path: path.clone(),
@@ -357,7 +363,7 @@ impl CfsWriter {
 
         let erofs_meta = Region {
             offset: meta_offset,
-            len: erofs.meta.len() as u64,
+            len: erofs.meta_area().len() as u64,
         };
         let metadata = Region {
             offset: erofs_meta.end(),
@@ -369,20 +375,21 @@ impl CfsWriter {
         };
         let image_len = index_region.end().next_multiple_of(IMAGE_ALIGN);
         write_zeros(&mut out, meta_offset - chunks_end).map_err(|e| io("write", e))?;
-        out.write_all(&erofs.meta).map_err(|e| io("write", e))?;
+        out.write_all(erofs.meta_area())
+            .map_err(|e| io("write", e))?;
         out.write_all(&blob).map_err(|e| io("write", e))?;
         out.write_all(&index).map_err(|e| io("write", e))?;
         write_zeros(&mut out, image_len - index_region.end()).map_err(|e| io("write", e))?;
         out.flush().map_err(|e| io("write", e))?;
         drop(out);
 
-        let head = erofs.head(image_len).map_err(|problem| Error::Erofs {
+        let head = erofs.superblock_area(image_len).map_err(|e| Error::Erofs {
             path: path.clone(),
-            problem,
+            problem: e.to_string(),
         })?;
         let mut erofs_hash = Hasher::new();
         erofs_hash.update(&head);
-        erofs_hash.update(&erofs.meta);
+        erofs_hash.update(erofs.meta_area());
         let header = Header {
             version_minor: header::VERSION_MINOR,
             incompat: 0,
@@ -438,39 +445,6 @@ impl Drop for CfsWriter {
             crate::partial::PARTIAL.untrack(&self.tmp);
         }
     }
-}
-
-/// The EROFS descriptor bytes of an image.
-pub(crate) struct ErofsArea {
-    /// The metadata area, written at `layout.meta_offset`.
-    pub meta: Vec<u8>,
-    descriptor: crate::translate::BuiltDescriptor,
-}
-
-impl ErofsArea {
-    /// The head area `[1024, 4096)` (superblock) for an image of `image_len` bytes.
-    pub fn head(&self, image_len: u64) -> Result<Vec<u8>, String> {
-        self.descriptor
-            .superblock_area(image_len)
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// The EROFS descriptor of `image` with its chunks at `locations`, laid out as `layout` says
-/// (docs/descriptor.md), with a metadata area of at most `meta_max` bytes. This is the only
-/// place the writer and `verify` obtain it from.
-pub(crate) fn erofs_descriptor(
-    image: &Image,
-    locations: &[ChunkLocation],
-    layout: &DeviceLayout,
-    meta_max: u64,
-) -> Result<ErofsArea, String> {
-    let descriptor = crate::translate::translate_within(image, locations, layout, meta_max)
-        .map_err(|e| e.to_string())?;
-    Ok(ErofsArea {
-        meta: descriptor.meta_area().to_vec(),
-        descriptor,
-    })
 }
 
 #[cfg(test)]

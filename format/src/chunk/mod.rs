@@ -161,15 +161,8 @@ mod tests {
     use super::*;
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::new(seed | 1);
+        (0..len).map(|_| r.next_u64() as u8).collect()
     }
 
     const SMALL: ChunkParams = ChunkParams {

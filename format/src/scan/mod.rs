@@ -37,6 +37,12 @@ pub struct Error {
     pub kind: ErrorKind,
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        self.kind.class()
+    }
+}
+
 /// What went wrong while scanning.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -62,6 +68,19 @@ pub enum ErrorKind {
     /// The builder failed.
     #[error(transparent)]
     Build(#[from] crate::build::Error),
+}
+
+impl crate::Classify for ErrorKind {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            // A source that is not a directory, or a file that changed under us, could not be
+            // read as a tree (ENOTDIR, a torn read): an input failure.
+            Self::Io { .. } | Self::NotADirectory | Self::Changed(_) => C::Io,
+            Self::Unsupported(_) => C::Unsupported,
+            Self::Build(e) => e.class(),
+        }
+    }
 }
 
 /// The scanned tree: inodes whose regular files still name builder files.

@@ -68,6 +68,15 @@ pub enum Error {
     BadField(String),
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        match self {
+            Self::UnknownVersion(_) | Self::UnknownIncompat(_) => crate::ErrorClass::Unsupported,
+            _ => crate::ErrorClass::Corrupt,
+        }
+    }
+}
+
 /// Encodes `image` as canonical Cap'n Proto bytes (one segment, no segment table).
 pub fn encode(image: &Image) -> Result<Vec<u8>, Error> {
     encode_as(image, FORMAT_VERSION, 0)

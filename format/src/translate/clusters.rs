@@ -15,8 +15,8 @@ use chunkfs_kernel_abi::erofs::{
     Z_LCLUSTER_TYPE_NONHEAD, Z_LCLUSTER_TYPE_PLAIN, Z_LI_D0_CBLKCNT, Z_LI_PARTIAL_REF, compr,
 };
 
+use super::ctx::{Ctx, Frame, Geo, ZERO_FRAME_LEN};
 use super::extents::Segment;
-use super::plan::{Ctx, Frame, Geo, ZERO_FRAME_LEN};
 
 /// An inode's chosen lcluster size and index count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

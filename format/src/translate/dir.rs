@@ -5,7 +5,7 @@
 use chunkfs_kernel_abi::Pod;
 use chunkfs_kernel_abi::erofs::{Dirent, ft};
 
-use super::plan::Ctx;
+use super::ctx::Ctx;
 use crate::model::{DirEntry, Inode, InodeKind, mode};
 
 const DIRENT: usize = core::mem::size_of::<Dirent>();
@@ -90,10 +90,10 @@ pub(super) fn encode(
         let mut nameoff = (end - start) * DIRENT;
         for (k, &(name, target)) in list[start..end].iter().enumerate() {
             let (nid, ty) = match target {
-                Target::Dot => (ctx.nodes[dir].nid(), ft::DIR),
-                Target::DotDot => (ctx.nodes[ctx.parents[dir] as usize].nid(), ft::DIR),
+                Target::Dot => (ctx.nids[dir], ft::DIR),
+                Target::DotDot => (ctx.nids[ctx.parents[dir] as usize], ft::DIR),
                 Target::Inode(c) => (
-                    ctx.nodes[c as usize].nid(),
+                    ctx.nids[c as usize],
                     file_type(&ctx.image.inodes[c as usize]),
                 ),
             };

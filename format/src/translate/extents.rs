@@ -7,7 +7,7 @@ use chunkfs_kernel_abi::erofs::{
     MapHeader, Z_ADVISE_EXTENTS, Z_ADVISE_EXTRECSZ_BIT, Z_EXTENT_PLEN_FMT_BIT, compr,
 };
 
-use super::plan::Ctx;
+use super::ctx::Ctx;
 use crate::model::{ChunkIdx, Extent, Image};
 
 /// A logical range of a file: a whole chunk, or a hole.

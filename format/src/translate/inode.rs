@@ -9,7 +9,7 @@ use chunkfs_kernel_abi::erofs::{
     I_DATALAYOUT_BIT, I_VERSION_EXTENDED, InodeCompact, InodeExtended,
 };
 
-use super::ExtentLayout;
+use super::layout::ExtentLayout;
 use crate::model::{Image, Inode, InodeKind, mode};
 
 /// The superblock's time base for compact inodes.

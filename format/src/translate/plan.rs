@@ -4,79 +4,21 @@
 use chunkfs_kernel_abi::erofs::{self, ISLOT_SIZE, PCLUSTER_MAX_SIZE};
 
 use super::clusters::{self, ClusterPlan};
+use super::ctx::{Ctx, Features, Frame, Geo, META_MAX, checked_add, round_up};
+use super::descriptor::{BuiltDescriptor, Stats};
 use super::dir;
+use super::error::{Error, PACKED_INODE};
 use super::extents::{self, Segment};
 use super::inode::{self, Core, Times};
+use super::layout::{ChunkLocation, DeviceLayout, ExtentLayout};
 use super::superblock::{Head, HeadParams};
 use super::xattr;
 use super::zero_frame;
-use super::{BuiltDescriptor, ChunkLocation, DeviceLayout, Error, ExtentLayout, PACKED_INODE};
 use crate::model::{FileLayout, Image, InodeKind};
-
-/// Counts and sizes of what a translation emitted (for reports and tests).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Inodes written in the 32-byte compact form (the packed inode included).
-    pub inodes_compact: u64,
-    /// Inodes written in the 64-byte extended form.
-    pub inodes_extended: u64,
-    /// Directories whose last block is inline after the inode.
-    pub dirs_inline: u64,
-    /// Directories stored in whole blocks only.
-    pub dirs_plain: u64,
-    /// Blocks of directory entries outside inodes.
-    pub dir_blocks: u64,
-    /// Symlinks whose target is inline.
-    pub symlinks_inline: u64,
-    /// Symlinks stored in blocks.
-    pub symlinks_plain: u64,
-    /// Encoded extent records written (48-bit layout).
-    pub extent_records: u64,
-    /// Logical cluster indexes written (cluster layout).
-    pub lcluster_indexes: u64,
-    /// Files stored whole in the packed inode.
-    pub fragments: u64,
-    /// Bytes of inline xattr bodies.
-    pub xattr_bytes: u64,
-    /// Nid of the root directory.
-    pub root_nid: u64,
-    /// Nid of the packed inode, 0 if there is none.
-    pub packed_nid: u64,
-    /// Length of the metadata area in bytes.
-    pub meta_bytes: u64,
-    /// Bytes of the metadata area that hold nothing (alignment and records kept within a block).
-    pub padding_bytes: u64,
-    /// The lcluster size chosen for the most file bytes (cluster layout), as log2.
-    pub lcluster_bits_hist: [u64; 8],
-}
-
-/// Decoded length of the all-zero frame that holes point at in the cluster layout.
-pub(super) const ZERO_FRAME_LEN: u64 = 1 << 20;
 
 /// Extra devices' address ranges start on multiples of this, so the primary device may grow
 /// (e.g. by an appended digest table) without reaching them.
 const DEVICE_ALIGN: u64 = 1 << 30;
-
-/// Geometry shared by every encoder.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Geo {
-    pub blkbits: u8,
-    pub blksz: u64,
-    pub layout: ExtentLayout,
-    pub meta_blkaddr: u64,
-    /// Largest metadata area the caller accepts (at most [`META_MAX`]).
-    pub meta_max: u64,
-}
-
-/// A chunk frame, validated.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Frame {
-    pub device: u16,
-    pub offset: u64,
-    pub stored_len: u32,
-    /// Blocks covering the frame (cluster layout: the pcluster length).
-    pub blocks: u32,
-}
 
 /// What follows an inode core.
 #[derive(Clone, Debug)]
@@ -175,42 +117,108 @@ impl Area {
     }
 }
 
-fn checked_add(a: u64, b: u64) -> Result<u64, Error> {
-    a.checked_add(b)
-        .ok_or_else(|| Error::TooLarge("a metadata offset overflows 64 bits".into()))
-}
-
-pub(super) fn round_up(v: u64, to: u64) -> Result<u64, Error> {
-    v.checked_next_multiple_of(to)
-        .ok_or_else(|| Error::TooLarge("a metadata offset overflows 64 bits".into()))
-}
-
-/// Largest metadata area we build in memory (a tree of a million inodes needs about 150 MB).
-pub(super) const META_MAX: u64 = 4 << 30;
-
+/// Translates: checks the layout and the frames, plans every inode's shape ([`shapes`]), places
+/// the records and blocks ([`place_all`]), checks the limits the placement must meet, gives the
+/// extra devices their addresses, has the encoders write the bytes ([`encode_all`]), and builds
+/// the head area.
 pub(super) fn build(
     image: &Image,
     chunks: &[ChunkLocation],
     layout: &DeviceLayout,
     meta_max: u64,
 ) -> Result<BuiltDescriptor, Error> {
-    let meta_max = meta_max.min(META_MAX);
     let head = HeadParams::check(layout)?;
-    let blkbits = layout.block_size_bits;
-    let blksz = 1u64 << blkbits;
+    let blksz = 1u64 << layout.block_size_bits;
     let geo = Geo {
-        blkbits,
+        blkbits: layout.block_size_bits,
         blksz,
         layout: layout.extents,
         meta_blkaddr: layout.meta_offset / blksz,
-        meta_max,
+        meta_max: meta_max.min(META_MAX),
     };
     let frames = check_frames(chunks, layout, head.end(), geo)?;
     let times = Times::choose(image, layout.extents);
-    let links = image.link_counts();
     let mut stats = Stats::default();
 
-    // Phase 1: shapes.
+    let mut shaped = shapes(image, &frames, geo, &times, &mut stats)?;
+    let placed = place_all(image, &mut shaped, blksz)?;
+    stats.padding_bytes = placed.padding_bytes;
+    let meta_end = check_placement(layout, geo, &placed, &shaped.nodes)?;
+
+    // Device addresses, now that the primary device's data end is known.
+    let primary_frames = frames.iter().any(|f| f.device == 0);
+    let frames_end = frames
+        .iter()
+        .filter(|f| f.device == 0)
+        .map(|f| f.offset + u64::from(f.stored_len))
+        .max()
+        .unwrap_or(0);
+    let primary_data_end = meta_end.max(frames_end);
+    let bases = device_bases(layout, primary_data_end, geo)?;
+
+    let meta = encode_all(image, &frames, &bases, geo, &shaped, &placed, &mut stats)?;
+
+    let features = Features {
+        compressed: shaped.nodes.iter().any(|n| {
+            matches!(
+                n.data,
+                Data::Extents { .. } | Data::Clusters(_) | Data::Fragment { .. }
+            )
+        }),
+        fragments: shaped.packed,
+        dedupe: layout.extents == ExtentLayout::Clusters && (shaped.any_hole || shaped.shared),
+    };
+    let root_nid = shaped.nodes[0].nid();
+    let packed_nid = match shaped.nodes.last() {
+        Some(n) if shaped.packed => n.nid(),
+        _ => 0,
+    };
+    let head = Head::new(
+        head,
+        geo,
+        &features,
+        &times,
+        image.inodes.len() as u64,
+        root_nid,
+        packed_nid,
+        bases,
+        uuid_of(&meta),
+    );
+    stats.root_nid = root_nid;
+    stats.packed_nid = packed_nid;
+    stats.meta_bytes = placed.meta_len;
+    Ok(BuiltDescriptor {
+        meta,
+        meta_offset: layout.meta_offset,
+        head,
+        primary_data_end,
+        primary_frames,
+        stats,
+    })
+}
+
+/// Every inode's shape, before anything is placed.
+struct Shaped {
+    /// One per inode of the image, then the packed inode if there is one.
+    nodes: Vec<Node>,
+    /// Whether the last node is the packed inode of small files.
+    packed: bool,
+    /// Whether some file has a hole (the cluster layout then needs the zero frame).
+    any_hole: bool,
+    /// Whether some chunk is used by several extents.
+    shared: bool,
+}
+
+/// Phase 1: the shape of every inode (core form, xattr body, what follows), and of the packed
+/// inode, which is a regular file over the packed stream's chunks in order.
+fn shapes(
+    image: &Image,
+    frames: &[Frame],
+    geo: Geo,
+    times: &Times,
+    stats: &mut Stats,
+) -> Result<Shaped, Error> {
+    let links = image.link_counts();
     let mut nodes = Vec::with_capacity(image.inodes.len() + 1);
     let mut any_hole = false;
     let mut shared = false;
@@ -222,15 +230,15 @@ pub(super) fn build(
             problem: p,
         })?;
         let size = match &ino.kind {
-            InodeKind::Directory(entries) => dir::size(entries, blksz),
+            InodeKind::Directory(entries) => dir::size(entries, geo.blksz),
             InodeKind::Symlink(target) => target.len() as u64,
             InodeKind::File(f) => f.size,
             InodeKind::Device { .. } | InodeKind::Special => 0,
         };
-        let core = Core::choose(ino, idx, size, links[i], &times);
+        let core = Core::choose(ino, idx, size, links[i], times);
         let data = match &ino.kind {
             InodeKind::Directory(_) | InodeKind::Symlink(_) => {
-                flat(size, blksz, core.len() + xattr_isize)
+                flat(size, geo.blksz, core.len() + xattr_isize)
             }
             InodeKind::File(f) if f.size == 0 => Data::None,
             InodeKind::File(f) => match &f.layout {
@@ -245,71 +253,74 @@ pub(super) fn build(
                         *u = u.saturating_add(1);
                     }
                     let segs = extents::segments(image, list, f.size);
-                    match layout.extents {
-                        ExtentLayout::Bit48 => Data::Extents {
-                            count: extents::record_count(&segs),
-                            recsz: extents::record_size(f.size),
-                        },
-                        ExtentLayout::Clusters => {
-                            any_hole |= segs.iter().any(|s| s.chunk.is_none());
-                            Data::Clusters(clusters::plan(&segs, &frames, f.size, geo).map_err(
-                                |p| Error::Inode {
-                                    inode: idx,
-                                    problem: p,
-                                },
-                            )?)
-                        }
-                    }
+                    any_hole |= geo.layout == ExtentLayout::Clusters
+                        && segs.iter().any(|s| s.chunk.is_none());
+                    compressed(&segs, f.size, frames, geo, idx)?
                 }
             },
             InodeKind::Device { .. } | InodeKind::Special => Data::None,
         };
         nodes.push(node(core, xattr_isize, data)?);
     }
-
-    // The packed inode: a regular file over the packed stream's chunks, in order.
-    let packed = if stats.fragments > 0 {
-        let mut segs = Vec::with_capacity(image.packed_stream.len());
-        let mut at = 0u64;
-        for &c in &image.packed_stream {
-            let len = u64::from(image.chunks[c as usize].size);
-            segs.push(Segment {
-                start: at,
-                len,
-                chunk: Some(c),
-            });
-            at += len;
-        }
-        let data = match layout.extents {
-            ExtentLayout::Bit48 => Data::Extents {
-                count: segs.len() as u64,
-                recsz: extents::record_size(at),
-            },
-            ExtentLayout::Clusters => {
-                Data::Clusters(clusters::plan(&segs, &frames, at, geo).map_err(|p| {
-                    Error::Inode {
-                        inode: PACKED_INODE,
-                        problem: p,
-                    }
-                })?)
-            }
-        };
-        let core = Core::packed(at, &times, image.inodes.len() as u32);
+    let packed = stats.fragments > 0;
+    if packed {
+        let segs = packed_segments(image);
+        let size = segs.last().map_or(0, |s| s.start + s.len);
+        let data = compressed(&segs, size, frames, geo, PACKED_INODE)?;
+        let core = Core::packed(size, times, image.inodes.len() as u32);
         nodes.push(node(core, 0, data)?);
-        true
-    } else {
-        false
-    };
+    }
+    Ok(Shaped {
+        nodes,
+        packed,
+        any_hole,
+        shared,
+    })
+}
 
-    // Placement: the zero frame (if any hole needs it), then the root, then each directory's
-    // blocks followed by its children's records, in the image's depth-first order.
+/// What follows the core of a file of `size` bytes made of `segs`: extent records or lcluster
+/// indexes, by layout.
+fn compressed(
+    segs: &[Segment],
+    size: u64,
+    frames: &[Frame],
+    geo: Geo,
+    inode: u32,
+) -> Result<Data, Error> {
+    Ok(match geo.layout {
+        ExtentLayout::Bit48 => Data::Extents {
+            count: extents::record_count(segs),
+            recsz: extents::record_size(size),
+        },
+        ExtentLayout::Clusters => Data::Clusters(
+            clusters::plan(segs, frames, size, geo)
+                .map_err(|problem| Error::Inode { inode, problem })?,
+        ),
+    })
+}
+
+/// Where everything went in the metadata area.
+struct Placed {
+    /// The block of the zero frame, if a hole needs it.
+    zero_block: Option<u64>,
+    /// Length of the metadata area.
+    meta_len: u64,
+    /// Bytes of it that hold nothing.
+    padding_bytes: u64,
+}
+
+/// Placement: the zero frame (if any hole needs it), then the root, then each directory's
+/// blocks followed by its children's records, in the image's depth-first order; the packed
+/// inode last. Sets every node's offset and first block.
+fn place_all(image: &Image, shaped: &mut Shaped, blksz: u64) -> Result<Placed, Error> {
+    let nodes = &mut shaped.nodes;
     let mut area = Area {
         blksz,
         end_blocks: 0,
         run_end: 0,
         cursor: 0,
     };
-    let zero_block = if any_hole {
+    let zero_block = if shaped.any_hole {
         Some(area.alloc_blocks(1)?)
     } else {
         // Slot 0 stays empty: st_ino is the nid, and 0 is no inode number.
@@ -317,7 +328,7 @@ pub(super) fn build(
         None
     };
     let mut placed = vec![false; nodes.len()];
-    place(&mut area, &mut nodes, 0, &mut placed)?;
+    place(&mut area, nodes, 0, &mut placed)?;
     for (i, ino) in image.inodes.iter().enumerate() {
         let InodeKind::Directory(entries) = &ino.kind else {
             continue;
@@ -327,12 +338,12 @@ pub(super) fn build(
             nodes[i].first_block = area.alloc_blocks(n)?;
         }
         for e in entries {
-            place(&mut area, &mut nodes, e.inode as usize, &mut placed)?;
+            place(&mut area, nodes, e.inode as usize, &mut placed)?;
         }
     }
-    if packed {
+    if shaped.packed {
         let last = nodes.len() - 1;
-        place(&mut area, &mut nodes, last, &mut placed)?;
+        place(&mut area, nodes, last, &mut placed)?;
     }
     let meta_len = area.len();
     let used: u64 = nodes
@@ -344,14 +355,29 @@ pub(super) fn build(
         } else {
             ISLOT_SIZE as u64
         };
-    stats.padding_bytes = meta_len.saturating_sub(used);
-    if meta_len > meta_max {
+    Ok(Placed {
+        zero_block,
+        meta_len,
+        padding_bytes: meta_len.saturating_sub(used),
+    })
+}
+
+/// The limits the placement must meet: the caller's bound on the metadata area, 32-bit block
+/// addresses, and (cluster layout) a root nid of 16 bits. Returns the metadata area's end.
+fn check_placement(
+    layout: &DeviceLayout,
+    geo: Geo,
+    placed: &Placed,
+    nodes: &[Node],
+) -> Result<u64, Error> {
+    let meta_len = placed.meta_len;
+    if meta_len > geo.meta_max {
         return Err(Error::TooLarge(format!(
             "the metadata area would be {meta_len} bytes"
         )));
     }
     let meta_end = checked_add(layout.meta_offset, meta_len)?;
-    if (meta_end / blksz) > u64::from(u32::MAX) {
+    if (meta_end / geo.blksz) > u64::from(u32::MAX) {
         return Err(Error::TooLarge(
             "metadata blocks lie beyond 32-bit block addresses".into(),
         ));
@@ -362,85 +388,41 @@ pub(super) fn build(
             "root nid {root_nid} does not fit 16 bits"
         )));
     }
-
-    // Device addresses, now that the primary device's data end is known.
-    let primary_frames = frames.iter().any(|f| f.device == 0);
-    let frames_end = frames
-        .iter()
-        .filter(|f| f.device == 0)
-        .map(|f| f.offset + u64::from(f.stored_len))
-        .max()
-        .unwrap_or(0);
-    let primary_data_end = meta_end.max(frames_end);
-    let bases = device_bases(layout, primary_data_end, geo)?;
-
-    // Phase 2: bytes.
-    let mut meta = vec![0u8; meta_len as usize];
-    if let Some(b) = zero_block {
-        zero_frame::write(&mut meta, b, blksz);
-    }
-    let parents = parents(image);
-    let ctx = Ctx {
-        image,
-        frames: &frames,
-        bases: &bases,
-        geo,
-        nodes: &nodes,
-        zero_block,
-        parents: &parents,
-    };
-    for i in 0..nodes.len() {
-        let is_packed = packed && i == nodes.len() - 1;
-        encode_node(&ctx, &mut meta, i, is_packed, &mut stats)?;
-    }
-
-    let features = Features {
-        compressed: nodes.iter().any(|n| {
-            matches!(
-                n.data,
-                Data::Extents { .. } | Data::Clusters(_) | Data::Fragment { .. }
-            )
-        }),
-        fragments: packed,
-        dedupe: layout.extents == ExtentLayout::Clusters && (any_hole || shared),
-    };
-    let head = Head::new(
-        head,
-        geo,
-        &features,
-        &times,
-        image.inodes.len() as u64,
-        root_nid,
-        if packed {
-            nodes[nodes.len() - 1].nid()
-        } else {
-            0
-        },
-        bases,
-        uuid_of(&meta),
-    );
-    stats.root_nid = root_nid;
-    stats.packed_nid = if packed {
-        nodes[nodes.len() - 1].nid()
-    } else {
-        0
-    };
-    stats.meta_bytes = meta_len;
-    Ok(BuiltDescriptor {
-        meta,
-        meta_offset: layout.meta_offset,
-        head,
-        primary_data_end,
-        primary_frames,
-        stats,
-    })
+    Ok(meta_end)
 }
 
-/// Which optional EROFS features the descriptor uses.
-pub(super) struct Features {
-    pub compressed: bool,
-    pub fragments: bool,
-    pub dedupe: bool,
+/// Phase 2: the metadata area's bytes, every node written by its encoder.
+fn encode_all(
+    image: &Image,
+    frames: &[Frame],
+    bases: &[u64],
+    geo: Geo,
+    shaped: &Shaped,
+    placed: &Placed,
+    stats: &mut Stats,
+) -> Result<Vec<u8>, Error> {
+    // `check_placement` bounded the length by `meta_max`, at most 4 GiB.
+    let mut meta = vec![0u8; placed.meta_len as usize];
+    if let Some(b) = placed.zero_block {
+        zero_frame::write(&mut meta, b, geo.blksz);
+    }
+    let parents = parents(image);
+    let nids: Vec<u64> = shaped.nodes.iter().map(Node::nid).collect();
+    let ctx = Ctx {
+        image,
+        frames,
+        bases,
+        geo,
+        nids: &nids,
+        zero_block: placed.zero_block,
+        parents: &parents,
+    };
+    let nodes = &shaped.nodes;
+    for (i, n) in nodes.iter().enumerate() {
+        let is_packed = shaped.packed && i == nodes.len() - 1;
+        encode_node(&ctx, n, &mut meta, i, is_packed, stats)?;
+    }
+    Ok(meta)
 }
 
 fn node(core: Core, xattr_isize: u64, data: Data) -> Result<Node, Error> {
@@ -608,38 +590,14 @@ fn device_bases(layout: &DeviceLayout, primary_data_end: u64, geo: Geo) -> Resul
     Ok(bases)
 }
 
-/// Everything an encoder needs to resolve references.
-pub(super) struct Ctx<'a> {
-    pub image: &'a Image,
-    pub frames: &'a [Frame],
-    pub bases: &'a [u64],
-    pub geo: Geo,
-    pub nodes: &'a [Node],
-    pub zero_block: Option<u64>,
-    /// Parent of each directory (the root is its own parent); 0 for other inodes.
-    pub parents: &'a [u32],
-}
-
-impl Ctx<'_> {
-    /// Unified byte address of a frame.
-    pub fn frame_addr(&self, f: &Frame) -> u64 {
-        self.bases[usize::from(f.device)] + f.offset
-    }
-
-    /// Absolute block address of a block of the metadata area.
-    pub fn meta_block(&self, b: u64) -> u64 {
-        self.geo.meta_blkaddr + b
-    }
-}
-
 fn encode_node(
     ctx: &Ctx,
+    n: &Node,
     meta: &mut [u8],
     i: usize,
     is_packed: bool,
     stats: &mut Stats,
 ) -> Result<(), Error> {
-    let n = &ctx.nodes[i];
     let at = n.offset as usize;
     let idx = if is_packed { PACKED_INODE } else { i as u32 };
     let (layout, u) = match &n.data {
@@ -770,24 +728,28 @@ fn encode_node(
     Ok(())
 }
 
+/// The packed inode's segments: the packed stream's chunks, one after another.
+fn packed_segments(image: &Image) -> Vec<Segment> {
+    let mut at = 0u64;
+    image
+        .packed_stream
+        .iter()
+        .map(|&c| {
+            let len = u64::from(image.chunks[c as usize].size);
+            let s = Segment {
+                start: at,
+                len,
+                chunk: Some(c),
+            };
+            at += len;
+            s
+        })
+        .collect()
+}
+
 fn node_segments(ctx: &Ctx, i: usize, is_packed: bool) -> Vec<Segment> {
     if is_packed {
-        let mut at = 0u64;
-        return ctx
-            .image
-            .packed_stream
-            .iter()
-            .map(|&c| {
-                let len = u64::from(ctx.image.chunks[c as usize].size);
-                let s = Segment {
-                    start: at,
-                    len,
-                    chunk: Some(c),
-                };
-                at += len;
-                s
-            })
-            .collect();
+        return packed_segments(ctx.image);
     }
     match &ctx.image.inodes[i].kind {
         InodeKind::File(f) => match &f.layout {

@@ -8,27 +8,15 @@ use chunkfs_kernel_abi::erofs::{
     SUPER_MAGIC, SUPER_OFFSET, SuperBlock, ZstdCfgs, compr,
 };
 
+use super::ctx::{Features, Geo};
+use super::error::Error;
 use super::inode::Times;
-use super::plan::{Features, Geo};
-use super::{DeviceLayout, Error, ExtentLayout};
+use super::layout::{DEVT_OFFSET, DEVT_SLOT, DeviceLayout, ExtentLayout, head_end};
 
-/// Device table start: the first 128-byte slot after the superblock and the zstd config.
-const DEVT_OFFSET: u64 = 1280;
-const DEVT_SLOT: u64 = core::mem::size_of::<DeviceSlot>() as u64;
 /// Bytes of the superblock we write (no extension slots).
 const SB_LEN: usize = 128;
 /// zstd windows are at most 1 MiB (docs/format.md §4): windowlog 20, stored minus 10.
 const ZSTD_WINDOWLOG: u8 = 20 - 10;
-
-/// End of the head area with `devices` extra devices: 4096, or past a large device table.
-pub(super) fn head_end(devices: usize) -> u64 {
-    let n = devices as u64;
-    if n == 0 {
-        4096
-    } else {
-        (DEVT_OFFSET + n * DEVT_SLOT).next_multiple_of(4096)
-    }
-}
 
 /// The layout's head-area requirements, checked before anything else is built.
 #[derive(Clone, Debug)]
@@ -52,12 +40,7 @@ impl HeadParams {
                 layout.devices.len()
             )));
         }
-        let n = layout.devices.len() as u64;
-        let end = if n == 0 {
-            4096
-        } else {
-            (DEVT_OFFSET + n * DEVT_SLOT).next_multiple_of(4096)
-        };
+        let end = head_end(layout.devices.len());
         if layout.meta_offset % blksz != 0 || layout.meta_offset < end {
             return Err(Error::DeviceLayout(format!(
                 "metadata offset {} is not block aligned or lies inside the head area (ends at {end})",

@@ -53,6 +53,12 @@ pub struct Error {
     pub kind: ErrorKind,
 }
 
+impl crate::Classify for Error {
+    fn class(&self) -> crate::ErrorClass {
+        self.kind.class()
+    }
+}
+
 /// What went wrong while unpacking.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,6 +81,18 @@ pub enum ErrorKind {
     /// The image breaks an invariant.
     #[error("the image is invalid: {0}")]
     Invalid(String),
+}
+
+impl crate::Classify for ErrorKind {
+    fn class(&self) -> crate::ErrorClass {
+        use crate::ErrorClass as C;
+        match self {
+            Self::Io { .. } => C::Io,
+            Self::NotEmpty => C::Usage,
+            // A chunk source reports chunks that do not check against their digest.
+            Self::Chunk(_) | Self::Invalid(_) => C::Corrupt,
+        }
+    }
 }
 
 /// What was restored, and what was skipped for lack of privileges.
@@ -103,9 +121,9 @@ pub fn unpack(image: &Image, chunks: &mut dyn ChunkSource, dir: &Path) -> Result
     unpack_unvalidated(image, chunks, dir)
 }
 
-/// [`unpack`] without [`Image::validate`], for the fuzz target `unpack` only (built with
-/// `--cfg fuzzing`), which checks that nothing is written outside `dir` whatever the metadata.
-#[cfg(fuzzing)]
+/// [`unpack`] without [`Image::validate`], for the fuzz target `unpack` only (feature
+/// `fuzzing`), which checks that nothing is written outside `dir` whatever the metadata.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_unpack_unvalidated(
     image: &Image,

@@ -88,13 +88,13 @@ fn main() -> ExitCode {
         Command::Umount(a) => cmd::umount::run(a),
         Command::Initramfs(a) => cmd::initramfs::run(a)
             .map(|_| ())
-            .map_err(|e| chunkfs_helper::Error::failed(e.to_string())),
+            .map_err(chunkfs_helper::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chunkfs: {e}");
-            ExitCode::from(u8::try_from(e.exit_code).unwrap_or(1))
+            ExitCode::from(e.exit_status())
         }
     }
 }

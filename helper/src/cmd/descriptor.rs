@@ -5,14 +5,15 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use chunkfs_distribution::oci::read::{OciImage, open_image};
-use chunkfs_distribution::oci::reference::{Reference, Role};
+use chunkfs_distribution::oci::read::open_image;
+use chunkfs_format::ErrorClass;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::partial::PARTIAL;
-use chunkfs_format::translate::{self, BuiltDescriptor, ChunkLocation, ExtentLayout, ExtraDevice};
+use chunkfs_format::translate::{self, BuiltDescriptor, ExtentLayout};
 use chunkfs_kernel_abi::Descriptor as AbiDescriptor;
 use chunkfs_kernel_abi::parse::{InodeView, Kind, MapKind};
 
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 
 /// Which extent encoding to write.
@@ -23,6 +24,15 @@ pub enum Extents {
     Bit48,
     /// Block-aligned clusters (Linux 6.12+), 512-byte blocks; needs an `--align 512` image.
     Clusters,
+}
+
+impl From<Extents> for ExtentLayout {
+    fn from(e: Extents) -> Self {
+        match e {
+            Extents::Bit48 => Self::Bit48,
+            Extents::Clusters => Self::Clusters,
+        }
+    }
 }
 
 /// Arguments of `chunkfs descriptor`.
@@ -59,18 +69,23 @@ pub fn run(args: &Args) -> Result<(), Error> {
             "chunkfs descriptor: give OUT, or --dump to print the descriptor",
         ));
     }
-    let (d, devices) = match classify(&args.image) {
-        Reference::File(path) => {
+    let extents = args.extents.map(ExtentLayout::from);
+    let (d, devices) = match ImageRef::resolve(&args.image, Role::Source) {
+        ImageRef::Cfs(path) => {
             let cfs = Cfs::open(&path)?;
-            let d = build_cfs(&cfs, args.extents)?;
+            let d = cfs
+                .standalone_descriptor(extents)
+                .map_err(|e| Error::from(e).about(path.display()))?;
             (d, vec![path])
         }
-        Reference::Oci { dir, tag } => {
-            let oci = open_image(&dir, tag.as_deref()).map_err(|e| oci_error(&dir, &e))?;
-            let d = build_oci(&oci, &args.image, args.extents)?;
+        ImageRef::Layout { dir, tag } => {
+            let oci = open_image(&dir, tag.as_deref())?;
+            let d = oci
+                .standalone_descriptor(extents)
+                .map_err(|e| Error::from(e).about(args.image.display()))?;
             (d, oci.packs.iter().map(|p| p.path.clone()).collect())
         }
-        Reference::Dir(dir) => {
+        ImageRef::Dir(dir) => {
             return Err(Error::usage(format!(
                 "{}: a directory, not an image: `chunkfs pack` it first",
                 dir.display()
@@ -103,86 +118,19 @@ pub fn run(args: &Args) -> Result<(), Error> {
         // reader uses, so it shows what readers see, not what the writer meant.
         let mut bytes = Vec::new();
         d.write_standalone(&mut bytes)
-            .map_err(|e| Error::failed(format!("{}: {e}", args.image.display())))?;
+            .map_err(|e| Error::from(e).about(args.image.display()))?;
         let text = dump(&bytes).map_err(|e| {
-            Error::failed(format!(
-                "{}: the descriptor does not parse back: {e}",
-                args.image.display()
-            ))
+            Error::new(
+                ErrorClass::Corrupt,
+                format!(
+                    "{}: the descriptor does not parse back: {e}",
+                    args.image.display()
+                ),
+            )
         })?;
         print!("{text}");
     }
     Ok(())
-}
-
-fn classify(path: &Path) -> Reference {
-    match path.to_str() {
-        Some(s) => Reference::parse(s, Role::Source),
-        // A non-UTF-8 path cannot be spelled as a reference.
-        None => Reference::File(path.to_owned()),
-    }
-}
-
-fn oci_error(dir: &Path, e: &chunkfs_distribution::oci::read::Error) -> Error {
-    use chunkfs_distribution::oci::{layout, read};
-    let message = format!("{}: {e}", dir.display());
-    match e {
-        read::Error::Layout(layout::Error::Io { .. } | layout::Error::NotALayout { .. }) => {
-            Error::io(message)
-        }
-        _ => Error::failed(message),
-    }
-}
-
-/// The extent encoding and block size bits: the requested one, else clusters for aligned frames.
-fn choose(
-    name: &Path,
-    aligned: bool,
-    extents: Option<Extents>,
-) -> Result<(u8, ExtentLayout), Error> {
-    match extents.unwrap_or(if aligned {
-        Extents::Clusters
-    } else {
-        Extents::Bit48
-    }) {
-        Extents::Bit48 => Ok((12, ExtentLayout::Bit48)),
-        Extents::Clusters if aligned => Ok((9, ExtentLayout::Clusters)),
-        Extents::Clusters => Err(Error::usage(format!(
-            "{}: the cluster layout needs an image packed with --align 512",
-            name.display()
-        ))),
-    }
-}
-
-/// Translates a `.cfs` with its frames on device 1 (the image file itself).
-fn build_cfs(cfs: &Cfs, extents: Option<Extents>) -> Result<BuiltDescriptor, Error> {
-    let h = cfs.header();
-    let (bits, layout) = choose(cfs.path(), h.erofs_block_size == 512, extents)?;
-    let locations: Vec<ChunkLocation> = cfs
-        .locations()
-        .into_iter()
-        .map(|l| ChunkLocation { device: 1, ..l })
-        .collect();
-    // The tag names the image by its metadata digest: 64 hex characters fill the slot.
-    let device = ExtraDevice {
-        tag: h.metadata_digest.to_hex().into_bytes(),
-        len: cfs.bytes().len() as u64,
-    };
-    let layout = translate::standalone_layout(bits, layout, vec![device]);
-    translate::translate(cfs.image(), &locations, &layout)
-        .map_err(|e| Error::failed(format!("{}: {e}", cfs.path().display())))
-}
-
-/// Translates an OCI image: its chunk locations already name the packs as devices 1, 2, ...
-fn build_oci(
-    oci: &OciImage,
-    name: &Path,
-    extents: Option<Extents>,
-) -> Result<BuiltDescriptor, Error> {
-    let (bits, layout) = choose(name, oci.align512, extents)?;
-    let layout = translate::standalone_layout(bits, layout, oci.extra_devices());
-    translate::translate(&oci.image, &oci.locations, &layout)
-        .map_err(|e| Error::failed(format!("{}: {e}", name.display())))
 }
 
 /// A readable listing of a descriptor (a whole primary device), read back with
@@ -353,7 +301,7 @@ fn write_atomically(out: &Path, d: &BuiltDescriptor) -> Result<u64, Error> {
         let mut w = std::io::BufWriter::new(f);
         let len = d
             .write_standalone(&mut w)
-            .map_err(|e| Error::io(format!("{}: {e}", out.display())))?;
+            .map_err(|e| Error::from(e).about(out.display()))?;
         w.flush().map_err(|e| io("write", e))?;
         let f = w.into_inner().map_err(|e| io("write", e.into_error()))?;
         f.sync_all().map_err(|e| io("sync", e))?;

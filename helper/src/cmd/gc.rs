@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use chunkfs_distribution::oci::gc;
-use chunkfs_distribution::oci::reference::{Reference, Role};
 use indicatif::HumanBytes;
 
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 
 /// Arguments of `chunkfs gc`.
@@ -31,20 +31,17 @@ pub struct Args {
 
 /// Runs `chunkfs gc`.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let dir = match args
-        .layout
-        .to_str()
-        .map(|s| Reference::parse(s, Role::Source))
-    {
-        Some(Reference::Oci { dir, tag: None }) => dir,
-        Some(Reference::Oci { tag: Some(_), .. }) => {
+    let dir = match ImageRef::resolve(&args.layout, Role::Source) {
+        ImageRef::Layout { dir, tag: None } => dir,
+        ImageRef::Layout { tag: Some(_), .. } => {
             return Err(Error::usage(
                 "gc takes a layout directory, not a tag (use chunkfs rm LAYOUT:TAG to untag)",
             ));
         }
-        _ => args.layout.clone(),
+        // gc's own error says that it is not a layout.
+        ImageRef::Cfs(_) | ImageRef::Dir(_) => args.layout.clone(),
     };
-    let report = gc::gc(&dir, args.dry_run).map_err(gc_error)?;
+    let report = gc::gc(&dir, args.dry_run)?;
     let verb = if args.dry_run {
         "would remove"
     } else {
@@ -65,16 +62,4 @@ pub fn run(args: &Args) -> Result<(), Error> {
         HumanBytes(report.kept_bytes)
     );
     Ok(())
-}
-
-/// Exit status of a failed `gc` or `rm`.
-pub(crate) fn gc_error(e: gc::Error) -> Error {
-    let code = match &e {
-        gc::Error::NoSuchTag { .. } => crate::error::EXIT_USAGE,
-        _ => super::oci_pack::exit_code(&e),
-    };
-    Error {
-        message: e.to_string(),
-        exit_code: code,
-    }
 }

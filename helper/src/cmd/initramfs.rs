@@ -5,12 +5,13 @@ use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 use chunkfs_format::partial::PARTIAL;
+use chunkfs_format::{Classify, ErrorClass};
 
 use crate::initramfs::{self, Compression, ModuleSource, Spec, modules::Need};
 
 /// Arguments of `chunkfs initramfs`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "\
+#[command(after_help = concat!("\
 Example, for the running kernel, the image on the first virtio disk:
   chunkfs initramfs --modules-dir /lib/modules/$(uname -r) /boot/initrd.chunkfs
   # kernel command line: chunkfs.root=/dev/vda chunkfs.digest=sha256:<metadata digest> chunkfs.overlay=tmpfs
@@ -28,7 +29,9 @@ Kernel command line understood by the init:
   chunkfs.init=/sbin/init           what to run in the new root (init= is honoured too)
   chunkfs.timeout=30                seconds to wait for the root device
   chunkfs.onerror=halt|poweroff|reboot|shell   what to do when booting fails
-  chunkfs.debug                     verbose; a shell on failure when busybox is included")]
+  chunkfs.debug                     verbose; a shell on failure when busybox is included
+
+", crate::exit_help!()))]
 pub struct Args {
     /// Where to write the initramfs (replaced atomically).
     pub output: PathBuf,
@@ -74,6 +77,15 @@ pub enum Error {
     /// The running program's path is unknown.
     #[error("cannot find this program's binary: {0}")]
     CurrentExe(io::Error),
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Build(e) => e.class(),
+            Self::Output { source, .. } | Self::CurrentExe(source) => source.class(),
+        }
+    }
 }
 
 /// Builds the initramfs and prints a one-line summary per part.

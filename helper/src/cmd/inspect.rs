@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use chunkfs_format::ErrorClass;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::inspect::{Stats, stats};
 use indicatif::HumanBytes;
@@ -37,7 +38,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     );
     if args.json {
         let text = serde_json::to_string_pretty(&s)
-            .map_err(|e| Error::failed(format!("cannot encode JSON: {e}")))?;
+            .map_err(|e| Error::new(ErrorClass::Corrupt, format!("cannot encode JSON: {e}")))?;
         println!("{text}");
     } else {
         print!(

@@ -1,11 +1,12 @@
-//! One module per subcommand: its clap arguments and its `run`.
+//! One module per subcommand: its clap arguments and its `run`; [`image_ref`] tells them what
+//! an image argument names.
 
 pub mod descriptor;
 pub mod gc;
+pub mod image_ref;
 pub mod initramfs;
 pub mod inspect;
 pub mod mount;
-pub mod oci_pack;
 pub mod pack;
 pub mod rm;
 pub mod umount;

@@ -5,7 +5,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::Error;
-use crate::mount::{self, Control, ErrorKind, Log, Options};
+use crate::error::mount8;
+use crate::mount::{self, Control, Log, Options};
 
 /// Arguments of `chunkfs mount`.
 #[derive(clap::Args, Debug)]
@@ -49,31 +50,8 @@ pub fn run(args: &Args) -> Result<(), Error> {
         log: Log::new("chunkfs mount", args.verbose),
         daemon_exe: None,
     };
-    mount::mount_image_with(&args.source, &args.target, &opts, &ctl)
-        .map(|_| ())
-        .map_err(into_error)
-}
-
-/// A mount library error as a `chunkfs` error (exit statuses of `chunkfs --help`).
-pub fn into_error(e: mount::Error) -> Error {
-    let message = e.to_string();
-    match e.kind() {
-        ErrorKind::Usage | ErrorKind::Permission | ErrorKind::Busy => Error::usage(message),
-        ErrorKind::NotFound | ErrorKind::Io => Error::io(message),
-        _ => Error::failed(message),
-    }
-}
-
-/// mount(8)'s exit statuses for helpers.
-pub mod mount_status {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Incorrect invocation or permissions.
-    pub const USAGE: u8 = 1;
-    /// System error.
-    pub const SYSTEM: u8 = 2;
-    /// Mount failure.
-    pub const FAILURE: u8 = 32;
+    mount::mount_image_with(&args.source, &args.target, &opts, &ctl)?;
+    Ok(())
 }
 
 const HELPER_USAGE: &str = "usage: mount.chunkfs SOURCE TARGET [-sfnv] [-N NAMESPACE] [-o OPTIONS]\n\
@@ -161,26 +139,26 @@ pub fn helper_main(argv: Vec<OsString>) -> u8 {
         .collect();
     if args.iter().any(|a| a == "--help") {
         println!("{HELPER_USAGE}");
-        return mount_status::OK;
+        return mount8::OK;
     }
     let a = match parse_helper_args(&args) {
         Ok(a) => a,
         Err(m) => {
             eprintln!("mount.chunkfs: {m}");
-            return mount_status::USAGE;
+            return mount8::USAGE;
         }
     };
     if let Some(ns) = &a.namespace {
         if let Err(m) = enter_namespace(ns) {
             eprintln!("mount.chunkfs: {m}");
-            return mount_status::SYSTEM;
+            return mount8::SYSTEM;
         }
     }
     let opts = match Options::parse(&a.options.join(","), a.sloppy) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("mount.chunkfs: {e}");
-            return mount_status::USAGE;
+            return mount8::USAGE;
         }
     };
     let ctl = Control {
@@ -189,13 +167,10 @@ pub fn helper_main(argv: Vec<OsString>) -> u8 {
         daemon_exe: None,
     };
     match mount::mount_image_with(&a.source, &a.target, &opts, &ctl) {
-        Ok(_) => mount_status::OK,
+        Ok(_) => mount8::OK,
         Err(e) => {
             eprintln!("mount.chunkfs: {e}");
-            match e.kind() {
-                ErrorKind::Usage | ErrorKind::Permission => mount_status::USAGE,
-                _ => mount_status::FAILURE,
-            }
+            mount8::status(e.kind())
         }
     }
 }

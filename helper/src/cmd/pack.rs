@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 
+use chunkfs_distribution::oci::convert::{self, Dest, Outcome, Source};
+use chunkfs_distribution::oci::select::PlatformSpec;
 use chunkfs_format::build::{BuildOptions, SMALL_FILE_MAX_DEFAULT};
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_format::chunk::ChunkParams;
 use chunkfs_format::compress::{DEFAULT_LEVEL, LEVEL_MAX, LEVEL_MIN};
 use indicatif::HumanBytes;
 
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 use crate::progress::Progress;
 
@@ -66,20 +69,15 @@ fn parse_chunk_sizes(s: &str) -> Result<ChunkParams, String> {
     Ok(params)
 }
 
-/// Runs `chunkfs pack`.
+/// Runs `chunkfs pack`: a directory into a `.cfs`, or any conversion with an OCI layout on
+/// either side (docs/format.md §7).
 pub fn run(args: &Args) -> Result<(), Error> {
-    if super::oci_pack::wants(args) {
-        return super::oci_pack::run(args);
+    let src = ImageRef::resolve(&args.src, Role::Source);
+    let dest = ImageRef::resolve(&args.dest, Role::Destination);
+    if src.is_layout() || dest.is_layout() {
+        return convert_with_layout(args, &src, &dest);
     }
-    let options = PackOptions {
-        build: BuildOptions {
-            chunking: args.chunk_sizes.unwrap_or_default(),
-            level: args.compression_level,
-            jobs: args.jobs,
-            small_file_max: args.small_file_max,
-        },
-        align512: args.align.is_some(),
-    };
+    let options = pack_options(args);
     let mut bar = None;
     let summary = pack_dir(&args.src, &args.dest, &options, |p| {
         bar = Progress::for_build(p)
@@ -95,4 +93,96 @@ pub fn run(args: &Args) -> Result<(), Error> {
         summary.metadata_digest
     );
     Ok(())
+}
+
+fn pack_options(args: &Args) -> PackOptions {
+    PackOptions {
+        build: BuildOptions {
+            chunking: args.chunk_sizes.unwrap_or_default(),
+            level: args.compression_level,
+            jobs: args.jobs,
+            small_file_max: args.small_file_max,
+        },
+        align512: args.align.is_some(),
+    }
+}
+
+/// `chunkfs pack` with a layout on either side: any conversion `oci::convert` does.
+fn convert_with_layout(args: &Args, src_ref: &ImageRef, dest_ref: &ImageRef) -> Result<(), Error> {
+    let platform = match &args.platform {
+        Some(p) => Some(PlatformSpec::parse(p).ok_or_else(|| {
+            Error::usage(format!(
+                "--platform {p:?}: expected OS/ARCH or OS/ARCH/VARIANT"
+            ))
+        })?),
+        None => None,
+    };
+    let src = match src_ref {
+        ImageRef::Dir(d) => Source::Dir(d),
+        ImageRef::Cfs(f) => Source::Cfs(f),
+        ImageRef::Layout { dir, tag } => Source::Layout {
+            dir,
+            tag: tag.as_deref(),
+            platform: platform.as_ref(),
+        },
+    };
+    if platform.is_some() && !src_ref.is_layout() {
+        return Err(Error::usage(
+            "--platform applies only to a container image in an OCI layout",
+        ));
+    }
+    let dest = match dest_ref {
+        ImageRef::Layout {
+            dir,
+            tag: Some(tag),
+        } => Dest::Layout { dir, tag },
+        ImageRef::Layout { dir, tag: None } => {
+            return Err(Error::usage(format!(
+                "{}: a layout destination needs a tag: {}:TAG",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        ImageRef::Cfs(f) => Dest::Cfs(f),
+        ImageRef::Dir(d) => {
+            return Err(Error::usage(format!(
+                "{}: is a directory; the destination is a .cfs file or LAYOUT:TAG",
+                d.display()
+            )));
+        }
+    };
+    let mut bar = None;
+    let outcome = convert::convert(src, dest, &pack_options(args), |p| {
+        bar = Progress::for_build(p)
+    })?;
+    drop(bar);
+    report(dest_ref, &outcome);
+    Ok(())
+}
+
+fn report(dest: &ImageRef, o: &Outcome) {
+    if let Some(c) = &o.layout {
+        println!(
+            "{dest}: {} inodes, {} chunks, {} pack layers ({} new), {} new blobs ({}), manifest {} ({} bytes), metadata {}",
+            o.inodes,
+            o.chunks,
+            c.packs,
+            c.new_packs,
+            c.new_blobs,
+            HumanBytes(c.new_bytes),
+            c.manifest.digest,
+            c.manifest_len,
+            o.metadata_digest
+        );
+    } else if let Some(s) = &o.cfs {
+        println!(
+            "{dest}: {} inodes, {} chunks, {} ({} of chunk frames), from a {}, metadata {}",
+            o.inodes,
+            o.chunks,
+            HumanBytes(s.image_len),
+            HumanBytes(s.stored_bytes),
+            o.source_kind,
+            o.metadata_digest
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! `chunkfs rm LAYOUT:TAG`: untag an image.
 
-use chunkfs_distribution::oci::gc;
-use chunkfs_distribution::oci::reference::{Reference, Role};
+use std::path::Path;
 
+use chunkfs_distribution::oci::gc;
+
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 
 /// Arguments of `chunkfs rm`.
@@ -21,17 +23,17 @@ pub struct Args {
 
 /// Runs `chunkfs rm`.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let Reference::Oci {
+    let ImageRef::Layout {
         dir,
         tag: Some(tag),
-    } = Reference::parse(&args.reference, Role::Source)
+    } = ImageRef::resolve(Path::new(&args.reference), Role::Source)
     else {
         return Err(Error::usage(format!(
             "{}: expected LAYOUT:TAG",
             args.reference
         )));
     };
-    let n = gc::remove_tag(&dir, &tag).map_err(super::gc::gc_error)?;
+    let n = gc::remove_tag(&dir, &tag)?;
     println!(
         "{}: removed tag {tag} ({n} index entries); `chunkfs gc {}` frees its blobs",
         dir.display(),

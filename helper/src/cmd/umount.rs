@@ -31,7 +31,6 @@ pub fn run(args: &Args) -> Result<(), Error> {
         &args.target,
         args.lazy,
         &Log::new("chunkfs umount", args.verbose),
-    )
-    .map(|_| ())
-    .map_err(super::mount::into_error)
+    )?;
+    Ok(())
 }

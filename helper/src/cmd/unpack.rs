@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
+use chunkfs_distribution::oci::read::open_image;
 use chunkfs_format::cfs::read::Cfs;
+use chunkfs_format::unpack::unpack;
 
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 
 /// Arguments of `chunkfs unpack`.
@@ -28,12 +31,21 @@ pub struct Args {
 
 /// Runs `chunkfs unpack`.
 pub fn run(args: &Args) -> Result<(), Error> {
-    if let Some(result) = super::oci_pack::unpack(args) {
-        return result;
-    }
-    let cfs = Cfs::open(&args.image)?;
-    let mut chunks = cfs.chunks()?;
-    let report = chunkfs_format::unpack::unpack(cfs.image(), &mut chunks, &args.dir)?;
+    let report = match ImageRef::resolve(&args.image, Role::Source) {
+        ImageRef::Layout { dir, tag } => {
+            let img = open_image(&dir, tag.as_deref())?;
+            let mut chunks = img
+                .chunks()
+                .map_err(|e| Error::from(e).about(dir.display()))?;
+            unpack(&img.image, &mut chunks, &args.dir)?
+        }
+        // Anything else is opened as a `.cfs`, whose error says what it is not.
+        ImageRef::Cfs(_) | ImageRef::Dir(_) => {
+            let cfs = Cfs::open(&args.image)?;
+            let mut chunks = cfs.chunks()?;
+            unpack(cfs.image(), &mut chunks, &args.dir)?
+        }
+    };
     for (kind, (count, first)) in &report.skipped {
         eprintln!(
             "chunkfs: warning: skipped {kind} for {count} entries (first: {})",

@@ -1,11 +1,13 @@
 //! `chunkfs verify IMAGE`: check every digest and structure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chunkfs_distribution::oci::verify::{verify_image, verify_layout as verify_whole_layout};
 use indicatif::HumanBytes;
 
+use super::image_ref::{ImageRef, Role};
 use crate::Error;
 use crate::progress::Progress;
 
@@ -43,15 +45,20 @@ pub struct Args {
 
 /// Runs `chunkfs verify`.
 pub fn run(args: &Args) -> Result<(), Error> {
+    let image = ImageRef::resolve(&args.image, Role::Source);
     if args.oci {
-        return super::oci_pack::verify_layout(args);
+        return verify_layout(args, image);
     }
-    if let Some(result) = super::oci_pack::verify(args) {
-        return result;
+    match image {
+        ImageRef::Layout { dir, tag } => verify_image_in_layout(args, &dir, tag.as_deref()),
+        // Anything else is opened as a `.cfs`, whose error says what it is not.
+        ImageRef::Cfs(_) | ImageRef::Dir(_) => verify_cfs(args),
     }
-    let done = Arc::new(AtomicU64::new(0));
-    let d = done.clone();
-    let bar = Progress::start(None, move || (d.load(Ordering::Relaxed), String::new()));
+}
+
+/// `chunkfs verify IMAGE.cfs`.
+fn verify_cfs(args: &Args) -> Result<(), Error> {
+    let (done, bar) = progress();
     let report = chunkfs_format::cfs::verify::verify_cfs(&args.image, args.jobs, &done);
     drop(bar);
     let report = report?;
@@ -62,6 +69,84 @@ pub fn run(args: &Args) -> Result<(), Error> {
         HumanBytes(report.chunk_bytes),
         if report.erofs { "matches" } else { "absent" },
         report.metadata_digest
+    );
+    Ok(())
+}
+
+/// A progress bar over a byte counter the verification advances.
+fn progress() -> (Arc<AtomicU64>, Option<Progress>) {
+    let done = Arc::new(AtomicU64::new(0));
+    let d = done.clone();
+    let bar = Progress::start(None, move || (d.load(Ordering::Relaxed), String::new()));
+    (done, bar)
+}
+
+/// `chunkfs verify LAYOUT[:TAG]`: one chunkfs image in a layout.
+fn verify_image_in_layout(args: &Args, dir: &Path, tag: Option<&str>) -> Result<(), Error> {
+    let (done, bar) = progress();
+    let result = verify_image(dir, tag, &done);
+    drop(bar);
+    let r = result?;
+    println!(
+        "{}: ok: manifest {}, {} pack blobs ({}) hashed, {} chunks ({}) decompressed and hashed, metadata {}",
+        args.image.display(),
+        r.manifest_digest,
+        r.packs,
+        HumanBytes(r.pack_bytes),
+        r.chunks,
+        HumanBytes(r.chunk_bytes),
+        r.metadata_digest
+    );
+    Ok(())
+}
+
+/// `chunkfs verify --oci LAYOUT[:TAG]`: the whole layout, or one tag of it.
+fn verify_layout(args: &Args, image: ImageRef) -> Result<(), Error> {
+    let dir = match image {
+        ImageRef::Layout {
+            dir,
+            tag: Some(tag),
+        } => {
+            return verify_image_in_layout(args, &dir, Some(&tag));
+        }
+        ImageRef::Layout { dir, tag: None } | ImageRef::Dir(dir) => dir,
+        ImageRef::Cfs(f) if !f.exists() => {
+            return Err(Error::io(format!(
+                "{}: no such layout directory",
+                f.display()
+            )));
+        }
+        other @ ImageRef::Cfs(_) => {
+            return Err(other.refuse("an OCI layout directory (or LAYOUT:TAG) with --oci"));
+        }
+    };
+    let (done, bar) = progress();
+    let result = verify_whole_layout(&dir, &done);
+    drop(bar);
+    let r = result?;
+    let list = |tags: &[String]| {
+        if tags.is_empty() {
+            "none".to_owned()
+        } else {
+            tags.join(", ")
+        }
+    };
+    println!(
+        "{}: ok: {} blobs ({}) hashed; chunkfs images: {} ({} chunks decompressed and hashed); container images: {}{}",
+        dir.display(),
+        r.blobs,
+        HumanBytes(r.blob_bytes),
+        list(&r.chunkfs_tags),
+        r.chunks,
+        list(&r.container_tags),
+        if r.other_platform_tags.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; blobs only (no image for this platform): {}",
+                list(&r.other_platform_tags)
+            )
+        }
     );
     Ok(())
 }

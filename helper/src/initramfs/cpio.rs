@@ -54,6 +54,16 @@ pub enum Error {
     BadName(String),
 }
 
+impl chunkfs_format::Classify for Error {
+    fn class(&self) -> chunkfs_format::ErrorClass {
+        match self {
+            Self::Io(e) => e.class(),
+            Self::TooLarge { .. } => chunkfs_format::ErrorClass::Unsupported,
+            Self::BadName(_) => chunkfs_format::ErrorClass::Usage,
+        }
+    }
+}
+
 /// Writes newc entries to `W`, tracking the offset for padding.
 pub struct Writer<W: Write> {
     out: W,

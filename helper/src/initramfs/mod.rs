@@ -146,6 +146,19 @@ pub enum Error {
     Compress(io::Error),
 }
 
+impl chunkfs_format::Classify for Error {
+    fn class(&self) -> chunkfs_format::ErrorClass {
+        use chunkfs_format::ErrorClass as C;
+        match self {
+            Self::Read { source, .. } | Self::Compress(source) => source.class(),
+            // The binary or module directory given cannot make a bootable initramfs.
+            Self::NotStatic(_) | Self::Elf { .. } | Self::Release(_) => C::Usage,
+            Self::Modules(e) => e.class(),
+            Self::Cpio(e) => e.class(),
+        }
+    }
+}
+
 /// One archive entry before sorting.
 enum Content {
     Dir,

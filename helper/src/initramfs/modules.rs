@@ -51,6 +51,17 @@ pub enum Error {
     },
 }
 
+impl chunkfs_format::Classify for Error {
+    fn class(&self) -> chunkfs_format::ErrorClass {
+        use chunkfs_format::ErrorClass as C;
+        match self {
+            Self::Read { source, .. } => source.class(),
+            Self::Unknown { .. } => C::Usage,
+            Self::Syntax { .. } | Self::DanglingDep { .. } => C::Corrupt,
+        }
+    }
+}
+
 /// How much a requested module matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {

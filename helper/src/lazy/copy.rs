@@ -89,9 +89,9 @@ pub enum CopyError {
     Cfs(#[from] chunkfs_format::cfs::read::Error),
 }
 
-impl CopyError {
+impl chunkfs_format::Classify for CopyError {
     /// The failure's class.
-    pub fn class(&self) -> chunkfs_format::ErrorClass {
+    fn class(&self) -> chunkfs_format::ErrorClass {
         match self {
             CopyError::Probe { .. } => chunkfs_format::ErrorClass::Io,
             CopyError::Length { .. } | CopyError::Frames { .. } => {

@@ -254,9 +254,9 @@ pub enum StartError {
     TimedOut(Duration),
 }
 
-impl StartError {
+impl chunkfs_format::Classify for StartError {
     /// The failure's class.
-    pub fn class(&self) -> chunkfs_format::ErrorClass {
+    fn class(&self) -> chunkfs_format::ErrorClass {
         chunkfs_format::ErrorClass::Io
     }
 }

@@ -398,9 +398,9 @@ pub enum Why {
     },
 }
 
-impl Why {
+impl chunkfs_format::Classify for Why {
     /// The failure's class: everything but an I/O error means "not supported here".
-    pub fn class(&self) -> chunkfs_format::ErrorClass {
+    fn class(&self) -> chunkfs_format::ErrorClass {
         match self {
             Why::Other { .. } => chunkfs_format::ErrorClass::Io,
             _ => chunkfs_format::ErrorClass::Unsupported,

@@ -86,9 +86,9 @@ pub enum FillError {
     },
 }
 
-impl FillError {
+impl chunkfs_format::Classify for FillError {
     /// The failure's class.
-    pub fn class(&self) -> chunkfs_format::ErrorClass {
+    fn class(&self) -> chunkfs_format::ErrorClass {
         match self {
             FillError::Source { class, .. } => *class,
             FillError::NoSuchFile { .. } => chunkfs_format::ErrorClass::Usage,
@@ -141,9 +141,9 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl chunkfs_format::Classify for Error {
     /// The failure's class.
-    pub fn class(&self) -> chunkfs_format::ErrorClass {
+    fn class(&self) -> chunkfs_format::ErrorClass {
         let unsupported = |e: &io::Error| {
             matches!(
                 e.raw_os_error(),

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chunkfs_format::digest::Digest;
+use chunkfs_format::{Classify, ErrorClass};
 
 pub use options::{Options, ReaderChoice, VerifyLevel};
 pub use source::Source;
@@ -69,6 +70,34 @@ pub enum ErrorKind {
     Mount,
     /// A file could not be read or written.
     Io,
+    /// A registry could not be reached or did not answer in time.
+    Network,
+}
+
+impl ErrorKind {
+    /// The kind of a library error of class `class` met while mounting.
+    pub fn of(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::Usage => Self::Usage,
+            ErrorClass::Io => Self::Io,
+            ErrorClass::Unsupported => Self::Unsupported,
+            ErrorClass::Network => Self::Network,
+            _ => Self::Corrupt,
+        }
+    }
+
+    /// The class of this kind, which decides `chunkfs mount`'s exit status
+    /// (`crate::error::exit_status`).
+    pub fn class(self) -> ErrorClass {
+        match self {
+            Self::Usage | Self::Permission | Self::Busy => ErrorClass::Usage,
+            Self::NotFound | Self::Io => ErrorClass::Io,
+            Self::NotAnImage | Self::Corrupt | Self::Mismatch => ErrorClass::Corrupt,
+            // The kernel or the daemon refusing an image is reported like an unsupported one.
+            Self::Unsupported | Self::Mount => ErrorClass::Unsupported,
+            Self::Network => ErrorClass::Network,
+        }
+    }
 }
 
 /// Why an image was not mounted (or unmounted): a complete message naming the file and the
@@ -96,6 +125,17 @@ impl Error {
         self
     }
 
+    /// A library error met while mounting: its class decides the kind; `context` follows its
+    /// message (e.g. "refusing to mount it").
+    pub fn from_library(e: &(impl Classify + std::fmt::Display), context: &str) -> Self {
+        let message = if context.is_empty() {
+            e.to_string()
+        } else {
+            format!("{e}; {context}")
+        };
+        Self::new(ErrorKind::of(e.class()), message)
+    }
+
     /// Its class.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -104,6 +144,12 @@ impl Error {
     /// The kernel's error number, when the kernel refused.
     pub fn errno(&self) -> Option<i32> {
         self.errno
+    }
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        self.kind.class()
     }
 }
 

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use chunkfs_distribution::oci::pack::PackIndex;
 use chunkfs_distribution::oci::read::{OciImage, open_image};
-use chunkfs_format::cfs::header::HeaderError;
-use chunkfs_format::cfs::read::{Cfs, ErrorKind as CfsErrorKind};
+use chunkfs_format::Classify;
+use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{FileLayout, Image, InodeKind};
-use chunkfs_format::translate::{self, DeviceLayout, ExtentLayout, ExtraDevice};
+use chunkfs_format::translate::{self, ExtentLayout};
 use chunkfs_kernel_abi::Pod;
 use chunkfs_kernel_abi::erofs::SuperBlock;
 
@@ -121,27 +121,6 @@ pub fn prepare(source: &Source, opts: &Options) -> Result<Prepared, Error> {
     }
 }
 
-fn cfs_error(e: chunkfs_format::cfs::read::Error) -> Error {
-    let kind = match &e.kind {
-        CfsErrorKind::Io { .. } => ErrorKind::Io,
-        CfsErrorKind::Header(h @ (HeaderError::BadMagic | HeaderError::Truncated)) => {
-            let why = match h {
-                HeaderError::BadMagic => "bad magic number",
-                _ => "shorter than the 1024-byte header",
-            };
-            return Error::new(
-                ErrorKind::NotAnImage,
-                format!("{}: not a chunkfs image ({why})", e.path.display()),
-            );
-        }
-        CfsErrorKind::Header(
-            HeaderError::UnknownVersion { .. } | HeaderError::UnknownIncompat(_),
-        ) => ErrorKind::Unsupported,
-        _ => ErrorKind::Corrupt,
-    };
-    Error::new(kind, format!("{e}; refusing to mount it"))
-}
-
 fn check_pin(name: &str, actual: &Digest, opts: &Options) -> Result<(), Error> {
     match &opts.digest {
         Some(pinned) if pinned != actual => Err(Error::new(
@@ -170,23 +149,11 @@ fn prepare_cfs(
     let t = Instant::now();
     let backing = Backing::open(path, block)?;
     prefetch_tail(&backing.file);
-    let cfs = Cfs::open(path).map_err(cfs_error)?;
+    let cfs = Cfs::open(path).map_err(|e| Error::from_library(&e, "refusing to mount it"))?;
     let h = cfs.header().clone();
     check_pin(&display, &h.metadata_digest, opts)?;
     timings.push(("header, metadata and chunk index checked", t.elapsed()));
-    let corrupt = |what: String| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!("{}: {what}; refusing to mount it", path.display()),
-        )
-    };
     let t = Instant::now();
-    let block_size = u64::from(h.erofs_block_size);
-    let (bits, extents) = if block_size == 512 {
-        (9, ExtentLayout::Clusters)
-    } else {
-        (12, ExtentLayout::Bit48)
-    };
     let index = DigestSpec {
         on: 0,
         offset: h.index.offset,
@@ -195,53 +162,16 @@ fn prepare_cfs(
         device: None,
     };
     let mut prepared = if h.has_erofs() {
-        if h.erofs_meta.offset != h.chunks.end().next_multiple_of(block_size) {
-            return Err(corrupt(
-                "the EROFS metadata area does not start at the first block after the chunks".into(),
-            ));
-        }
-        let layout = DeviceLayout {
-            block_size_bits: bits,
-            extents,
-            meta_offset: h.erofs_meta.offset,
-            devices: Vec::new(),
-        };
-        let d = translate::translate(cfs.image(), &cfs.locations(), &layout)
-            .map_err(|e| corrupt(format!("its metadata has no EROFS descriptor: {e}")))?;
-        let head = d
-            .superblock_area(h.image_len)
-            .map_err(|e| corrupt(format!("EROFS superblock: {e}")))?;
-        for (what, stored, derived) in [
-            (
-                "EROFS metadata area",
-                cfs.region(h.erofs_meta),
-                d.meta_area(),
-            ),
-            (
-                "EROFS superblock area",
-                cfs.region(h.erofs_head),
-                head.as_slice(),
-            ),
-        ] {
-            if stored != derived {
-                let at = stored
-                    .iter()
-                    .zip(derived)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(stored.len().min(derived.len()));
-                return Err(corrupt(format!(
-                    "the {what} differs at byte {at} from the descriptor derived from the checked metadata"
-                )));
-            }
-        }
+        chunkfs_format::cfs::verify::check_descriptor(&cfs)
+            .map_err(|e| Error::from_library(&e, "refusing to mount it"))?;
         Prepared {
             display,
             metadata_digest: h.metadata_digest,
             primary: Primary::Image(backing),
             devices: Vec::new(),
             digests: vec![index],
-            incompat: incompat_of(&head),
-            extents,
+            incompat: incompat_of(cfs.region(h.erofs_head)),
+            extents: ExtentLayout::for_frames(h.erofs_block_size == 512),
             data_in_primary: true,
             chunks: cfs.image().chunks.len(),
             chunks_checked: 0,
@@ -251,19 +181,17 @@ fn prepare_cfs(
     } else {
         // Written before descriptors were embedded: the image becomes the extra device of a
         // standalone descriptor, as `chunkfs descriptor` writes it.
-        let locations: Vec<_> = cfs
-            .locations()
-            .into_iter()
-            .map(|l| translate::ChunkLocation { device: 1, ..l })
-            .collect();
-        let device = ExtraDevice {
-            tag: h.metadata_digest.to_hex().into_bytes(),
-            len: h.image_len,
-        };
-        let layout = translate::standalone_layout(bits, extents, vec![device]);
-        let d = translate::translate(cfs.image(), &locations, &layout)
-            .map_err(|e| corrupt(format!("no EROFS descriptor can be built: {e}")))?;
+        let d = cfs.standalone_descriptor(None).map_err(|e| {
+            Error::new(
+                ErrorKind::of(e.class()),
+                format!(
+                    "{}: no EROFS descriptor can be built: {e}; refusing to mount it",
+                    path.display()
+                ),
+            )
+        })?;
         let (bytes, digest) = standalone_bytes(&d, path)?;
+        let extents = d.extent_layout();
         Prepared {
             display,
             metadata_digest: h.metadata_digest,
@@ -339,31 +267,17 @@ fn prepare_oci(
     tag: Option<&str>,
     opts: &Options,
 ) -> Result<Prepared, Error> {
-    use chunkfs_distribution::oci::{layout, read, select};
     let mut timings = Vec::new();
     let t = Instant::now();
-    let oci =
-        open_image(dir, tag).map_err(|e| {
-            let kind = match &e {
-                read::Error::Layout(layout::Error::Io { .. }) => ErrorKind::Io,
-                read::Error::Layout(layout::Error::NotALayout { .. })
-                | read::Error::Select(
-                    select::Error::NoSuchTag { .. } | select::Error::Empty { .. },
-                ) => ErrorKind::NotFound,
-                read::Error::Select(select::Error::Ambiguous { .. }) => ErrorKind::Usage,
-                read::Error::NotChunkfs { .. } => ErrorKind::NotAnImage,
-                _ => ErrorKind::Corrupt,
-            };
-            // The layout's errors name the directory and the tag already.
-            Error::new(kind, e.to_string())
-        })?;
+    // The layout's errors name the directory and the tag already.
+    let oci = open_image(dir, tag).map_err(|e| Error::from_library(&e, ""))?;
     check_pin(&display, &oci.metadata_digest, opts)?;
     let mut digests = Vec::with_capacity(oci.packs.len());
     let mut devices = Vec::with_capacity(oci.packs.len());
     for (k, pack) in (1u16..).zip(&oci.packs) {
         let b = Backing::open(&pack.path, false)?;
         let index = PackIndex::read(&b.file, &pack.path)
-            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("{display}: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::of(e.class()), format!("{display}: {e}")))?;
         digests.push(DigestSpec {
             on: k,
             offset: index.trailer.index_offset,
@@ -375,19 +289,14 @@ fn prepare_oci(
     }
     timings.push(("manifest, metadata and pack indexes checked", t.elapsed()));
     let t = Instant::now();
-    let (bits, extents) = if oci.align512 {
-        (9, ExtentLayout::Clusters)
-    } else {
-        (12, ExtentLayout::Bit48)
-    };
-    let layout = translate::standalone_layout(bits, extents, oci.extra_devices());
-    let d = translate::translate(&oci.image, &oci.locations, &layout).map_err(|e| {
+    let d = oci.standalone_descriptor(None).map_err(|e| {
         Error::new(
-            ErrorKind::Corrupt,
+            ErrorKind::of(e.class()),
             format!("{display}: no EROFS descriptor can be built: {e}"),
         )
     })?;
     let (bytes, digest) = standalone_bytes(&d, dir)?;
+    let extents = d.extent_layout();
     timings.push(("EROFS descriptor built", t.elapsed()));
     let chunks = oci.image.chunks.len();
     let mut chunks_checked = 0;

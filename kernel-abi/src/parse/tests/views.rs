@@ -272,14 +272,8 @@ fn exercise(d: &Descriptor<&[u8]>) -> usize {
 fn random_corruption_never_panics() {
     let (good, lay) = build(&standard());
     assert!(exercise(&parse(&good).unwrap()) > 10);
-    // xorshift: deterministic, no dependency.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rnd = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = crate::testkit::XorShift64::new(0x9E37_79B9_7F4A_7C15);
+    let mut rnd = move || rng.next_u64();
     let meta = 1024..lay.devt as usize + 256;
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..3000 {
