@@ -13,6 +13,7 @@
 
 pub mod oci;
 pub mod registry;
+pub mod remote;
 pub mod source;
 pub mod store;
 pub mod tar;

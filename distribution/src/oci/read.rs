@@ -15,7 +15,7 @@ use crate::oci::layout::{self, Layout};
 use crate::oci::lock::{self, LayoutLock};
 use crate::oci::media_type;
 use crate::oci::pack::{self, PackIndex};
-use crate::oci::select::{self, Selected};
+use crate::oci::select;
 use crate::oci::spec::ContentDescriptor;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{Image, ModelError};
@@ -303,7 +303,7 @@ fn open_inner(
         manifest: sel.descriptor.digest.clone(),
         problem,
     };
-    check_manifest(&sel).map_err(bad)?;
+    check_manifest(&sel.manifest).map_err(bad)?;
     layout.read_blob(&sel.manifest.config, CONFIG_MAX, "config")?;
     let meta_desc = &sel.manifest.layers[0];
     let metadata_blob = layout.read_blob(meta_desc, METADATA_BLOB_MAX, "metadata blob")?;
@@ -379,9 +379,9 @@ fn open_inner(
     })
 }
 
-/// Layer 0 is the metadata, the rest are packs, the config is an OCI image config.
-fn check_manifest(sel: &Selected) -> Result<(), String> {
-    let m = &sel.manifest;
+/// Layer 0 is the metadata, the rest are packs, the config is an OCI image config: the shape of
+/// a chunkfs image's manifest, wherever it comes from (a layout, a registry).
+pub fn check_manifest(m: &crate::oci::spec::Manifest) -> Result<(), String> {
     if m.config.media_type != media_type::OCI_CONFIG {
         return Err(format!(
             "config has media type {:?}, expected {}",
