@@ -500,6 +500,7 @@ fn build_tar<S: ChunkSink>(
         chunks: std::mem::take(&mut built.chunks),
         packed_stream: std::mem::take(&mut built.packed_stream),
         inodes,
+        prefetch: Vec::new(),
     };
     image.validate().map_err(|source| Error::Invalid {
         dest: dest.to_owned(),
