@@ -1271,6 +1271,30 @@ mod tar_tests {
         let back = read::open_image(&src, Some("c")).unwrap();
         assert_eq!(back.metadata_digest, a.metadata_digest);
         drop(back);
+        // With a prefetch list (all chunks, last first), into either form: the same image.
+        let n = img.image().chunks.len();
+        let listed = img.image().chunks.iter().rev().map(|c| c.digest).collect();
+        let with_list = PackOptions {
+            prefetch: Some(listed),
+            ..PackOptions::default()
+        };
+        let source = Source::Layout {
+            dir: &src,
+            tag: Some("v1"),
+            platform: None,
+        };
+        let listed_cfs = tmp.path().join("listed.cfs");
+        let p = convert(source, Dest::Cfs(&listed_cfs), &with_list, |_| {}).unwrap();
+        assert_eq!(p.prefetch.map(|a| a.kept), Some(n));
+        let reversed: Vec<ChunkIdx> = (0..n as ChunkIdx).rev().collect();
+        assert_eq!(Cfs::open(&listed_cfs).unwrap().image().prefetch, reversed);
+        let to = Dest::Layout {
+            dir: &dst,
+            tag: "listed",
+        };
+        let q = convert(source, to, &with_list, |_| {}).unwrap();
+        assert_eq!(q.metadata_digest, p.metadata_digest);
+        assert_ne!(q.metadata_digest, a.metadata_digest);
         // gc keeps both the container image and the chunkfs image.
         assert!(crate::oci::gc::gc(&src, false).unwrap().removed.is_empty());
     }
