@@ -16,7 +16,7 @@ struct Image {
   # an image with any bit it does not know.
 
   compatFeatures @2 :UInt64;
-  # Bits a reader may ignore; 0 in version 1.
+  # Bits a reader may ignore (docs/format.md §8). Bit 0, PREFETCH: `prefetch` is not empty.
 
   chunks @3 :List(Chunk);
   # Every distinct chunk, each once; a `ChunkIdx` is an index into this list. Ordered by first use
@@ -32,6 +32,13 @@ struct Image {
   # reachable under several names (hard links; its link count is the number of names); a
   # directory exactly once. Inodes are numbered in visiting order: depth first from the root,
   # entries in name order, an inode at its first name.
+
+  prefetch @6 :List(UInt32);
+  # The prefetch list (docs/format.md §3.6): chunk numbers in the order a recorded workload first
+  # read them, each at most once. A hint for readers that fetch chunks lazily; the tree is the
+  # same without it. Absent (a null pointer, so older images keep their bytes) when there is no
+  # list; when present, compatFeatures bit 0 is set, so that older readers accept the image and
+  # ignore the list.
 }
 
 struct Chunk {

@@ -49,6 +49,13 @@ pub struct Stats {
     pub dedup_savings_bytes: u64,
     /// The largest files by size, largest first (paths from the root, first name).
     pub largest_files: Vec<LargeFile>,
+    /// Chunks in the prefetch list (docs/format.md §3.6); 0 without one.
+    pub prefetch_chunks: u64,
+    /// Uncompressed bytes of the prefetch list's chunks.
+    pub prefetch_bytes: u64,
+    /// Bytes of the stored frames of the prefetch list's chunks, if known: what a lazy reader
+    /// fetches for it.
+    pub prefetch_stored_bytes: Option<u64>,
 }
 
 /// One entry of [`Stats::largest_files`].
@@ -88,6 +95,21 @@ pub fn stats(
         compression_ratio: None,
         dedup_savings_bytes: 0,
         largest_files: Vec::new(),
+        prefetch_chunks: image.prefetch.len() as u64,
+        prefetch_bytes: image
+            .prefetch
+            .iter()
+            .filter_map(|&c| image.chunks.get(c as usize))
+            .map(|c| u64::from(c.size))
+            .sum(),
+        prefetch_stored_bytes: frame_lens.map(|l| {
+            image
+                .prefetch
+                .iter()
+                .filter_map(|&c| l.get(c as usize))
+                .map(|&n| u64::from(n))
+                .sum()
+        }),
     };
     let mut largest: Vec<(u64, u32)> = Vec::new();
     for (i, inode) in image.inodes.iter().enumerate() {
@@ -186,6 +208,10 @@ pub fn dump(image: &Image) -> String {
         let _ = writeln!(o, "  chunk {i} {} size {}", c.digest, c.size);
     }
     let _ = writeln!(o, "packed stream {:?}", image.packed_stream);
+    // Only with a list, so dumps of images without one read as they always did.
+    if !image.prefetch.is_empty() {
+        let _ = writeln!(o, "prefetch {:?}", image.prefetch);
+    }
     let _ = writeln!(o, "inodes {}", image.inodes.len());
     for (i, n) in image.inodes.iter().enumerate() {
         let _ = write!(

@@ -27,6 +27,7 @@ pub mod error_class;
 pub mod inspect;
 pub mod model;
 pub mod partial;
+pub mod prefetch;
 pub mod scan;
 pub mod schema;
 pub mod translate;

@@ -70,6 +70,10 @@ pub struct Image {
     pub packed_stream: Vec<ChunkIdx>,
     /// All inodes; index 0 is the root directory.
     pub inodes: Vec<Inode>,
+    /// The prefetch list (docs/format.md §3.6): chunks in the order a recorded workload first
+    /// read them, each at most once; what a reader fetching lazily should fetch first. Empty
+    /// when none was recorded.
+    pub prefetch: Vec<ChunkIdx>,
 }
 
 /// One distinct chunk.
@@ -284,6 +288,7 @@ impl Image {
                 });
             }
         }
+        self.validate_prefetch()?;
         let packed_len = self.packed_stream_len();
         let root = self.inodes.first().ok_or(ModelError::BadRoot)?;
         if !root.is_dir() {
@@ -401,6 +406,38 @@ impl Image {
             }
         }
         self.validate_tree()
+    }
+
+    /// Every prefetch entry names a chunk, and none twice.
+    fn validate_prefetch(&self) -> Result<(), ModelError> {
+        if self.prefetch.is_empty() {
+            return Ok(());
+        }
+        // One bit per chunk, allocated only for images with a list.
+        let mut seen = vec![0u64; self.chunks.len().div_ceil(64)];
+        for (pos, &c) in self.prefetch.iter().enumerate() {
+            let (word, bit) = (c as usize / 64, 1u64 << (c % 64));
+            let Some(w) = seen
+                .get_mut(word)
+                .filter(|_| (c as usize) < self.chunks.len())
+            else {
+                return Err(ModelError::Chunk {
+                    chunk: c,
+                    problem: format!("prefetch position {pos} names a chunk that does not exist"),
+                });
+            };
+            if *w & bit != 0 {
+                let earlier = self.prefetch.iter().position(|&e| e == c).unwrap_or(pos);
+                return Err(ModelError::Chunk {
+                    chunk: c,
+                    problem: format!(
+                        "listed twice in the prefetch list (positions {earlier} and {pos})"
+                    ),
+                });
+            }
+            *w |= bit;
+        }
+        Ok(())
     }
 
     /// Every inode reachable, directories exactly once, depth bounded, no cycles.
@@ -548,6 +585,7 @@ mod tests {
                 dir(vec![entry(b"small", 3)]),
                 file(4, FileLayout::Packed(6)),
             ],
+            prefetch: vec![],
         }
     }
 
@@ -608,5 +646,48 @@ mod tests {
         let mut bad_mode = sample();
         bad_mode.inodes[1].mode = mode::S_IFLNK | 0o777;
         assert!(bad_mode.validate().is_err());
+    }
+
+    #[test]
+    fn prefetch_lists_name_each_existing_chunk_once() {
+        let mut img = sample();
+        img.chunks = (0..130u32)
+            .map(|i| ChunkInfo {
+                digest: Digest::of(&i.to_le_bytes()),
+                size: 10,
+            })
+            .collect();
+        img.prefetch = vec![129, 0, 64, 63, 1];
+        img.validate().unwrap();
+
+        let mut out_of_range = img.clone();
+        out_of_range.prefetch.push(130);
+        match out_of_range.validate() {
+            Err(ModelError::Chunk {
+                chunk: 130,
+                problem,
+            }) => {
+                assert!(problem.contains("prefetch position 5"), "{problem}")
+            }
+            other => panic!("an index past the chunks must be refused: {other:?}"),
+        }
+
+        let mut twice = img.clone();
+        twice.prefetch.push(64);
+        match twice.validate() {
+            Err(ModelError::Chunk { chunk: 64, problem }) => {
+                assert!(problem.contains("positions 2 and 5"), "{problem}")
+            }
+            other => panic!("a repeated chunk must be refused: {other:?}"),
+        }
+
+        let mut no_chunks = sample();
+        no_chunks.chunks.clear();
+        no_chunks.packed_stream.clear();
+        no_chunks.inodes.truncate(1);
+        no_chunks.inodes[0].kind = InodeKind::Directory(vec![]);
+        no_chunks.validate().unwrap();
+        no_chunks.prefetch = vec![0];
+        assert!(no_chunks.validate().is_err());
     }
 }

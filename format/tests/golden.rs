@@ -23,8 +23,9 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Writes the `basic` golden image to `dest` from a tree defined here, independent of the
-/// machine (owners, times and contents are fixed).
-fn write_basic(dest: &Path, align512: bool) {
+/// machine (owners, times and contents are fixed); with `prefetch`, it carries a prefetch list
+/// (docs/format.md §3.6: every other chunk, last first).
+fn write_basic(dest: &Path, align512: bool, prefetch: bool) {
     let options = BuildOptions {
         chunking: ChunkParams {
             min: 4096,
@@ -115,17 +116,22 @@ fn write_basic(dest: &Path, align512: bool) {
         chunks: out.chunks.clone(),
         packed_stream: out.packed_stream.clone(),
         inodes,
+        prefetch: if prefetch {
+            (0..out.chunks.len() as u32).rev().step_by(2).collect()
+        } else {
+            Vec::new()
+        },
     };
     writer.finish(out.sink, &image, &out.locations).unwrap();
 }
 
-fn check_golden(name: &str, align512: bool) {
+fn check_golden(name: &str, align512: bool, prefetch: bool) {
     let dir = golden_dir();
     let golden = dir.join(format!("{name}.cfs"));
     let golden_dump = dir.join(format!("{name}.txt"));
     let scratch =
         std::env::temp_dir().join(format!("chunkfs-golden-{name}-{}.cfs", std::process::id()));
-    write_basic(&scratch, align512);
+    write_basic(&scratch, align512, prefetch);
     let fresh = std::fs::read(&scratch).unwrap();
     let _ = std::fs::remove_file(&scratch);
     if std::env::var_os("CHUNKFS_BLESS").is_some() {
@@ -152,10 +158,19 @@ fn check_golden(name: &str, align512: bool) {
 
 #[test]
 fn golden_basic() {
-    check_golden("v1-basic", false);
+    check_golden("v1-basic", false, false);
 }
 
 #[test]
 fn golden_basic_align512() {
-    check_golden("v1-basic-align512", true);
+    check_golden("v1-basic-align512", true, false);
+}
+
+/// The prefetch list (a compatible feature of version 1): older readers open this image and
+/// ignore the list; this one keeps reading it.
+#[test]
+fn golden_basic_prefetch() {
+    check_golden("v1-basic-prefetch", false, true);
+    let cfs = Cfs::open(&golden_dir().join("v1-basic-prefetch.cfs")).unwrap();
+    assert!(!cfs.image().prefetch.is_empty());
 }

@@ -148,6 +148,7 @@ fn translation_refuses_a_huge_sparse_file_before_allocating_its_indexes() {
         chunks: vec![],
         packed_stream: vec![],
         inodes: vec![root],
+        prefetch: Vec::new(),
     };
     // 16 TiB of hole: in the cluster layout, 2^28 lcluster indexes (2 GiB) and 2^24 pieces.
     let image = with_huge_sparse_file(&small, 16 << 40);

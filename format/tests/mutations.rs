@@ -106,6 +106,7 @@ fn sample_image() -> Image {
                 }),
             ),
         ],
+        prefetch: Vec::new(),
     }
 }
 

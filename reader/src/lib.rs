@@ -33,6 +33,7 @@ mod fs;
 mod mount;
 mod prefetch;
 mod reader;
+mod record;
 
 pub use cache::CacheStats;
 pub use device::{Device, DeviceError, DeviceSpec};
@@ -40,3 +41,4 @@ pub use digests::DigestSource;
 pub use error::{ChunkError, OpenError, ReadError};
 pub use mount::MountHandle;
 pub use reader::{Config, Reader};
+pub use record::Recording;

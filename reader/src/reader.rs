@@ -14,6 +14,7 @@ use crate::device::{Device, DeviceError, DeviceSpec, slice};
 use crate::devices::{self, Map, MappedDevice};
 use crate::digests::{DigestSource, Digests};
 use crate::error::{ChunkError, OpenError, ReadError};
+use crate::record::{Recorder, Recording};
 
 /// What to serve and how.
 #[derive(Clone, Debug)]
@@ -70,6 +71,8 @@ pub struct Reader {
     digests: Digests,
     cache: Cache,
     pub(crate) config: Config,
+    /// The chunks reads need, when recording ([`Reader::record`]).
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -125,7 +128,20 @@ impl Reader {
             digests,
             cache,
             config,
+            recorder: None,
         })
+    }
+
+    /// Starts recording the chunks reads need, in the order they first need them (`-o
+    /// record=FILE`); the handle reads or writes the list at any time. Calling it again returns
+    /// the same recording.
+    pub fn record(&mut self) -> Recording {
+        let limit = self.digests.len();
+        Recording(
+            self.recorder
+                .get_or_insert_with(|| Arc::new(Recorder::new(limit)))
+                .clone(),
+        )
     }
 
     /// The validated descriptor.
@@ -337,6 +353,9 @@ impl Reader {
 
     /// The verified chunk behind an encoded or stored mapping, long enough for the whole mapping.
     fn chunk_of(&self, nid: u64, pos: u64, m: &Mapping) -> Result<Chunk, ReadError> {
+        if let Some(r) = &self.recorder {
+            r.note(m, &self.digests);
+        }
         let (device, offset, chunk) = match m.kind {
             MapKind::Encoded {
                 device,

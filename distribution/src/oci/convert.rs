@@ -8,9 +8,9 @@
 //! | chunkfs image in a layout | copy metadata + frames   | copy (only new chunks)       |
 //! | tar-layer image           | merge layers + build     | merge layers + build         |
 //!
-//! Copies never re-encode the metadata blob and never recompress a frame; every copied frame is
-//! decompressed and checked against its chunk digest on the way, so corruption is not carried
-//! from one form to the other.
+//! Copies never re-encode the metadata blob (unless `PackOptions::prefetch` replaces its
+//! prefetch list) and never recompress a frame; every copied frame is decompressed and checked
+//! against its chunk digest on the way, so corruption is not carried from one form to the other.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ use chunkfs_format::cfs::write::{self as cfs_write, CfsWriter, PackOptions, Summ
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::{ChunkIdx, ChunkInfo, FileLayout, Image, ModelError};
+use chunkfs_format::prefetch::{self, Applied};
 use chunkfs_format::{Classify, ErrorClass};
 
 /// What to convert from.
@@ -184,6 +185,8 @@ pub struct Outcome {
     pub cfs: Option<Summary>,
     /// The manifest written, for a layout destination.
     pub layout: Option<Committed>,
+    /// What became of `PackOptions::prefetch`, when given.
+    pub prefetch: Option<Applied>,
 }
 
 /// Converts `src` into `dest`. `on_start` receives the builder's live counters when chunks are
@@ -198,19 +201,22 @@ pub fn convert(
         (Source::Dir(dir), Dest::Layout { dir: layout, tag }) => {
             dir_to_layout(dir, layout, tag, options, on_start)
         }
-        (Source::Cfs(path), Dest::Layout { dir, tag }) => cfs_to_layout(path, dir, tag),
+        (Source::Cfs(path), Dest::Layout { dir, tag }) => {
+            cfs_to_layout(path, dir, tag, options.prefetch.as_deref())
+        }
         (Source::Layout { dir, tag, platform }, dest) => {
             let sel = Layout::open(dir)
                 .map_err(select::Error::from)
                 .and_then(|l| select::select(&l, tag, platform))
                 .map_err(Error::SelectSource)?;
             if sel.is_chunkfs() {
+                let prefetch = options.prefetch.as_deref();
                 match dest {
-                    Dest::Cfs(path) => layout_to_cfs(dir, tag, path),
+                    Dest::Cfs(path) => layout_to_cfs(dir, tag, path, prefetch),
                     Dest::Layout {
                         dir: to,
                         tag: to_tag,
-                    } => layout_to_layout(dir, tag, to, to_tag),
+                    } => layout_to_layout(dir, tag, to, to_tag, prefetch),
                 }
             } else {
                 tar_to(dir, tag, platform, dest, options, on_start)
@@ -261,8 +267,42 @@ fn dir_to_layout(
         .unwrap_or_default();
     let tree = chunkfs_format::scan::scan(src, &mut builder, &exclude).map_err(Error::ScanDir)?;
     let mut built = builder.finish().map_err(build_err(dir))?;
-    let image = tree.into_image(&mut built);
-    commit_built(writer, dir, tag, image, built.sink, "directory")
+    let mut image = tree.into_image(&mut built);
+    let applied = apply_prefetch(&mut image, options);
+    let outcome = commit_built(writer, dir, tag, image, built.sink, "directory")?;
+    Ok(Outcome {
+        prefetch: applied,
+        ..outcome
+    })
+}
+
+/// Gives a built image the prefetch list `options` asks for, if any.
+fn apply_prefetch(image: &mut Image, options: &PackOptions) -> Option<Applied> {
+    options
+        .prefetch
+        .as_deref()
+        .map(|d| prefetch::apply(image, d))
+}
+
+/// The metadata blob of a copied image: the source's verbatim, or, when `--prefetch` gives a
+/// list, the image with that list re-encoded (another image, with another digest).
+fn copied_metadata(
+    image: &Image,
+    blob: &[u8],
+    digests: Option<&[Digest]>,
+    dest: &Path,
+) -> Result<(Vec<u8>, Option<Applied>), Error> {
+    let Some(digests) = digests else {
+        return Ok((blob.to_vec(), None));
+    };
+    let mut image = image.clone();
+    let applied = prefetch::apply(&mut image, digests);
+    let blob =
+        chunkfs_format::schema::codec::encode_blob(&image).map_err(|source| Error::Metadata {
+            dest: dest.to_owned(),
+            source,
+        })?;
+    Ok((blob, Some(applied)))
 }
 
 /// Validates, encodes and tags an image whose new chunks went into `sink`.
@@ -294,6 +334,7 @@ fn commit_built(
         chunks: image.chunks.len(),
         cfs: None,
         layout: Some(committed),
+        prefetch: None,
     })
 }
 
@@ -317,7 +358,12 @@ fn decoder(src: &Path) -> Result<Decoder, Error> {
     })
 }
 
-fn cfs_to_layout(path: &Path, dir: &Path, tag: &str) -> Result<Outcome, Error> {
+fn cfs_to_layout(
+    path: &Path,
+    dir: &Path,
+    tag: &str,
+    prefetch: Option<&[Digest]>,
+) -> Result<Outcome, Error> {
     let cfs = Cfs::open(path).map_err(Error::OpenCfs)?;
     let align512 = cfs.header().compat & COMPAT_ALIGN512 != 0;
     let writer = LayoutWriter::open(dir, align512).map_err(Error::OpenLayout)?;
@@ -341,10 +387,10 @@ fn cfs_to_layout(path: &Path, dir: &Path, tag: &str) -> Result<Outcome, Error> {
         sink.write_frame(&c.digest, c.size, frame)
             .map_err(Error::WritePacks)?;
     }
-    let blob = cfs.region(cfs.header().metadata);
+    let (blob, applied) = copied_metadata(image, cfs.region(cfs.header().metadata), prefetch, dir)?;
     let packs = sink.finish().map_err(Error::WritePacks)?;
     let committed = writer
-        .commit(tag, blob, &image.chunks, packs)
+        .commit(tag, &blob, &image.chunks, packs)
         .map_err(Error::CommitLayout)?;
     Ok(Outcome {
         metadata_digest: committed.metadata_digest,
@@ -353,10 +399,16 @@ fn cfs_to_layout(path: &Path, dir: &Path, tag: &str) -> Result<Outcome, Error> {
         chunks: image.chunks.len(),
         cfs: None,
         layout: Some(committed),
+        prefetch: applied,
     })
 }
 
-fn layout_to_cfs(dir: &Path, tag: Option<&str>, dest: &Path) -> Result<Outcome, Error> {
+fn layout_to_cfs(
+    dir: &Path,
+    tag: Option<&str>,
+    dest: &Path,
+    prefetch: Option<&[Digest]>,
+) -> Result<Outcome, Error> {
     let img = read::open_image(dir, tag).map_err(Error::OpenImage)?;
     let (writer, mut sink) = CfsWriter::create(dest, img.align512).map_err(Error::WriteCfs)?;
     let mut dec = decoder(dir)?;
@@ -382,8 +434,9 @@ fn layout_to_cfs(dir: &Path, tag: Option<&str>, dest: &Path) -> Result<Outcome, 
             })?;
         locations.push(Some(loc));
     }
+    let (blob, applied) = copied_metadata(&img.image, &img.metadata_blob, prefetch, dest)?;
     let summary = writer
-        .finish_with_metadata(sink, &img.image, &locations, Some(&img.metadata_blob))
+        .finish_with_metadata(sink, &img.image, &locations, Some(&blob))
         .map_err(Error::WriteCfs)?;
     Ok(Outcome {
         metadata_digest: summary.metadata_digest,
@@ -392,6 +445,7 @@ fn layout_to_cfs(dir: &Path, tag: Option<&str>, dest: &Path) -> Result<Outcome, 
         chunks: img.image.chunks.len(),
         cfs: Some(summary),
         layout: None,
+        prefetch: applied,
     })
 }
 
@@ -407,6 +461,7 @@ fn layout_to_layout(
     tag: Option<&str>,
     dir: &Path,
     to_tag: &str,
+    prefetch: Option<&[Digest]>,
 ) -> Result<Outcome, Error> {
     // The destination's packs must have the source's alignment, so probe it first (the probe's
     // lock is released at once).
@@ -438,7 +493,8 @@ fn layout_to_layout(
             to: "a layout",
         });
     }
-    copy_into_layout(&img, src, writer, to_tag)
+    let metadata = copied_metadata(&img.image, &img.metadata_blob, prefetch, dir)?;
+    copy_into_layout(&img, src, writer, to_tag, metadata)
 }
 
 fn copy_into_layout(
@@ -446,6 +502,7 @@ fn copy_into_layout(
     src: &Path,
     writer: LayoutWriter,
     tag: &str,
+    (blob, applied): (Vec<u8>, Option<Applied>),
 ) -> Result<Outcome, Error> {
     let mut sink = writer.sink();
     let mut dec = decoder(src)?;
@@ -465,7 +522,7 @@ fn copy_into_layout(
     }
     let packs = sink.finish().map_err(Error::WritePacks)?;
     let committed = writer
-        .commit(tag, &img.metadata_blob, &img.image.chunks, packs)
+        .commit(tag, &blob, &img.image.chunks, packs)
         .map_err(Error::CommitLayout)?;
     Ok(Outcome {
         metadata_digest: committed.metadata_digest,
@@ -474,6 +531,7 @@ fn copy_into_layout(
         chunks: img.image.chunks.len(),
         cfs: None,
         layout: Some(committed),
+        prefetch: applied,
     })
 }
 
@@ -500,6 +558,7 @@ fn build_tar<S: ChunkSink>(
         chunks: std::mem::take(&mut built.chunks),
         packed_stream: std::mem::take(&mut built.packed_stream),
         inodes,
+        prefetch: Vec::new(),
     };
     image.validate().map_err(|source| Error::Invalid {
         dest: dest.to_owned(),
@@ -539,7 +598,8 @@ fn tar_to(
             let builder =
                 Builder::new(options.build.clone(), sink, None).map_err(build_err(path))?;
             on_start(builder.progress());
-            let (image, built) = build_tar(&img, &tree, builder, path)?;
+            let (mut image, built) = build_tar(&img, &tree, builder, path)?;
+            let applied = apply_prefetch(&mut image, options);
             let summary = writer
                 .finish(built.sink, &image, &built.locations)
                 .map_err(Error::WriteCfs)?;
@@ -550,6 +610,7 @@ fn tar_to(
                 chunks: image.chunks.len(),
                 cfs: Some(summary),
                 layout: None,
+                prefetch: applied,
             })
         }
         Dest::Layout {
@@ -567,8 +628,13 @@ fn tar_to(
             )
             .map_err(build_err(to))?;
             on_start(builder.progress());
-            let (image, built) = build_tar(&img, &tree, builder, to)?;
-            commit_built(writer, to, to_tag, image, built.sink, "container image")
+            let (mut image, built) = build_tar(&img, &tree, builder, to)?;
+            let applied = apply_prefetch(&mut image, options);
+            let outcome = commit_built(writer, to, to_tag, image, built.sink, "container image")?;
+            Ok(Outcome {
+                prefetch: applied,
+                ..outcome
+            })
         }
     }
 }
@@ -628,6 +694,145 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    fn with_prefetch(digests: Vec<Digest>) -> PackOptions {
+        PackOptions {
+            prefetch: Some(digests),
+            ..PackOptions::default()
+        }
+    }
+
+    fn image_of_layout(dir: &Path, tag: &str) -> Image {
+        read::open_image(dir, Some(tag)).unwrap().image.clone()
+    }
+
+    #[test]
+    fn prefetch_list_is_set_by_every_conversion_and_kept_by_copies() {
+        let tmp = crate::oci::test_dir();
+        let tree = tmp.path().join("tree");
+        make_tree(&tree, 0);
+        // The chunks of a plain pack, to name some in a list (the list does not change them).
+        let plain = tmp.path().join("plain.cfs");
+        pack_dir(&tree, &plain, &opts(false), |_| {}).unwrap();
+        let chunks = Cfs::open(&plain).unwrap().image().chunks.clone();
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        let last = chunks.len() - 1;
+        let unknown = Digest::of(b"a chunk of another image");
+        let list = vec![
+            chunks[last].digest,
+            unknown,
+            chunks[0].digest,
+            chunks[last].digest,
+        ];
+        let want = vec![last as ChunkIdx, 0];
+        let applied = Applied {
+            listed: 4,
+            kept: 2,
+            missing: 1,
+            repeated: 1,
+        };
+
+        // Directory -> layout, with a list.
+        let (l1, l2, l3, cfs) = (
+            tmp.path().join("l1"),
+            tmp.path().join("l2"),
+            tmp.path().join("l3"),
+            tmp.path().join("x.cfs"),
+        );
+        let a = convert(
+            Source::Dir(&tree),
+            Dest::Layout { dir: &l1, tag: "t" },
+            &with_prefetch(list.clone()),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(a.prefetch, Some(applied));
+        assert_eq!(image_of_layout(&l1, "t").prefetch, want);
+        let plain_digest = Cfs::open(&plain).unwrap().header().metadata_digest;
+        assert_ne!(a.metadata_digest, plain_digest);
+
+        // Layout -> .cfs -> layout -> layout keep it, and the digest.
+        let b = convert(
+            Source::Layout {
+                dir: &l1,
+                tag: Some("t"),
+                platform: None,
+            },
+            Dest::Cfs(&cfs),
+            &opts(false),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!((b.metadata_digest, b.prefetch), (a.metadata_digest, None));
+        assert_eq!(Cfs::open(&cfs).unwrap().image().prefetch, want);
+        let c = convert(
+            Source::Cfs(&cfs),
+            Dest::Layout { dir: &l2, tag: "t" },
+            &opts(false),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(c.metadata_digest, a.metadata_digest);
+        assert_eq!(manifest_digest(&l1, "t"), manifest_digest(&l2, "t"));
+        let d = convert(
+            Source::Layout {
+                dir: &l2,
+                tag: Some("t"),
+                platform: None,
+            },
+            Dest::Layout { dir: &l3, tag: "u" },
+            &opts(false),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(d.metadata_digest, a.metadata_digest);
+
+        // Directory -> .cfs with the same list: the same metadata as directory -> layout.
+        let direct = tmp.path().join("direct.cfs");
+        let summary = pack_dir(&tree, &direct, &with_prefetch(list.clone()), |_| {}).unwrap();
+        assert_eq!(summary.prefetch, Some(applied));
+        assert_eq!(summary.metadata_digest, a.metadata_digest);
+
+        // A list given to a copy replaces the one the image had: a new image.
+        let first_only = vec![chunks[0].digest];
+        let e = convert(
+            Source::Cfs(&cfs),
+            Dest::Layout { dir: &l3, tag: "v" },
+            &with_prefetch(first_only.clone()),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(e.prefetch.map(|p| p.kept), Some(1));
+        assert_eq!(image_of_layout(&l3, "v").prefetch, vec![0]);
+        assert_ne!(e.metadata_digest, a.metadata_digest);
+        let back = tmp.path().join("back.cfs");
+        let f = convert(
+            Source::Layout {
+                dir: &l3,
+                tag: Some("u"),
+                platform: None,
+            },
+            Dest::Cfs(&back),
+            &with_prefetch(vec![]),
+            |_| {},
+        )
+        .unwrap();
+        // An empty list removes it: back to the plain image, byte for byte in its metadata.
+        assert_eq!(f.metadata_digest, plain_digest);
+        assert!(Cfs::open(&back).unwrap().image().prefetch.is_empty());
+        let g = convert(
+            Source::Layout {
+                dir: &l3,
+                tag: Some("v"),
+                platform: None,
+            },
+            Dest::Layout { dir: &l3, tag: "w" },
+            &with_prefetch(first_only),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(g.metadata_digest, e.metadata_digest);
     }
 
     #[test]
@@ -1066,6 +1271,30 @@ mod tar_tests {
         let back = read::open_image(&src, Some("c")).unwrap();
         assert_eq!(back.metadata_digest, a.metadata_digest);
         drop(back);
+        // With a prefetch list (all chunks, last first), into either form: the same image.
+        let n = img.image().chunks.len();
+        let listed = img.image().chunks.iter().rev().map(|c| c.digest).collect();
+        let with_list = PackOptions {
+            prefetch: Some(listed),
+            ..PackOptions::default()
+        };
+        let source = Source::Layout {
+            dir: &src,
+            tag: Some("v1"),
+            platform: None,
+        };
+        let listed_cfs = tmp.path().join("listed.cfs");
+        let p = convert(source, Dest::Cfs(&listed_cfs), &with_list, |_| {}).unwrap();
+        assert_eq!(p.prefetch.map(|a| a.kept), Some(n));
+        let reversed: Vec<ChunkIdx> = (0..n as ChunkIdx).rev().collect();
+        assert_eq!(Cfs::open(&listed_cfs).unwrap().image().prefetch, reversed);
+        let to = Dest::Layout {
+            dir: &dst,
+            tag: "listed",
+        };
+        let q = convert(source, to, &with_list, |_| {}).unwrap();
+        assert_eq!(q.metadata_digest, p.metadata_digest);
+        assert_ne!(q.metadata_digest, a.metadata_digest);
         // gc keeps both the container image and the chunkfs image.
         assert!(crate::oci::gc::gc(&src, false).unwrap().removed.is_empty());
     }

@@ -501,6 +501,7 @@ mod tests {
                 chunks,
                 packed_stream: vec![],
                 inodes: vec![root, file],
+                prefetch: Vec::new(),
             },
             frames,
         )

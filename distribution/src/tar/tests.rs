@@ -263,6 +263,7 @@ fn layers_merge_with_whiteouts_opaque_dirs_links_and_replacements() {
         chunks: vec![],
         packed_stream: vec![],
         inodes,
+        prefetch: Vec::new(),
     };
     let lower_ino = match &img.inodes[0].kind {
         chunkfs_format::model::InodeKind::Directory(e) => {

@@ -104,6 +104,7 @@ pub fn pack(tree: &Path, layout: &Path, tag: &str, align512: bool) {
             ..BuildOptions::default()
         },
         align512,
+        ..PackOptions::default()
     };
     convert(
         Source::Dir(tree),

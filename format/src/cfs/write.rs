@@ -105,6 +105,10 @@ pub struct PackOptions {
     /// End every frame on a 512-byte boundary and use 512-byte EROFS blocks (the cluster
     /// layout older kernels read).
     pub align512: bool,
+    /// A prefetch list file's digests (`pack --prefetch`, docs/format.md §3.6): they become the
+    /// image's prefetch list, replacing any it had. `None` keeps the list (a copy keeps the
+    /// metadata blob verbatim).
+    pub prefetch: Option<Vec<Digest>>,
 }
 
 /// What was written.
@@ -120,6 +124,8 @@ pub struct Summary {
     pub chunks: usize,
     /// Bytes of chunk frames.
     pub stored_bytes: u64,
+    /// What became of [`PackOptions::prefetch`], when given.
+    pub prefetch: Option<crate::prefetch::Applied>,
 }
 
 /// Packs the directory `src` into the image `dest`. `on_start` receives the live counters once
@@ -142,8 +148,16 @@ pub fn pack_dir(
         path: dest.to_owned(),
         source,
     })?;
-    let image = tree.into_image(&mut built);
-    writer.finish(built.sink, &image, &built.locations)
+    let mut image = tree.into_image(&mut built);
+    let applied = options
+        .prefetch
+        .as_deref()
+        .map(|d| crate::prefetch::apply(&mut image, d));
+    let summary = writer.finish(built.sink, &image, &built.locations)?;
+    Ok(Summary {
+        prefetch: applied,
+        ..summary
+    })
 }
 
 /// The chunk region of an image being written: the [`ChunkSink`] for its [`Builder`].
@@ -434,6 +448,7 @@ impl CfsWriter {
             inodes: image.inodes.len(),
             chunks: image.chunks.len(),
             stored_bytes: located.iter().map(|l| u64::from(l.stored_len)).sum(),
+            prefetch: None,
         })
     }
 }

@@ -107,6 +107,7 @@ impl Tree {
             chunks: std::mem::take(&mut out.chunks),
             packed_stream: std::mem::take(&mut out.packed_stream),
             inodes: self.inodes,
+            prefetch: Vec::new(),
         }
     }
 }

@@ -17,6 +17,11 @@ use crate::model::{
 pub const FORMAT_VERSION: u32 = 1;
 /// `Image.incompatFeatures` bits this reader understands (none in version 1).
 pub const INCOMPAT_KNOWN: u64 = 0;
+/// `Image.compatFeatures` bit 0: the image carries a prefetch list (docs/format.md §3.6, §8).
+pub const COMPAT_PREFETCH: u64 = 1;
+/// `Image.compatFeatures` bits this reader understands: with no others set, the message must be
+/// exactly what this version encodes.
+pub const COMPAT_KNOWN: u64 = COMPAT_PREFETCH;
 /// zstd level of the metadata frame. Fixed, so an image's bytes do not depend on the chunk level.
 pub const METADATA_LEVEL: i32 = 12;
 
@@ -79,16 +84,25 @@ impl crate::Classify for Error {
 
 /// Encodes `image` as canonical Cap'n Proto bytes (one segment, no segment table).
 pub fn encode(image: &Image) -> Result<Vec<u8>, Error> {
-    encode_as(image, FORMAT_VERSION, 0)
+    encode_as(image, FORMAT_VERSION, 0, compat_features(image))
 }
 
-/// [`encode`] with a chosen version and incompatible features (tests of future images).
-fn encode_as(image: &Image, version: u32, incompat: u64) -> Result<Vec<u8>, Error> {
+/// The compatible feature bits `image` needs: [`COMPAT_PREFETCH`] when it has a prefetch list.
+pub fn compat_features(image: &Image) -> u64 {
+    if image.prefetch.is_empty() {
+        0
+    } else {
+        COMPAT_PREFETCH
+    }
+}
+
+/// [`encode`] with a chosen version and feature bits (tests of other writers' images).
+fn encode_as(image: &Image, version: u32, incompat: u64, compat: u64) -> Result<Vec<u8>, Error> {
     let mut message = Builder::new(HeapAllocator::new());
     let mut root = message.init_root::<cp::image::Builder>();
     root.set_format_version(version);
     root.set_incompat_features(incompat);
-    root.set_compat_features(0);
+    root.set_compat_features(compat);
     {
         let mut chunks = root
             .reborrow()
@@ -105,6 +119,16 @@ fn encode_as(image: &Image, version: u32, incompat: u64) -> Result<Vec<u8>, Erro
             .init_packed_stream(len32("packed stream", image.packed_stream.len())?);
         for (i, &c) in image.packed_stream.iter().enumerate() {
             packed.set(i as u32, c);
+        }
+    }
+    // No list is a null pointer, which canonical form truncates: an image without a list keeps
+    // the bytes (and the digest) it had before the field existed.
+    if !image.prefetch.is_empty() {
+        let mut list = root
+            .reborrow()
+            .init_prefetch(len32("prefetch list", image.prefetch.len())?);
+        for (i, &c) in image.prefetch.iter().enumerate() {
+            list.set(i as u32, c);
         }
     }
     let mut inodes = root.init_inodes(len32("inodes", image.inodes.len())?);
@@ -285,9 +309,10 @@ pub fn decode(bytes: &[u8]) -> Result<Image, Error> {
     // Cap'n Proto's canonical form cannot see bits a struct's data section holds outside the
     // schema's fields: a message with garbage there is "canonical" and decodes like the clean
     // one, so two blobs with different digests would be the same metadata. Without compatible
-    // features (which a newer writer sets when it uses fields this reader does not know), the
-    // message must be exactly what this version writes.
-    if compat == 0 && encode(&image).ok().as_deref() != Some(bytes) {
+    // features this reader does not know (which a newer writer sets when it uses fields this
+    // reader does not know), the message must be exactly what this version writes; that also
+    // ties COMPAT_PREFETCH to a non-empty list.
+    if compat & !COMPAT_KNOWN == 0 && encode(&image).ok().as_deref() != Some(bytes) {
         return Err(Error::NotCanonical);
     }
     Ok(image)
@@ -310,6 +335,10 @@ fn decode_root(root: cp::image::Reader) -> Result<Image, Error> {
     check_len("packed stream", packed_r.len(), limits::CHUNKS_MAX)?;
     let packed_stream: Vec<u32> = packed_r.iter().collect();
 
+    let prefetch_r = root.get_prefetch()?;
+    check_len("prefetch list", prefetch_r.len(), limits::CHUNKS_MAX)?;
+    let prefetch: Vec<u32> = prefetch_r.iter().collect();
+
     let inodes_r = root.get_inodes()?;
     check_len("inodes", inodes_r.len(), limits::INODES_MAX)?;
     let mut inodes = Vec::with_capacity(inodes_r.len() as usize);
@@ -323,6 +352,7 @@ fn decode_root(root: cp::image::Reader) -> Result<Image, Error> {
         chunks,
         packed_stream,
         inodes,
+        prefetch,
     })
 }
 
@@ -502,6 +532,7 @@ mod tests {
             }],
             packed_stream: vec![0],
             inodes: vec![root, dev, f, l, p],
+            prefetch: Vec::new(),
         }
     }
 
@@ -514,6 +545,66 @@ mod tests {
         assert_eq!(decode_blob(&blob).unwrap(), img);
     }
 
+    fn aligned(raw: &[u8]) -> Vec<Word> {
+        let mut words = Word::allocate_zeroed_vec(raw.len() / 8);
+        Word::words_to_bytes_mut(&mut words).copy_from_slice(raw);
+        words
+    }
+
+    #[test]
+    fn prefetch_list_round_trips_and_sets_its_feature_bit() {
+        let without = sample();
+        let mut with = sample();
+        with.chunks.push(ChunkInfo {
+            digest: Digest::of(b"second"),
+            size: 6,
+        });
+        with.prefetch = vec![1, 0];
+        with.validate().unwrap();
+        let raw = encode(&with).unwrap();
+        let decoded = decode(Word::words_to_bytes(&aligned(&raw))).unwrap();
+        assert_eq!(decoded, with);
+        assert_eq!(decode_blob(&encode_blob(&with).unwrap()).unwrap(), with);
+        let message = aligned(&raw);
+        let segments = [Word::words_to_bytes(&message)];
+        let reader = Reader::new(SegmentArray::new(&segments), ReaderOptions::new());
+        let root: cp::image::Reader = reader.get_root().unwrap();
+        assert_eq!(root.get_compat_features(), COMPAT_PREFETCH);
+        // Without a list the field is a null pointer and the bit is clear: the bytes are those
+        // of an image written before the field existed (the goldens pin them too).
+        assert_eq!(compat_features(&without), 0);
+        let mut emptied = with.clone();
+        emptied.prefetch.clear();
+        let raw_without = encode(&emptied).unwrap();
+        assert!(raw_without.len() < raw.len());
+        let message = aligned(&raw_without);
+        let segments = [Word::words_to_bytes(&message)];
+        let reader = Reader::new(SegmentArray::new(&segments), ReaderOptions::new());
+        let root: cp::image::Reader = reader.get_root().unwrap();
+        assert_eq!(root.get_compat_features(), 0);
+        assert!(!root.has_prefetch());
+    }
+
+    #[test]
+    fn prefetch_bit_and_list_go_together() {
+        let mut with = sample();
+        with.prefetch = vec![0];
+        // A list without its bit, and the bit without a list: not what this version writes.
+        let unflagged = aligned(&encode_as(&with, 1, 0, 0).unwrap());
+        assert!(matches!(
+            decode(Word::words_to_bytes(&unflagged)),
+            Err(Error::NotCanonical)
+        ));
+        let flag_only = aligned(&encode_as(&sample(), 1, 0, COMPAT_PREFETCH).unwrap());
+        assert!(matches!(
+            decode(Word::words_to_bytes(&flag_only)),
+            Err(Error::NotCanonical)
+        ));
+        // A newer writer's unknown compatible bit: read, what this reader knows of it kept.
+        let newer = aligned(&encode_as(&with, 1, 0, COMPAT_PREFETCH | 1 << 7).unwrap());
+        assert_eq!(decode(Word::words_to_bytes(&newer)).unwrap(), with);
+    }
+
     #[test]
     fn refuses_damage_unknown_versions_and_features() {
         let img = sample();
@@ -522,12 +613,12 @@ mod tests {
             Word::words_to_bytes_mut(&mut words).copy_from_slice(raw);
             words
         };
-        let future = aligned(&encode_as(&img, 2, 0).unwrap());
+        let future = aligned(&encode_as(&img, 2, 0, 0).unwrap());
         assert!(matches!(
             decode(Word::words_to_bytes(&future)),
             Err(Error::UnknownVersion(2))
         ));
-        let feature = aligned(&encode_as(&img, 1, 4).unwrap());
+        let feature = aligned(&encode_as(&img, 1, 4, 0).unwrap());
         assert!(matches!(
             decode(Word::words_to_bytes(&feature)),
             Err(Error::UnknownIncompat(4))

@@ -130,6 +130,7 @@ mod tests {
             ],
             packed_stream: vec![],
             inodes: vec![],
+            prefetch: Vec::new(),
         };
         let xs = [
             Extent {

@@ -9,7 +9,7 @@
 //! use chunkfs_format::translate::{translate, ExtentLayout, DeviceLayout};
 //! let root = Inode { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime_sec: 0, mtime_nsec: 0,
 //!                    xattrs: vec![], kind: InodeKind::Directory(vec![]) };
-//! let image = Image { chunks: vec![], packed_stream: vec![], inodes: vec![root] };
+//! let image = Image { chunks: vec![], packed_stream: vec![], inodes: vec![root], prefetch: vec![] };
 //! let layout = DeviceLayout { block_size_bits: 12, extents: ExtentLayout::Bit48, meta_offset: 4096, devices: vec![] };
 //! let d = translate(&image, &[], &layout).unwrap();
 //! let sb = d.superblock_area(d.min_primary_len()).unwrap();

@@ -92,6 +92,7 @@ fn sample() -> Image {
                 )
             },
         ],
+        prefetch: Vec::new(),
     }
 }
 

@@ -79,6 +79,7 @@ fn image(inodes: Vec<Inode>) -> Image {
         }],
         packed_stream: vec![],
         inodes,
+        prefetch: Vec::new(),
     }
 }
 

@@ -76,6 +76,7 @@ pub fn run(data: &[u8]) {
         chunks,
         packed_stream: vec![],
         inodes,
+        prefetch: Vec::new(),
     };
     if let Err(e) = image.validate() {
         // Depth is the only limit the merge leaves to validation.

@@ -107,6 +107,15 @@ fn render(name: &str, s: &Stats, erofs: bool) -> String {
         b(s.dedup_savings_bytes),
         s.dedup_savings_bytes
     );
+    let _ = match s.prefetch_chunks {
+        0 => writeln!(o, "prefetch list:    none"),
+        n => writeln!(
+            o,
+            "prefetch list:    {n} chunks, {} ({} stored)",
+            b(s.prefetch_bytes),
+            b(s.prefetch_stored_bytes.unwrap_or(0))
+        ),
+    };
     let _ = writeln!(o, "largest files:");
     for f in &s.largest_files {
         let _ = writeln!(o, "  {:>12}  {}", b(f.size).to_string(), f.path);

@@ -8,6 +8,7 @@ use chunkfs_format::build::{BuildOptions, SMALL_FILE_MAX_DEFAULT};
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_format::chunk::ChunkParams;
 use chunkfs_format::compress::{DEFAULT_LEVEL, LEVEL_MAX, LEVEL_MIN};
+use chunkfs_format::prefetch::{self, Applied};
 use indicatif::HumanBytes;
 
 use super::image_ref::{ImageRef, Role};
@@ -21,7 +22,8 @@ use crate::progress::Progress;
     "  chunkfs pack ./rootfs image.cfs\n",
     "  chunkfs pack --compression-level 19 --align 512 ./rootfs image-6.12.cfs\n",
     "  chunkfs pack ./rootfs layout:v1          (into an OCI layout; tags share chunks)\n",
-    "  chunkfs pack layout:v1 image.cfs         (a chunkfs or an ordinary container image)\n\n",
+    "  chunkfs pack layout:v1 image.cfs         (a chunkfs or an ordinary container image)\n",
+    "  chunkfs pack --prefetch trace.txt ./rootfs image.cfs   (trace.txt: from mount -o record=)\n\n",
     "SRC and DEST: LAYOUT:TAG or oci:LAYOUT[:TAG] is an OCI image layout; an existing path is that\n",
     "path (a directory holding oci-layout is a layout); see docs/format.md §7.7.\n\n",
     "The image is written to a temporary file next to DEST and renamed when complete.\n\n",
@@ -54,6 +56,12 @@ pub struct Args {
     /// Files smaller than this many bytes are stored together in the packed stream (advanced).
     #[arg(long, value_name = "BYTES", default_value_t = SMALL_FILE_MAX_DEFAULT)]
     pub small_file_max: u64,
+    /// Give the image this prefetch list: chunk digests (sha256:HEX, one a line, # comments) in
+    /// the order a workload first read them, as `chunkfs mount -o record=FILE` writes them. The
+    /// image's chunks it names become its prefetch list (replacing any SRC had; an empty file
+    /// removes it); digests of other chunks are skipped and counted (docs/format.md §3.6).
+    #[arg(long, value_name = "FILE")]
+    pub prefetch: Option<PathBuf>,
 }
 
 fn parse_chunk_sizes(s: &str) -> Result<ChunkParams, String> {
@@ -77,7 +85,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     if src.is_layout() || dest.is_layout() {
         return convert_with_layout(args, &src, &dest);
     }
-    let options = pack_options(args);
+    let options = pack_options(args)?;
     let mut bar = None;
     let summary = pack_dir(&args.src, &args.dest, &options, |p| {
         bar = Progress::for_build(p)
@@ -92,11 +100,12 @@ pub fn run(args: &Args) -> Result<(), Error> {
         HumanBytes(summary.stored_bytes),
         summary.metadata_digest
     );
+    report_prefetch(summary.prefetch.as_ref());
     Ok(())
 }
 
-fn pack_options(args: &Args) -> PackOptions {
-    PackOptions {
+fn pack_options(args: &Args) -> Result<PackOptions, Error> {
+    Ok(PackOptions {
         build: BuildOptions {
             chunking: args.chunk_sizes.unwrap_or_default(),
             level: args.compression_level,
@@ -104,6 +113,17 @@ fn pack_options(args: &Args) -> PackOptions {
             small_file_max: args.small_file_max,
         },
         align512: args.align.is_some(),
+        prefetch: args.prefetch.as_deref().map(prefetch::read).transpose()?,
+    })
+}
+
+/// What `--prefetch` made of its file.
+fn report_prefetch(applied: Option<&Applied>) {
+    if let Some(a) = applied {
+        println!(
+            "prefetch list: {} chunks; skipped {} digests not in the image and {} repeated (of {} listed)",
+            a.kept, a.missing, a.repeated, a.listed
+        );
     }
 }
 
@@ -152,11 +172,12 @@ fn convert_with_layout(args: &Args, src_ref: &ImageRef, dest_ref: &ImageRef) -> 
         }
     };
     let mut bar = None;
-    let outcome = convert::convert(src, dest, &pack_options(args), |p| {
+    let outcome = convert::convert(src, dest, &pack_options(args)?, |p| {
         bar = Progress::for_build(p)
     })?;
     drop(bar);
     report(dest_ref, &outcome);
+    report_prefetch(outcome.prefetch.as_ref());
     Ok(())
 }
 

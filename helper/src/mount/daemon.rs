@@ -18,7 +18,7 @@ use chunkfs_format::digest::Digest;
 use chunkfs_reader::{Config, DigestSource, Reader};
 use serde::{Deserialize, Serialize};
 
-use super::sys;
+use super::{record, sys};
 
 /// `argv[0]` of the daemon.
 pub const ARGV0: &str = "@chunkfs-reader";
@@ -76,6 +76,9 @@ pub struct Spec {
     pub ms_flags: u64,
     /// SELinux context options, passed to the kernel with the mount.
     pub security: Vec<(String, String)>,
+    /// `record=FILE`: where to write the chunks reads need ([`super::record`]).
+    #[serde(default)]
+    pub record: Option<PathBuf>,
 }
 
 /// Largest digest table read (a 64-byte entry per chunk: 16 million chunks).
@@ -114,12 +117,22 @@ pub fn main() -> ! {
         }
     };
     let _ = writeln!(status, "pid {}", std::process::id());
+    if spec.record.is_some() {
+        // Before any thread starts, so that only the recorder's thread sees them.
+        let _ = record::block_signals();
+    }
     let code = match start(&spec) {
-        Ok((reader, fuse, pidfile)) => {
+        Ok((reader, fuse, pidfile, recorder)) => {
             let _ = writeln!(status, "ok");
             drop(status);
             let _ = nix::unistd::chdir("/");
+            if let Some(r) = &recorder {
+                r.handle_signals();
+            }
             let r = reader.serve(fuse);
+            if let Some(rec) = &recorder {
+                rec.write_logged("unmounted");
+            }
             if let Some(p) = pidfile {
                 let _ = std::fs::remove_file(p);
             }
@@ -148,9 +161,12 @@ fn rename_fds(message: String, spec: &Spec) -> String {
         })
 }
 
-/// Opens the reader, mounts, records the pid. Returns the reader, the `/dev/fuse` descriptor
-/// and the pid file.
-fn start(spec: &Spec) -> Result<(Reader, OwnedFd, Option<PathBuf>), String> {
+/// What [`start`] returns: the reader, the `/dev/fuse` descriptor, the pid file and the
+/// recorder (`record=`).
+type Started = (Reader, OwnedFd, Option<PathBuf>, Option<record::Recorder>);
+
+/// Opens the reader, starts recording if asked, mounts, records the pid.
+fn start(spec: &Spec) -> Result<Started, String> {
     let take = |f: &FdSpec| {
         sys::take_inherited_fd(f.fd)
             .map(File::from)
@@ -196,13 +212,17 @@ fn start(spec: &Spec) -> Result<(Reader, OwnedFd, Option<PathBuf>), String> {
     }
     config.allow_other = spec.allow_other;
     config.debug = spec.debug;
-    let reader = Reader::open(config).map_err(|e| rename_fds(e.to_string(), spec))?;
+    let mut reader = Reader::open(config).map_err(|e| rename_fds(e.to_string(), spec))?;
+    let recorder = match &spec.record {
+        Some(path) => Some(record::Recorder::start(&mut reader, path)?),
+        None => None,
+    };
     // The reader mapped its own descriptors: the inherited ones are no longer needed.
     drop(primary);
     drop(devices);
     let fuse = mount_fuse(spec, &target)?;
     let pidfile = record_pid(spec);
-    Ok((reader, fuse, pidfile))
+    Ok((reader, fuse, pidfile, recorder))
 }
 
 fn read_table(file: &File, name: &str, t: &TableSpec) -> Result<Vec<u8>, String> {

@@ -21,7 +21,8 @@
 //! [`verify`] (the checks before a mount, and what they yield), [`features`] (what the kernel
 //! offers; `reader=auto`), [`kernel`] (the kernel's EROFS, file-backed or on [`loopdev`] loop
 //! devices, through the new mount API in [`sys`]), [`cache`] (descriptors built at mount time),
-//! [`fuse`] and [`daemon`] (the FUSE reader as a daemon), [`umount`], [`mountinfo`].
+//! [`fuse`] and [`daemon`] (the FUSE reader as a daemon; [`record`]: its `record=FILE`),
+//! [`umount`], [`mountinfo`].
 
 pub mod cache;
 pub mod daemon;
@@ -31,6 +32,7 @@ pub mod kernel;
 pub mod loopdev;
 pub mod mountinfo;
 pub mod options;
+pub mod record;
 pub mod source;
 pub(crate) mod sys;
 pub mod umount;

@@ -53,6 +53,9 @@ pub struct Options {
     pub cachedir: PathBuf,
     /// `threads=N`: FUSE worker threads.
     pub threads: Option<usize>,
+    /// `record=FILE`: the FUSE reader writes the chunks reads needed, in first-read order, to
+    /// FILE (a prefetch list, docs/format.md §3.6). Implies the FUSE reader.
+    pub record: Option<PathBuf>,
     /// `allow_other` (default on): users other than root may access a FUSE mount, as they may a
     /// kernel mount. `noallow_other` restricts it to root.
     pub allow_other: bool,
@@ -85,6 +88,7 @@ impl Default for Options {
             cache_bytes: None,
             cachedir: PathBuf::from(DEFAULT_CACHEDIR),
             threads: None,
+            record: None,
             allow_other: true,
             debug: false,
             force_loop: false,
@@ -146,7 +150,7 @@ const ACCEPTED: &[&str] = &[
 const SECURITY: &[&str] = &["context", "fscontext", "defcontext", "rootcontext"];
 
 const KNOWN: &str = "reader=auto|kernel|fuse, verify=metadata|full, digest=sha256:HEX, \
-    cache=SIZE, cachedir=PATH, threads=N, allow_other, noallow_other, debug, loop, and the \
+    cache=SIZE, cachedir=PATH, threads=N, record=FILE, allow_other, noallow_other, debug, loop, and the \
     generic ro, rw, defaults, nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime, \
     _netdev, nofail, x-*, comment=";
 
@@ -158,7 +162,33 @@ impl Options {
         for opt in split(s) {
             o.apply(&opt, sloppy)?;
         }
+        o.record_needs_fuse()?;
         Ok(o)
+    }
+
+    /// `record=` implies the FUSE reader: the kernel's EROFS has no daemon that sees reads.
+    fn record_needs_fuse(&mut self) -> Result<(), OptionError> {
+        let Some(file) = &self.record else {
+            return Ok(());
+        };
+        let option = format!("record={}", file.display());
+        match self.reader {
+            ReaderChoice::Kernel => Err(OptionError {
+                option,
+                problem: "recording needs the FUSE reader (the kernel's EROFS has no daemon to \
+                          see reads); drop reader=kernel"
+                    .into(),
+            }),
+            ReaderChoice::Auto => {
+                self.reader = ReaderChoice::Fuse;
+                self.notes.push(format!(
+                    "{option}: using the FUSE reader, which records the chunks reads need (the \
+                     kernel's EROFS has no daemon to see reads)"
+                ));
+                Ok(())
+            }
+            ReaderChoice::Fuse => Ok(()),
+        }
     }
 
     fn apply(&mut self, opt: &str, sloppy: bool) -> Result<(), OptionError> {
@@ -204,6 +234,13 @@ impl Options {
                     return Err(bad("cachedir= needs an absolute path"));
                 }
                 self.cachedir = PathBuf::from(v);
+            }
+            ("record", Some(v)) => {
+                // The daemon runs from `/`: a relative name would land there.
+                if !v.starts_with('/') || v.ends_with('/') {
+                    return Err(bad("record= needs an absolute file name"));
+                }
+                self.record = Some(PathBuf::from(v));
             }
             ("threads", Some(v)) => {
                 let n: usize = v
@@ -388,6 +425,31 @@ mod tests {
         let o = Options::parse("frobnicate,reader=fuse", true).unwrap();
         assert_eq!(o.reader, ReaderChoice::Fuse);
         assert!(o.notes[0].contains("frobnicate"));
+    }
+
+    #[test]
+    fn record_implies_the_fuse_reader() {
+        let o = Options::parse("record=/var/tmp/trace.txt", false).unwrap();
+        assert_eq!(o.record, Some(PathBuf::from("/var/tmp/trace.txt")));
+        assert_eq!(o.reader, ReaderChoice::Fuse);
+        assert!(
+            o.notes.iter().any(|n| n.contains("FUSE reader")),
+            "{:?}",
+            o.notes
+        );
+        let o = Options::parse("reader=fuse,record=/t", false).unwrap();
+        assert_eq!(o.reader, ReaderChoice::Fuse);
+        // Whatever the order, reader=kernel and record= conflict.
+        for s in ["record=/t,reader=kernel", "reader=kernel,record=/t"] {
+            let e = Options::parse(s, false).unwrap_err();
+            assert!(e.to_string().contains("record=/t"), "{e}");
+            assert!(e.to_string().contains("FUSE reader"), "{e}");
+        }
+        for s in ["record=trace.txt", "record=/tmp/", "record="] {
+            let e = Options::parse(s, false).unwrap_err();
+            assert!(e.to_string().contains("absolute file name"), "{s}: {e}");
+        }
+        assert_eq!(Options::parse("", false).unwrap().record, None);
     }
 
     #[test]
