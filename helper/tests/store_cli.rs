@@ -193,6 +193,11 @@ fn malformed_references_and_flags_are_usage_errors() {
             "{cmd}"
         );
     }
+    let help = ok(chunkfs(&[&"store", &"--help"]));
+    assert!(
+        help.contains("Examples:") && help.contains("Exit status"),
+        "{help}"
+    );
     let help = ok(chunkfs(&[&"store", &"config", &"--help"]));
     assert!(
         help.contains("--max-size") && help.contains("Exit status"),
@@ -323,6 +328,27 @@ fn store_gc_verify_config_and_unpin() {
         &tree(&s, 2),
         &format!("oci:{}:v1", lb.display()),
     ]));
+    // inspect of an image in a layout: its manifest, and the statistics a .cfs gets.
+    let tagged = format!("{}:v1", la.display());
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(chunkfs(&[&"inspect", &"--json", &tagged]))).unwrap();
+    let img = open_image(&la, Some("v1")).unwrap();
+    assert_eq!(
+        v["metadata_digest"],
+        img.metadata_digest.to_string().as_str()
+    );
+    assert_eq!(v["manifest_digest"], img.manifest.digest.as_str());
+    assert_eq!(v["unique_chunks"], img.image.chunks.len());
+    let frames: u64 = img.locations.iter().map(|l| u64::from(l.stored_len)).sum();
+    assert_eq!(v["stored_bytes"], frames);
+    drop(img);
+    let out = ok(chunkfs(&[&"inspect", &tagged]));
+    assert!(
+        out.contains(&format!("image:            {tagged}")),
+        "{out}"
+    );
+    assert!(out.contains("manifest:         sha256:"), "{out}");
+
     let dir = s.join("store");
     let store = Store::open(&dir).unwrap();
     let a = LocalImage::open(&la, "v1", "docker://127.0.0.1:5000/test/app@");

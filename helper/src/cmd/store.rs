@@ -10,6 +10,14 @@ use crate::mount::options::parse_size;
 
 /// Arguments of `chunkfs store`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  chunkfs store config\n",
+    "  chunkfs store config --max-size 20G\n\n",
+    "The store's other commands: `chunkfs pull`, `chunkfs rm docker://...`, `chunkfs gc\n",
+    "--store`, `chunkfs verify --store` (docs/store.md §11).\n\n",
+    crate::exit_help!()
+))]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
