@@ -10,7 +10,6 @@ use chunkfs_format::ErrorClass;
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::inspect::{Stats, stats};
-use chunkfs_format::translate::ExtentLayout;
 use indicatif::HumanBytes;
 
 use super::image_ref::{ImageRef, Role};
@@ -135,8 +134,8 @@ fn describe_remote(args: &Args, r: &registry::ImageRef) -> Result<Described, Err
     let platform = parse_platform(args.platform.as_deref())?;
     let mut opened = registry_image::open(r, platform.as_ref(), &args.store, &args.registry)?;
     // A plan adds the packs (their indexes) to the store and says where each chunk would be
-    // read from; its record goes when it is dropped.
-    let plan = opened.plan(ExtentLayout::Bit48)?;
+    // read from, as `chunkfs pull` plans it; its record goes when it is dropped.
+    let plan = opened.plan_for_any_mount()?;
     let held = Holdings::of(&plan);
     let img = &opened.image;
     // Frame lengths as the image's own packs store them (a chunk shared from another pack may
