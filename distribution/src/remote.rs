@@ -308,8 +308,9 @@ impl RemoteImage {
     }
 }
 
-/// `HOST[:PORT]/REPO:TAG`, the store's name for a tag (none for a digest reference).
-fn ref_key(reference: &ImageRef) -> Option<String> {
+/// `HOST[:PORT]/REPO:TAG`, the store's name for a tag (none for a digest reference): what
+/// [`Store::resolve_ref`] takes.
+pub fn ref_key(reference: &ImageRef) -> Option<String> {
     if reference.digest().is_some() {
         return None;
     }

@@ -33,22 +33,48 @@ impl Progress {
                 ProgressStyle::with_template("{spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
             ),
         };
+        Some(Self::drive(bar, move |b| {
+            let (pos, msg) = render();
+            b.set_position(pos);
+            b.set_message(msg);
+        }))
+    }
+
+    /// A transfer's bar if stderr is a terminal: bytes done of `total` (either may change as
+    /// the transfer learns more), rate and time left, after `what` (`pulling`, `fetching`).
+    pub fn for_transfer(what: &str, done: Arc<AtomicU64>, total: Arc<AtomicU64>) -> Option<Self> {
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::new(total.load(Ordering::Relaxed)).with_style(
+            ProgressStyle::with_template(
+                "{prefix} {bar:30} {percent:>3}% {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(what.to_owned());
+        Some(Self::drive(bar, move |b| {
+            b.set_length(total.load(Ordering::Relaxed));
+            b.set_position(done.load(Ordering::Relaxed));
+        }))
+    }
+
+    /// Refreshes `bar` with `update` ten times a second from a thread of its own.
+    fn drive(bar: ProgressBar, update: impl Fn(&ProgressBar) + Send + 'static) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (b, s) = (bar.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let (pos, msg) = render();
-                b.set_position(pos);
-                b.set_message(msg);
+                update(&b);
                 b.tick();
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Some(Self {
+        Self {
             bar,
             stop,
             thread: Some(thread),
-        })
+        }
     }
 
     /// A spinner for a build's counters.

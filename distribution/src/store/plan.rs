@@ -345,6 +345,20 @@ impl Store {
         source: &dyn BlobSource,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<PullReport, Error> {
+        let report = self.fetch_all(plan, source, progress)?;
+        self.pin(plan.lease.record())?;
+        Ok(report)
+    }
+
+    /// What [`Store::pull`] does but the pin: every frame `plan` reads is present and synced
+    /// when it returns, and stays while the plan's record (or another root) names its pack.
+    /// For a command that reads the frames once (`chunkfs pack docker://...`).
+    pub fn fetch_all(
+        &self,
+        plan: &Plan,
+        source: &dyn BlobSource,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PullReport, Error> {
         self.enforce_bound()?;
         let before = self.counters();
         let mut work: Vec<(usize, Range<usize>, u64)> = Vec::new();
@@ -428,7 +442,6 @@ impl Store {
         for pack in &plan.devices {
             pack.sync()?;
         }
-        self.pin(plan.lease.record())?;
         let after = self.counters();
         Ok(PullReport {
             needed_bytes: total,

@@ -16,7 +16,8 @@ use clap::{Parser, Subcommand};
     "  chunkfs pack ./rootfs image.cfs\n",
     "  chunkfs inspect image.cfs\n",
     "  chunkfs verify image.cfs\n",
-    "  chunkfs unpack image.cfs ./copy\n\n",
+    "  chunkfs unpack image.cfs ./copy\n",
+    "  chunkfs pull docker://registry.example:5000/os/debian:12\n\n",
     chunkfs_helper::exit_help!()
 ))]
 struct Cli {
@@ -26,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Pack a directory into a .cfs image.
+    /// Pack a directory into a .cfs image, or convert an image (layout, registry).
     Pack(cmd::pack::Args),
     /// Restore an image's tree into a directory.
     Unpack(cmd::unpack::Args),
@@ -36,10 +37,15 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Write an image's EROFS descriptor as a standalone file, or print it.
     Descriptor(cmd::descriptor::Args),
-    /// Remove the blobs of an OCI layout that no tag reaches.
+    /// Fetch a registry image into the local store and pin it (it then mounts offline).
+    Pull(cmd::pull::Args),
+    /// Remove the blobs of an OCI layout no tag reaches, or what the store's images no longer
+    /// need.
     Gc(cmd::gc::Args),
-    /// Untag an image in an OCI layout.
+    /// Untag an image in an OCI layout, or unpin a pulled registry image.
     Rm(cmd::rm::Args),
+    /// The local store of registry images: its size bound and what it holds.
+    Store(cmd::store::Args),
     /// Build an initramfs that boots a chunkfs image as the root filesystem.
     Initramfs(cmd::initramfs::Args),
     /// Mount an image read-only (the kernel's EROFS or the FUSE reader).
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
     if matches!(
         cli.command,
         Command::Pack(_)
+            | Command::Pull(_)
             | Command::Unpack(_)
             | Command::Gc(_)
             | Command::Descriptor(_)
@@ -82,8 +89,10 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Descriptor(a) => cmd::descriptor::run(a),
+        Command::Pull(a) => cmd::pull::run(a),
         Command::Gc(a) => cmd::gc::run(a),
         Command::Rm(a) => cmd::rm::run(a),
+        Command::Store(a) => cmd::store::run(a),
         Command::Mount(a) => cmd::mount::run(a),
         Command::Umount(a) => cmd::umount::run(a),
         Command::Initramfs(a) => cmd::initramfs::run(a)

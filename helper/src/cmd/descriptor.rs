@@ -70,7 +70,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
         ));
     }
     let extents = args.extents.map(ExtentLayout::from);
-    let (d, devices) = match ImageRef::resolve(&args.image, Role::Source) {
+    let (d, devices) = match ImageRef::resolve(&args.image, Role::Source)? {
         ImageRef::Cfs(path) => {
             let cfs = Cfs::open(&path)?;
             let d = cfs
@@ -90,6 +90,13 @@ pub fn run(args: &Args) -> Result<(), Error> {
                 "{}: a directory, not an image: `chunkfs pack` it first",
                 dir.display()
             )));
+        }
+        // A descriptor's extra devices are local files: a registry image's are the store's
+        // packs, which `chunkfs mount docker://...` builds for itself.
+        r @ ImageRef::Docker(_) => {
+            return Err(r.refuse(
+                "a .cfs or LAYOUT[:TAG] (mount a registry image with `chunkfs mount docker://...`)",
+            ));
         }
     };
     if let Some(out) = &args.out {

@@ -1,15 +1,18 @@
 //! What an image argument names: the one resolver behind every command's SOURCE and DEST
-//! (`pack`, `unpack`, `verify`, `descriptor`, `gc`, `rm`), by the rules of docs/format.md §7.7.
+//! (`pack`, `unpack`, `inspect`, `verify`, `descriptor`, `gc`, `rm`, `pull`), by the rules of
+//! docs/format.md §7.7, plus a registry's `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]`
+//! (docs/registry.md §3).
 //!
-//! A new kind of reference (a registry's `docker://HOST/REPO:TAG`) is one more [`ImageRef`]
-//! variant here; the compiler then lists every command that must decide what to do with it,
-//! and a command that does not take it answers with [`ImageRef::refuse`].
+//! Each kind of reference is one [`ImageRef`] variant: the compiler lists every command that
+//! must decide what to do with a new one, and a command that does not take a kind answers
+//! with [`ImageRef::refuse`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chunkfs_distribution::oci::reference::Reference;
 pub use chunkfs_distribution::oci::reference::Role;
+use chunkfs_distribution::registry::{self, reference::SCHEME};
 
 use crate::Error;
 
@@ -28,29 +31,51 @@ pub enum ImageRef {
         /// The tag, when given.
         tag: Option<String>,
     },
+    /// An image in a registry (`docker://...`).
+    Docker(registry::ImageRef),
 }
 
 impl ImageRef {
-    /// What `arg` names when it is read (`Role::Source`) or written (`Role::Destination`).
-    pub fn resolve(arg: &Path, role: Role) -> Self {
+    /// What `arg` names when it is read (`Role::Source`) or written (`Role::Destination`). A
+    /// malformed `docker://` reference is a usage error saying what is wrong with it.
+    pub fn resolve(arg: &Path, role: Role) -> Result<Self, Error> {
         // A non-UTF-8 path cannot be spelled as a reference: it is that path.
         let Some(s) = arg.to_str() else {
-            return if arg.is_dir() {
+            return Ok(if arg.is_dir() {
                 Self::Dir(arg.to_owned())
             } else {
                 Self::Cfs(arg.to_owned())
-            };
+            });
         };
-        match Reference::parse(s, role) {
+        if s.starts_with(SCHEME) {
+            return registry::ImageRef::parse(s)
+                .map(Self::Docker)
+                .map_err(|e| registry::Error::from(e).into());
+        }
+        Ok(match Reference::parse(s, role) {
             Reference::Oci { dir, tag } => Self::Layout { dir, tag },
             Reference::File(path) => Self::Cfs(path),
             Reference::Dir(path) => Self::Dir(path),
+        })
+    }
+
+    /// The registry reference `arg` must be, for commands that take nothing else (`pull`);
+    /// `takes` says what they take.
+    pub fn registry(arg: &str, takes: &str) -> Result<registry::ImageRef, Error> {
+        match Self::resolve(Path::new(arg), Role::Source)? {
+            Self::Docker(r) => Ok(r),
+            other => Err(other.refuse(takes)),
         }
     }
 
     /// True for a reference into an OCI layout.
     pub fn is_layout(&self) -> bool {
         matches!(self, Self::Layout { .. })
+    }
+
+    /// True for an image in a registry.
+    pub fn is_registry(&self) -> bool {
+        matches!(self, Self::Docker(_))
     }
 
     /// The usage error of a command that does not take this kind of reference: `takes` says
@@ -66,6 +91,7 @@ impl ImageRef {
             Self::Dir(_) => "a directory",
             Self::Layout { tag: Some(_), .. } => "an image in an OCI layout",
             Self::Layout { tag: None, .. } => "an OCI layout",
+            Self::Docker(_) => "an image in a registry",
         }
     }
 }
@@ -76,6 +102,7 @@ impl fmt::Display for ImageRef {
             Self::Layout { dir, tag: Some(t) } => write!(f, "{}:{t}", dir.display()),
             Self::Layout { dir, tag: None } => write!(f, "{}", dir.display()),
             Self::Cfs(p) | Self::Dir(p) => write!(f, "{}", p.display()),
+            Self::Docker(r) => write!(f, "{r}"),
         }
     }
 }
@@ -122,7 +149,7 @@ mod tests {
                 ImageRef::Cfs(tmp.path().join("new.cfs")),
             ),
         ] {
-            let got = ImageRef::resolve(&arg, role);
+            let got = ImageRef::resolve(&arg, role).unwrap();
             assert_eq!(got, want, "{}", arg.display());
             assert_eq!(got.to_string(), arg.display().to_string());
         }
@@ -130,6 +157,41 @@ mod tests {
         assert_eq!(e.class(), chunkfs_format::ErrorClass::Usage);
         assert!(
             e.to_string().contains("a directory; expected an image"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn registry_references() {
+        for (arg, shown) in [
+            (
+                "docker://127.0.0.1:5000/test/app:v1",
+                "docker://127.0.0.1:5000/test/app:v1",
+            ),
+            (
+                "docker://debian",
+                "docker://docker.io/library/debian:latest",
+            ),
+        ] {
+            let got = ImageRef::resolve(Path::new(arg), Role::Source).unwrap();
+            assert!(matches!(got, ImageRef::Docker(_)), "{got:?}");
+            assert_eq!(got.to_string(), shown);
+            assert_eq!(ImageRef::registry(arg, "x").unwrap().to_string(), shown);
+        }
+        for bad in [
+            "docker://",
+            "docker://host:5000/Upper/case:v1",
+            "docker://h/r:bad tag",
+            "docker://h/r@sha256:abc",
+        ] {
+            let e = ImageRef::resolve(Path::new(bad), Role::Source).unwrap_err();
+            assert_eq!(e.class(), chunkfs_format::ErrorClass::Usage, "{bad}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        let e = ImageRef::registry("image.cfs", "a docker:// reference").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("image.cfs: an image file; expected a docker:// reference"),
             "{e}"
         );
     }

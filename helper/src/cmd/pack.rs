@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use chunkfs_distribution::oci::convert::{self, Dest, Outcome, Source};
-use chunkfs_distribution::oci::select::PlatformSpec;
 use chunkfs_format::build::{BuildOptions, SMALL_FILE_MAX_DEFAULT};
 use chunkfs_format::cfs::write::{PackOptions, pack_dir};
 use chunkfs_format::chunk::ChunkParams;
@@ -12,6 +11,8 @@ use chunkfs_format::prefetch::{self, Applied};
 use indicatif::HumanBytes;
 
 use super::image_ref::{ImageRef, Role};
+use super::pack_remote::{self, RemoteSource};
+use super::registry_flags::{RegistryFlags, StoreFlag, parse_platform};
 use crate::Error;
 use crate::progress::Progress;
 
@@ -23,14 +24,19 @@ use crate::progress::Progress;
     "  chunkfs pack --compression-level 19 --align 512 ./rootfs image-6.12.cfs\n",
     "  chunkfs pack ./rootfs layout:v1          (into an OCI layout; tags share chunks)\n",
     "  chunkfs pack layout:v1 image.cfs         (a chunkfs or an ordinary container image)\n",
+    "  chunkfs pack docker://registry.example/os/debian:12 image.cfs\n",
     "  chunkfs pack --prefetch trace.txt ./rootfs image.cfs   (trace.txt: from mount -o record=)\n\n",
     "SRC and DEST: LAYOUT:TAG or oci:LAYOUT[:TAG] is an OCI image layout; an existing path is that\n",
-    "path (a directory holding oci-layout is a layout); see docs/format.md §7.7.\n\n",
+    "path (a directory holding oci-layout is a layout); see docs/format.md §7.7. SRC may be a\n",
+    "registry image, docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]: a chunkfs image is fetched\n",
+    "through the local store (--store; only the frames it lacks) and copied with its metadata\n",
+    "digest; an ordinary image's layers are streamed into a temporary layout next to DEST,\n",
+    "checked against their digests, and converted.\n\n",
     "The image is written to a temporary file next to DEST and renamed when complete.\n\n",
     crate::exit_help!()
 ))]
 pub struct Args {
-    /// The directory to pack (or a .cfs or LAYOUT[:TAG] to convert).
+    /// The directory to pack (or a .cfs, LAYOUT[:TAG] or docker://... to convert).
     pub src: PathBuf,
     /// The image file to write (or LAYOUT:TAG).
     pub dest: PathBuf,
@@ -62,6 +68,12 @@ pub struct Args {
     /// removes it); digests of other chunks are skipped and counted (docs/format.md §3.6).
     #[arg(long, value_name = "FILE")]
     pub prefetch: Option<PathBuf>,
+    /// The local store (`--store`).
+    #[command(flatten)]
+    pub store: StoreFlag,
+    /// How to reach the registry.
+    #[command(flatten, next_help_heading = "Registry")]
+    pub registry: RegistryFlags,
 }
 
 fn parse_chunk_sizes(s: &str) -> Result<ChunkParams, String> {
@@ -80,9 +92,12 @@ fn parse_chunk_sizes(s: &str) -> Result<ChunkParams, String> {
 /// Runs `chunkfs pack`: a directory into a `.cfs`, or any conversion with an OCI layout on
 /// either side (docs/format.md §7).
 pub fn run(args: &Args) -> Result<(), Error> {
-    let src = ImageRef::resolve(&args.src, Role::Source);
-    let dest = ImageRef::resolve(&args.dest, Role::Destination);
-    if src.is_layout() || dest.is_layout() {
+    let src = ImageRef::resolve(&args.src, Role::Source)?;
+    let dest = ImageRef::resolve(&args.dest, Role::Destination)?;
+    if args.store.given() && !src.is_registry() {
+        return Err(Error::usage("--store applies to a docker:// source"));
+    }
+    if src.is_layout() || dest.is_layout() || src.is_registry() || dest.is_registry() {
         return convert_with_layout(args, &src, &dest);
     }
     let options = pack_options(args)?;
@@ -127,16 +142,10 @@ fn report_prefetch(applied: Option<&Applied>) {
     }
 }
 
-/// `chunkfs pack` with a layout on either side: any conversion `oci::convert` does.
+/// `chunkfs pack` with a layout (or a registry) on either side: any conversion `oci::convert`
+/// does, and a registry image into a `.cfs` or a layout.
 fn convert_with_layout(args: &Args, src_ref: &ImageRef, dest_ref: &ImageRef) -> Result<(), Error> {
-    let platform = match &args.platform {
-        Some(p) => Some(PlatformSpec::parse(p).ok_or_else(|| {
-            Error::usage(format!(
-                "--platform {p:?}: expected OS/ARCH or OS/ARCH/VARIANT"
-            ))
-        })?),
-        None => None,
-    };
+    let platform = parse_platform(args.platform.as_deref())?;
     let src = match src_ref {
         ImageRef::Dir(d) => Source::Dir(d),
         ImageRef::Cfs(f) => Source::Cfs(f),
@@ -145,13 +154,46 @@ fn convert_with_layout(args: &Args, src_ref: &ImageRef, dest_ref: &ImageRef) -> 
             tag: tag.as_deref(),
             platform: platform.as_ref(),
         },
+        ImageRef::Docker(r) => return pack_registry_image(args, r, dest_ref),
     };
     if platform.is_some() && !src_ref.is_layout() {
         return Err(Error::usage(
             "--platform applies only to a container image in an OCI layout",
         ));
     }
-    let dest = match dest_ref {
+    let dest = destination(dest_ref)?;
+    let mut bar = None;
+    let outcome = convert::convert(src, dest, &pack_options(args)?, |p| {
+        bar = Progress::for_build(p)
+    })?;
+    drop(bar);
+    report(dest_ref, &outcome);
+    report_prefetch(outcome.prefetch.as_ref());
+    Ok(())
+}
+
+/// `chunkfs pack docker://... DEST` (cmd/pack_remote.rs).
+fn pack_registry_image(
+    args: &Args,
+    reference: &chunkfs_distribution::registry::ImageRef,
+    dest_ref: &ImageRef,
+) -> Result<(), Error> {
+    let platform = parse_platform(args.platform.as_deref())?;
+    let src = RemoteSource {
+        reference,
+        platform: platform.as_ref(),
+        store: &args.store,
+        registry: &args.registry,
+    };
+    let outcome = pack_remote::pack(&src, destination(dest_ref)?, &pack_options(args)?)?;
+    report(dest_ref, &outcome);
+    report_prefetch(outcome.prefetch.as_ref());
+    Ok(())
+}
+
+/// What DEST names for a conversion: a `.cfs` or a tag in a layout.
+fn destination(dest_ref: &ImageRef) -> Result<Dest<'_>, Error> {
+    Ok(match dest_ref {
         ImageRef::Layout {
             dir,
             tag: Some(tag),
@@ -170,15 +212,12 @@ fn convert_with_layout(args: &Args, src_ref: &ImageRef, dest_ref: &ImageRef) -> 
                 d.display()
             )));
         }
-    };
-    let mut bar = None;
-    let outcome = convert::convert(src, dest, &pack_options(args)?, |p| {
-        bar = Progress::for_build(p)
-    })?;
-    drop(bar);
-    report(dest_ref, &outcome);
-    report_prefetch(outcome.prefetch.as_ref());
-    Ok(())
+        r @ ImageRef::Docker(_) => {
+            return Err(r.refuse(
+                "a .cfs file or LAYOUT:TAG (push a layout to a registry with `skopeo copy`)",
+            ));
+        }
+    })
 }
 
 fn report(dest: &ImageRef, o: &Outcome) {

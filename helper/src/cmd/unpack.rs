@@ -31,13 +31,18 @@ pub struct Args {
 
 /// Runs `chunkfs unpack`.
 pub fn run(args: &Args) -> Result<(), Error> {
-    let report = match ImageRef::resolve(&args.image, Role::Source) {
+    let report = match ImageRef::resolve(&args.image, Role::Source)? {
         ImageRef::Layout { dir, tag } => {
             let img = open_image(&dir, tag.as_deref())?;
             let mut chunks = img
                 .chunks()
                 .map_err(|e| Error::from(e).about(dir.display()))?;
             unpack(&img.image, &mut chunks, &args.dir)?
+        }
+        r @ ImageRef::Docker(_) => {
+            return Err(
+                r.refuse("a .cfs or LAYOUT[:TAG] (`chunkfs pack docker://... image.cfs` first)")
+            );
         }
         // Anything else is opened as a `.cfs`, whose error says what it is not.
         ImageRef::Cfs(_) | ImageRef::Dir(_) => {
