@@ -274,6 +274,30 @@ impl Pack {
             .map_err(Error::io(&self.path, "reading the pack file"))
     }
 
+    /// Whether every frame of `frames` (index positions) is present: from what this process
+    /// knows, reading the state file only when some are not known present yet. Cheap enough
+    /// for a fanotify filler's event thread (one `pread` of a few bytes at most); a mount
+    /// asks it for the frames it reads, which may be fewer than the pack's.
+    pub fn all_present(&self, frames: &[usize]) -> Result<bool, Error> {
+        let unknown: Vec<usize> = frames
+            .iter()
+            .copied()
+            .filter(|&i| !self.state.known_present(i))
+            .collect();
+        let (Some(&a), Some(&b)) = (unknown.iter().min(), unknown.iter().max()) else {
+            return Ok(true);
+        };
+        if b >= self.index.entries.len() {
+            return Err(Error::Usage(format!(
+                "{}: frame {b} of {}",
+                self.path.display(),
+                self.index.entries.len()
+            )));
+        }
+        self.state.read(a..b + 1)?;
+        Ok(unknown.iter().all(|&i| self.state.known_present(i)))
+    }
+
     /// The pids of other processes holding record locks on the frames overlapping `range`
     /// (pack-file offsets), i.e. writing them now. A fanotify filler answers an event for a
     /// range at once when the process that raised it is one of them (docs/store.md §6).

@@ -29,9 +29,17 @@
 
 pub mod copy;
 pub mod daemon;
+pub mod device;
 pub mod fanotify;
 pub mod filler;
+pub mod replay;
+pub mod status;
+pub mod store_source;
+pub mod watch;
+pub mod work;
 
 pub use copy::{CopyPair, FileCopySource};
 pub use fanotify::{Why, supported};
+pub use device::StoreDevice;
 pub use filler::{Config, FillError, FillSource, Filler, PackFile, Stats, StopHandle};
+pub use store_source::StoreSource;

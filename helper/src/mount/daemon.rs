@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sys;
 
+mod lazy_mount;
+
 /// `argv[0]` of the daemon.
 pub const ARGV0: &str = "@chunkfs-reader";
 /// Where the daemon records its pid, by the mount's device number, for `chunkfs umount`.
@@ -76,6 +78,24 @@ pub struct Spec {
     pub ms_flags: u64,
     /// SELinux context options, passed to the kernel with the mount.
     pub security: Vec<(String, String)>,
+    /// A registry image whose devices are pack files of the local store, filled on first read
+    /// (then `devices` and `tables` are empty).
+    #[serde(default)]
+    pub lazy: Option<LazyFds>,
+}
+
+/// What a lazy mount's daemon inherits besides the descriptor (docs/lazy.md §8).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LazyFds {
+    /// A sealed memfd holding the [`crate::lazy::work::LazySpec`].
+    pub spec: FdSpec,
+    /// A sealed memfd holding credentials given on the command line, if any.
+    pub creds: Option<FdSpec>,
+    /// A sealed memfd holding the digest table the helper built from the image's checked
+    /// metadata and the plan (every chunk, at its pack-file offset).
+    pub tables: FdSpec,
+    /// The table's sha256, hex.
+    pub tables_sha256: String,
 }
 
 /// Largest digest table read (a 64-byte entry per chunk: 16 million chunks).
@@ -105,6 +125,10 @@ pub fn main() -> ! {
     let _ = nix::unistd::setsid();
     let mut keep = vec![spec.status_fd, spec.target.fd, spec.primary.fd];
     keep.extend(spec.devices.iter().map(|d| d.fd));
+    if let Some(l) = &spec.lazy {
+        keep.extend([l.spec.fd, l.tables.fd]);
+        keep.extend(l.creds.as_ref().map(|c| c.fd));
+    }
     sys::close_fds_except(&keep);
     let mut status = match sys::take_inherited_fd(spec.status_fd) {
         Ok(fd) => File::from(fd),
@@ -115,13 +139,17 @@ pub fn main() -> ! {
     };
     let _ = writeln!(status, "pid {}", std::process::id());
     let code = match start(&spec) {
-        Ok((reader, fuse, pidfile)) => {
+        Ok((reader, fuse, pidfile, lazy)) => {
             let _ = writeln!(status, "ok");
             drop(status);
             let _ = nix::unistd::chdir("/");
+            let lazy = lazy.map(|l| l.start(pidfile.clone()));
             let r = reader.serve(fuse);
             if let Some(p) = pidfile {
                 let _ = std::fs::remove_file(p);
+            }
+            if let Some(l) = lazy {
+                l.end("unmounted");
             }
             match r {
                 Ok(()) => 0,
@@ -148,9 +176,12 @@ fn rename_fds(message: String, spec: &Spec) -> String {
         })
 }
 
-/// Opens the reader, mounts, records the pid. Returns the reader, the `/dev/fuse` descriptor
-/// and the pid file.
-fn start(spec: &Spec) -> Result<(Reader, OwnedFd, Option<PathBuf>), String> {
+/// Opens the reader, mounts, records the pid. Returns the reader, the `/dev/fuse` descriptor,
+/// the pid file and, for a lazy mount, what runs beside the reader.
+#[allow(clippy::type_complexity)]
+fn start(
+    spec: &Spec,
+) -> Result<(Reader, OwnedFd, Option<PathBuf>, Option<lazy_mount::Serving>), String> {
     let take = |f: &FdSpec| {
         sys::take_inherited_fd(f.fd)
             .map(File::from)
@@ -163,7 +194,11 @@ fn start(spec: &Spec) -> Result<(Reader, OwnedFd, Option<PathBuf>), String> {
         .iter()
         .map(take)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut tables = Vec::with_capacity(spec.tables.len());
+    let lazy = spec.lazy.as_ref().map(lazy_mount::open).transpose()?;
+    let mut tables = Vec::with_capacity(spec.tables.len() + 1);
+    if let Some(l) = &lazy {
+        tables.push(l.tables.clone());
+    }
     for t in &spec.tables {
         let (file, name) = match usize::from(t.on).checked_sub(1) {
             None => (&primary, &spec.primary.name),
@@ -188,6 +223,9 @@ fn start(spec: &Spec) -> Result<(Reader, OwnedFd, Option<PathBuf>), String> {
         devices.iter().map(fd_path).collect(),
         tables,
     );
+    if let Some(l) = &lazy {
+        config.devices = l.devices();
+    }
     if let Some(c) = spec.cache_bytes {
         config.cache_bytes = c;
     }
@@ -202,7 +240,11 @@ fn start(spec: &Spec) -> Result<(Reader, OwnedFd, Option<PathBuf>), String> {
     drop(devices);
     let fuse = mount_fuse(spec, &target)?;
     let pidfile = record_pid(spec);
-    Ok((reader, fuse, pidfile))
+    let serving = match lazy {
+        Some(l) => Some(l.mounted(spec)?),
+        None => None,
+    };
+    Ok((reader, fuse, pidfile, serving))
 }
 
 fn read_table(file: &File, name: &str, t: &TableSpec) -> Result<Vec<u8>, String> {

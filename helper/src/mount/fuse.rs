@@ -95,6 +95,7 @@ pub fn mount(
         debug: opts.debug,
         ms_flags: opts.ms_flags().bits(),
         security: opts.security.clone(),
+        lazy: None,
     };
     let json = serde_json::to_string(&spec).map_err(|e| io("spec", std::io::Error::other(e)))?;
     let mut keep = vec![
