@@ -53,6 +53,7 @@ pub fn run(
     let mut out = Outcome::default();
     loop {
         let next = AtomicUsize::new(0);
+        let tried = AtomicUsize::new(0);
         let failed = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..threads.clamp(1, 16).min(pending.len().max(1)) {
@@ -64,6 +65,7 @@ pub fn run(
                             return;
                         };
                         let Some(item) = items.get(i) else { return };
+                        tried.fetch_add(1, Ordering::Relaxed);
                         match fill(item) {
                             Ok(()) => {}
                             Err(e) => {
@@ -82,12 +84,7 @@ pub fn run(
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         failed.sort_unstable();
-        let tried = if stop.load(Ordering::Relaxed) {
-            next.load(Ordering::Relaxed).min(pending.len())
-        } else {
-            pending.len()
-        };
-        out.done += tried.saturating_sub(failed.len());
+        out.done += tried.into_inner().saturating_sub(failed.len());
         out.failed = failed.len();
         pending = failed;
         if pending.is_empty() || !retry || stop.load(Ordering::Relaxed) {

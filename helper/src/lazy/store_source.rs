@@ -19,12 +19,13 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chunkfs_distribution::source::BlobSource;
 use chunkfs_distribution::store::Pack;
 use chunkfs_format::Classify;
 
+use super::device::{Stream, with_ahead};
 use super::filler::{FillError, FillSource};
 use super::work;
 
@@ -35,6 +36,8 @@ struct Used {
     frames: Vec<usize>,
     /// `is_used[i]` for every frame of the pack.
     is_used: Vec<bool>,
+    /// The kernel's reads of the pack, to fetch ahead of a sequential stream.
+    stream: Mutex<Stream>,
 }
 
 /// Fills a lazy mount's pack files from a registry through the store (see the module
@@ -75,6 +78,7 @@ impl StoreSource {
                     pack,
                     frames,
                     is_used,
+                    stream: Mutex::new(Stream::default()),
                 }
             })
             .collect();
@@ -139,7 +143,17 @@ impl FillSource for StoreSource {
 
     fn fill(&self, file: usize, range: Range<u64>, _pid: i32, out: &File) -> Result<(), FillError> {
         let u = self.pack(file)?;
-        let frames = Self::used_in(u, range);
+        let mut frames = Self::used_in(u, range.clone());
+        // A sequential stream fetches the next used frames too, in the same requests.
+        let window = u
+            .stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .advance(range.start, range.end);
+        if let Some(&last) = frames.last() {
+            let ahead = with_ahead(&u.pack, &u.is_used, last..last + 1, window);
+            frames.extend(ahead.skip(1));
+        }
         for run in work::runs(&u.pack, &frames) {
             let Some(bytes) = work::byte_range(&u.pack, &run) else {
                 continue;

@@ -16,7 +16,7 @@
 //! ```
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -183,9 +183,12 @@ impl LazySpec {
         crate::mount::cache::memfd(c"chunkfs-lazy-spec", &json)
     }
 
-    /// Reads a spec back from an inherited file (at most 256 MiB).
-    pub fn read_from(file: File) -> Result<Self, String> {
+    /// Reads a spec back from an inherited file (at most 256 MiB), from its start.
+    pub fn read_from(mut file: File) -> Result<Self, String> {
         let mut bytes = Vec::new();
+        // The writer's offset is shared with the inherited descriptor.
+        file.rewind()
+            .map_err(|e| format!("reading the lazy mount's spec: {e}"))?;
         file.take(SPEC_MAX)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("reading the lazy mount's spec: {e}"))?;
@@ -243,14 +246,16 @@ pub fn credentials_memfd(creds: &Credentials) -> std::io::Result<File> {
     crate::mount::cache::memfd(c"chunkfs-credentials", json.to_string().as_bytes())
 }
 
-/// Reads credentials back from an inherited memfd.
-pub fn read_credentials(file: File) -> Result<Credentials, String> {
+/// Reads credentials back from an inherited memfd, from its start.
+pub fn read_credentials(mut file: File) -> Result<Credentials, String> {
     #[derive(Deserialize)]
     struct Creds {
         username: String,
         password: String,
     }
     let mut bytes = Vec::new();
+    file.rewind()
+        .map_err(|e| format!("reading the credentials: {e}"))?;
     file.take(1 << 16)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("reading the credentials: {e}"))?;

@@ -225,6 +225,9 @@ fn start(
     );
     if let Some(l) = &lazy {
         config.devices = l.devices();
+        // Decompress-ahead would fetch the eight frames stored after every small file read;
+        // the lazy devices fetch ahead of sequential streams themselves.
+        config.prefetch_chunks = 0;
     }
     if let Some(c) = spec.cache_bytes {
         config.cache_bytes = c;

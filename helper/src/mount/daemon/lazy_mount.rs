@@ -6,7 +6,7 @@
 //! waiting for a registry that is down.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,7 +52,11 @@ pub(super) fn open(fds: &LazyFds) -> Result<Opened, String> {
         .map(|c| take(c).and_then(work::read_credentials))
         .transpose()?;
     let mut bytes = Vec::new();
-    take(&fds.tables)?
+    let mut tables = take(&fds.tables)?;
+    tables
+        .rewind()
+        .map_err(|e| format!("reading the digest table: {e}"))?;
+    tables
         .take(TABLE_MAX)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("reading the digest table: {e}"))?;
