@@ -20,10 +20,11 @@
 use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chunkfs_distribution::source::BlobSource;
 use chunkfs_distribution::store::Pack;
-use chunkfs_format::Classify;
+use chunkfs_format::{Classify, ErrorClass};
 
 use super::device::{Stream, with_ahead};
 use super::filler::{FillError, FillSource};
@@ -40,12 +41,19 @@ struct Used {
     stream: Mutex<Stream>,
 }
 
+/// After a fill failed for want of the registry, how long new fills fail at once rather than
+/// ask it again: the kernel asks for one read's range several times (readahead, then each
+/// page: docs/lazy.md rule 9), and each would wait for the client's retries.
+pub const DOWN_FOR: Duration = Duration::from_millis(250);
+
 /// Fills a lazy mount's pack files from a registry through the store (see the module
 /// documentation).
 pub struct StoreSource {
     packs: Vec<Used>,
     source: Arc<dyn BlobSource>,
     me: i32,
+    /// Until when fills fail at once (the registry just failed one).
+    down_until: Mutex<Option<(Instant, String)>>,
 }
 
 impl std::fmt::Debug for StoreSource {
@@ -86,6 +94,7 @@ impl StoreSource {
             packs,
             source,
             me: i32::try_from(std::process::id()).unwrap_or(0),
+            down_until: Mutex::new(None),
         }
     }
 
@@ -154,13 +163,30 @@ impl FillSource for StoreSource {
             let ahead = with_ahead(&u.pack, &u.is_used, last..last + 1, window);
             frames.extend(ahead.skip(1));
         }
-        for run in work::runs(&u.pack, &frames) {
+        let runs = work::runs(&u.pack, &frames);
+        if runs.is_empty() {
+            return Ok(());
+        }
+        if let Some((until, why)) = &*self.down_until.lock().unwrap_or_else(PoisonError::into_inner)
+        {
+            if Instant::now() < *until {
+                return Err(FillError::Source {
+                    class: ErrorClass::Network,
+                    source: format!("not asked again so soon: {why}").into(),
+                });
+            }
+        }
+        for run in runs {
             let Some(bytes) = work::byte_range(&u.pack, &run) else {
                 continue;
             };
-            u.pack
-                .ensure_with(bytes, &*self.source, out)
-                .map_err(source_error)?;
+            if let Err(e) = u.pack.ensure_with(bytes, &*self.source, out) {
+                if e.class() == ErrorClass::Network {
+                    *self.down_until.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((Instant::now() + DOWN_FOR, e.to_string()));
+                }
+                return Err(source_error(e));
+            }
         }
         Ok(())
     }
