@@ -684,3 +684,51 @@ fn prefetch_list_and_background_pull_fill_the_mount_without_reads() {
     drop(reg);
     let _ = fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// digest= pins the image; verify=full pulls it; nothing is left behind by a refused mount.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn digest_pins_and_verify_full() {
+    require!();
+    let f = fixture();
+    let dir = scratch("pin");
+    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
+    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let store = dir.join("store");
+    let mnt = mount_point(&dir, "mnt");
+    let base = base_options(&reg, &store, None);
+    let wrong = format!("{base},digest=sha256:{}", "00".repeat(32));
+    let o = chunkfs_mount(&reg.reference("test/app", "v1"), &mnt, &wrong);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("DIGEST MISMATCH"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        fs::read_dir(store.join("mounts")).unwrap().next().is_none(),
+        "a refused mount leaves no record in the store"
+    );
+    chunkfs_tests::mount::assert_nothing_left(&dir);
+
+    let image = chunkfs_distribution::oci::read::open_image(&f.layout, Some("v1")).unwrap();
+    let pinned = format!(
+        "{base},verify=full,digest={}",
+        image.metadata_digest.to_oci()
+    );
+    let o = chunkfs_mount(&reg.reference("test/app", "v1"), &mnt, &pinned);
+    assert!(o.status.success(), "{}", describe(&o));
+    let m = Mounted::at(&mnt);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("verify=full: pulled"), "{stderr}");
+    let st = chunkfs_status(&mnt);
+    assert_eq!(st["record"]["reader"], "kernel", "complete: no daemon: {st}");
+    let before = reg.requests().len();
+    tree::compare_trees(&f.src, &mnt).unwrap();
+    assert_eq!(blob_ranges(&reg.requests()[before..]).0, 0);
+    m.unmount();
+    drop(reg);
+    let _ = fs::remove_dir_all(&dir);
+}
