@@ -243,10 +243,7 @@ fn start(
     drop(devices);
     let fuse = mount_fuse(spec, &target)?;
     let pidfile = record_pid(spec);
-    let serving = match lazy {
-        Some(l) => Some(l.mounted(spec)?),
-        None => None,
-    };
+    let serving = lazy.map(|l| l.mounted(spec));
     Ok((reader, fuse, pidfile, serving))
 }
 

@@ -90,33 +90,32 @@ impl Opened {
             .collect()
     }
 
-    /// Once mounted: finds the mount, to notice when it is gone.
-    pub fn mounted(self, spec: &Spec) -> Result<Serving, String> {
+    /// Once mounted: finds the mount, to notice when it is gone (if it cannot be found, the
+    /// daemon ends when the reader's loop does, as for other images).
+    pub fn mounted(self, spec: &Spec) -> Serving {
         let target = Path::new(&spec.target.name);
-        let m = crate::mount::mountinfo::read()
-            .map_err(|e| format!("/proc/self/mountinfo: {e}"))?
-            .into_iter()
-            .rev()
-            .find(|m| m.mount_point == target && m.fstype == "fuse.chunkfs")
-            .ok_or_else(|| format!("{}: the FUSE mount is not in the mount table", target.display()))?;
-        Ok(Serving {
+        let m = crate::mount::mountinfo::read().ok().and_then(|all| {
+            all.into_iter()
+                .rev()
+                .find(|m| m.mount_point == target && m.fstype == "fuse.chunkfs")
+        });
+        Serving {
             opened: self,
-            mount_id: m.id,
-            connection: watch::fuse_connection_dir(m.dev.1),
+            mount: m.map(|m| (m.id, watch::fuse_connection_dir(m.dev.1))),
             stop: Arc::new(AtomicBool::new(false)),
             ended: AtomicBool::new(false),
             background: Mutex::new(String::new()),
             last_error: Mutex::new(None),
             publisher: Mutex::new(None),
-        })
+        }
     }
 }
 
 /// A mounted lazy image's threads besides the reader.
 pub(super) struct Serving {
     opened: Opened,
-    mount_id: u64,
-    connection: PathBuf,
+    /// The mount's id and its FUSE connection's sysfs directory.
+    mount: Option<(u64, PathBuf)>,
     stop: Arc<AtomicBool>,
     ended: AtomicBool,
     background: Mutex<String>,
@@ -143,12 +142,12 @@ impl Serving {
                 .name("chunkfs-background".into())
                 .spawn(move || me.background());
         }
-        {
+        if let Some((id, connection)) = me.mount.clone() {
             let me = me.clone();
             let _ = std::thread::Builder::new()
                 .name("chunkfs-watch".into())
                 .spawn(move || {
-                    if watch::wait_gone(me.mount_id, Some(&me.connection), &me.stop) {
+                    if watch::wait_gone(id, Some(&connection), &me.stop) {
                         if let Some(p) = &pidfile {
                             let _ = std::fs::remove_file(p);
                         }
