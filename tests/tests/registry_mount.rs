@@ -605,14 +605,29 @@ fn a_pulled_image_mounts_offline_on_the_kernel_path_with_no_daemon() {
     }
     reg.stop();
     let mnt = mount_point(&dir, "mnt");
-    // No credentials, no registry: everything comes from the store.
-    let opts = format!(
-        "store={},cert-dir={}",
-        store_dir.display(),
-        reg.cert_dir().display()
-    );
-    let m = mount(&reg.reference("test/app", "v1"), &mnt, &opts);
+    // No credentials, no registry: everything comes from the store. Through mount(8), from
+    // an fstab line.
+    let _helper = chunkfs_tests::mount::SbinHelper::install();
+    let fstab = dir.join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "{} {} chunkfs ro,noauto,_netdev,store={},cert-dir={} 0 0\n",
+            reg.reference("test/app", "v1"),
+            mnt.display(),
+            store_dir.display(),
+            reg.cert_dir().display()
+        ),
+    )
+    .unwrap();
+    let o = output(Command::new("mount").arg("-T").arg(&fstab).arg(&mnt));
+    assert!(o.status.success(), "mount -T fstab: {}", describe(&o));
+    let m = Mounted::at(&mnt);
     assert_eq!(fstype(&mnt), "erofs");
+    assert_eq!(
+        chunkfs_tests::mount::mountinfo_dev(&mnt).source,
+        reg.reference("test/app", "v1")
+    );
     let st = chunkfs_status(&mnt);
     assert_eq!(st["record"]["reader"], "kernel", "{st}");
     assert!(st["record"]["daemon_pid"].is_null(), "{st}");
@@ -730,5 +745,191 @@ fn digest_pins_and_verify_full() {
     assert_eq!(blob_ranges(&reg.requests()[before..]).0, 0);
     m.unmount();
     drop(reg);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements (not a timed test).
+// ---------------------------------------------------------------------------------------------
+
+/// `tools/shape-proxy` in front of `port`: 20 ms round trips, 200 Mbit/s each way.
+struct Shaped {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Shaped {
+    fn start(port: u16, rtt_ms: u32, mbit: u32) -> Shaped {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = listen.local_addr().unwrap().port();
+        drop(listen);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/shape-proxy");
+        let child = Command::new("python3")
+            .arg(script)
+            .args(["--listen", &format!("127.0.0.1:{me}")])
+            .args(["--target", &format!("127.0.0.1:{port}")])
+            .args(["--rtt-ms", &rtt_ms.to_string(), "--mbit", &mbit.to_string()])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", me)).is_err() {
+            assert!(Instant::now() < deadline, "shape-proxy did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Shaped { child, port: me }
+    }
+}
+
+impl Drop for Shaped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn drop_caches() {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Reads every file under `dir`; returns the bytes read.
+fn read_all(dir: &Path) -> u64 {
+    let mut total = 0;
+    for rel in files(dir) {
+        let mut buf = Vec::new();
+        if let Ok(mut f) = fs::File::open(dir.join(&rel)) {
+            total += f.read_to_end(&mut buf).unwrap_or(0) as u64;
+        }
+    }
+    total
+}
+
+/// A tree `chroot DIR /bin/true` runs in, plus /usr/lib/python3.* as bulk (a realistic image
+/// of which a command reads a few percent).
+fn chroot_tree(dir: &Path) {
+    for (from, to) in [
+        ("/usr/bin/true", "bin/true"),
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let dst = dir.join(to);
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(fs::canonicalize(from).unwrap(), &dst).unwrap();
+    }
+    let py = fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("python3."))
+        });
+    if let Some(py) = py {
+        fs::create_dir_all(dir.join("usr/lib")).unwrap();
+        let o = output(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&py)
+                .arg(dir.join("usr/lib")),
+        );
+        assert!(o.status.success(), "{}", describe(&o));
+    }
+}
+
+#[test]
+#[ignore = "a measurement: CHUNKFS_BIN=target/release/chunkfs cargo test -p chunkfs-tests --test registry_mount measure -- --ignored --nocapture"]
+fn measure_lazy_mounts() {
+    require!();
+    let dir = scratch("measure");
+    let src = dir.join("src");
+    chroot_tree(&src);
+    let layout = dir.join("layout");
+    pack_into_layout(&src, &layout, "v1");
+    let pack_bytes: u64 = fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .filter(|&l| l > 1 << 20)
+        .sum();
+    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
+    reg.push(&format!("oci:{}:v1", layout.display()), "test/os", "v1");
+    let shaped = Shaped::start(reg.port(), 20, 200);
+    let links = [
+        ("loopback", reg.host()),
+        ("20 ms RTT, 200 Mbit/s", format!("127.0.0.1:{}", shaped.port)),
+    ];
+    eprintln!("image: {} bytes of packs", pack_bytes);
+    let mut n = 0;
+    for (link, host) in &links {
+        for reader in ["kernel", "fuse"] {
+            let mut times = Vec::new();
+            let mut chroot_bytes = Vec::new();
+            for _ in 0..3 {
+                n += 1;
+                let store = dir.join(format!("store-{n}"));
+                let mnt = mount_point(&dir, &format!("mnt-{n}"));
+                let opts = format!(
+                    "store={},cert-dir={},reader={reader}",
+                    store.display(),
+                    reg.cert_dir().display()
+                );
+                let t = Instant::now();
+                let o = chunkfs_mount(&format!("docker://{host}/test/os:v1"), &mnt, &opts);
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                assert!(o.status.success(), "{}", describe(&o));
+                let m = Mounted::at(&mnt);
+                let before = reg.requests().len();
+                let o = output(Command::new("chroot").arg(&mnt).arg("/bin/true"));
+                assert!(o.status.success(), "chroot: {}", describe(&o));
+                // The registry writes its access log line a moment after the answer.
+                std::thread::sleep(Duration::from_millis(300));
+                chroot_bytes.push(blob_ranges(&reg.requests()[before..]));
+                m.unmount();
+                let _ = fs::remove_dir_all(&store);
+            }
+            eprintln!(
+                "{link}, {reader}: mount {:.0} {:.0} {:.0} ms; chroot /bin/true fetched {:?} (requests, bytes)",
+                times[0], times[1], times[2], chroot_bytes
+            );
+        }
+    }
+    // Cold read-all over the shaped link: lazily, then the same image complete in the store.
+    let host = &links[1].1;
+    for reader in ["kernel", "fuse"] {
+        n += 1;
+        let store = dir.join(format!("store-{n}"));
+        let mnt = mount_point(&dir, &format!("mnt-{n}"));
+        let opts = format!(
+            "store={},cert-dir={},reader={reader}",
+            store.display(),
+            reg.cert_dir().display()
+        );
+        let o = chunkfs_mount(&format!("docker://{host}/test/os:v1"), &mnt, &opts);
+        assert!(o.status.success(), "{}", describe(&o));
+        let m = Mounted::at(&mnt);
+        drop_caches();
+        let t = Instant::now();
+        let bytes = read_all(&mnt);
+        let lazy = t.elapsed().as_secs_f64();
+        m.unmount();
+        // Complete now: mounted again it needs no daemon (kernel) or fetches nothing (FUSE).
+        let o = chunkfs_mount(&format!("docker://{host}/test/os:v1"), &mnt, &opts);
+        assert!(o.status.success(), "{}", describe(&o));
+        let m = Mounted::at(&mnt);
+        drop_caches();
+        let t = Instant::now();
+        read_all(&mnt);
+        let complete = t.elapsed().as_secs_f64();
+        m.unmount();
+        let link = pack_bytes as f64 / (200e6 / 8.0);
+        eprintln!(
+            "read-all ({reader}, {bytes} bytes of files): lazily over the link {lazy:.2} s ({:.1} MB/s of packs), complete {complete:.2} s; the link's raw time for the packs {link:.2} s (lazy/raw {:.2})",
+            pack_bytes as f64 / lazy / 1e6,
+            lazy / link
+        );
+    }
+    drop((shaped, reg));
     let _ = fs::remove_dir_all(&dir);
 }

@@ -272,7 +272,7 @@ fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
             files = opened.files()?;
             prefetch = opened.prefetch();
             background |= opened.spec.background;
-            let source = opened.source();
+            let source = opened.source()?;
             lazy = Some(opened);
             source
         }

@@ -27,6 +27,7 @@
 //! [`filler`] (the event loop, the [`FillSource`] trait), [`copy`] (a source filling from a
 //! complete copy), [`daemon`] (the filler as a daemon, `@chunkfs-filler`).
 
+pub mod ahead;
 pub mod copy;
 pub mod daemon;
 pub mod device;

@@ -26,7 +26,7 @@ use chunkfs_distribution::source::BlobSource;
 use chunkfs_distribution::store::Pack;
 use chunkfs_format::{Classify, ErrorClass};
 
-use super::device::{Stream, with_ahead};
+use super::ahead;
 use super::filler::{FillError, FillSource};
 use super::work;
 
@@ -38,7 +38,10 @@ struct Used {
     /// `is_used[i]` for every frame of the pack.
     is_used: Vec<bool>,
     /// The kernel's reads of the pack, to fetch ahead of a sequential stream.
-    stream: Mutex<Stream>,
+    stream: Mutex<ahead::Stream>,
+    /// A descriptor of the pack file opened before the filler marked it, for the fetches
+    /// ahead (whose writes raise no events of this filler).
+    sink: Arc<File>,
 }
 
 /// After a fill failed for want of the registry, how long new fills fail at once rather than
@@ -67,13 +70,20 @@ impl std::fmt::Debug for StoreSource {
 
 impl StoreSource {
     /// A source for `packs` (the filler's files, in order), of which the mount reads `used`
-    /// (index positions per pack), fetched from `source`. The packs must have been opened
-    /// before the filler marks them.
-    pub fn new(packs: Vec<Arc<Pack>>, used: Vec<Vec<usize>>, source: Arc<dyn BlobSource>) -> Self {
+    /// (index positions per pack), fetched from `source`; `sinks` are descriptors of the pack
+    /// files for the fetches ahead. The packs and sinks must have been opened before the
+    /// filler marks them.
+    pub fn new(
+        packs: Vec<Arc<Pack>>,
+        used: Vec<Vec<usize>>,
+        sinks: Vec<Arc<File>>,
+        source: Arc<dyn BlobSource>,
+    ) -> Self {
         let packs = packs
             .into_iter()
             .zip(used)
-            .map(|(pack, mut frames)| {
+            .zip(sinks)
+            .map(|((pack, mut frames), sink)| {
                 let n = pack.entries().len();
                 frames.retain(|&f| f < n);
                 frames.sort_unstable();
@@ -86,7 +96,8 @@ impl StoreSource {
                     pack,
                     frames,
                     is_used,
-                    stream: Mutex::new(Stream::default()),
+                    stream: Mutex::new(ahead::Stream::default()),
+                    sink,
                 }
             })
             .collect();
@@ -152,16 +163,25 @@ impl FillSource for StoreSource {
 
     fn fill(&self, file: usize, range: Range<u64>, _pid: i32, out: &File) -> Result<(), FillError> {
         let u = self.pack(file)?;
-        let mut frames = Self::used_in(u, range.clone());
-        // A sequential stream fetches the next used frames too, in the same requests.
-        let window = u
+        let frames = Self::used_in(u, range.clone());
+        // A sequential stream fetches the next used frames in the background.
+        let scheduled = u
             .stream
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .advance(range.start, range.end);
-        if let Some(&last) = frames.last() {
-            let ahead = with_ahead(&u.pack, &u.is_used, last..last + 1, window);
-            frames.extend(ahead.skip(1));
+        if let Some(bytes) = scheduled {
+            let pool = ahead::Pool::get();
+            for piece in ahead::pieces(&u.pack, &u.is_used, bytes) {
+                let Some(piece) = work::byte_range(&u.pack, &piece) else {
+                    continue;
+                };
+                let (pack, source, sink) = (u.pack.clone(), self.source.clone(), u.sink.clone());
+                // Errors are left for the events that need the frames.
+                pool.submit(move || {
+                    let _ = pack.ensure_with(piece, &*source, &sink);
+                });
+            }
         }
         let runs = work::runs(&u.pack, &frames);
         if runs.is_empty() {

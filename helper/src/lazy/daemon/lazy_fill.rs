@@ -75,15 +75,21 @@ impl Opened {
             .collect()
     }
 
-    /// The fill source.
-    pub fn source(&mut self) -> Arc<dyn FillSource> {
+    /// The fill source (opens its own descriptors of the packs: call before the marks).
+    pub fn source(&mut self) -> Result<Arc<dyn FillSource>, String> {
+        let sinks = self
+            .files()?
+            .into_iter()
+            .map(|f| Arc::new(f.file))
+            .collect();
         let source = Arc::new(StoreSource::new(
             self.packs.clone(),
             self.used.clone(),
+            sinks,
             Arc::new(self.client.clone()),
         ));
         self.source = Some(source.clone());
-        source
+        Ok(source)
     }
 
     /// Starts publishing the counters of the store, the client and the filler.
