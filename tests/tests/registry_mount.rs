@@ -913,6 +913,8 @@ fn measure_lazy_mounts() {
         let t = Instant::now();
         let bytes = read_all(&mnt);
         let lazy = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(1200));
+        eprintln!("{reader} after the read-all: {}", chunkfs_status(&mnt)["stats"]);
         m.unmount();
         // Complete now: mounted again it needs no daemon (kernel) or fetches nothing (FUSE).
         let o = chunkfs_mount(&format!("docker://{host}/test/os:v1"), &mnt, &opts);
@@ -928,6 +930,34 @@ fn measure_lazy_mounts() {
             "read-all ({reader}, {bytes} bytes of files): lazily over the link {lazy:.2} s ({:.1} MB/s of packs), complete {complete:.2} s; the link's raw time for the packs {link:.2} s (lazy/raw {:.2})",
             pack_bytes as f64 / lazy / 1e6,
             lazy / link
+        );
+    }
+    // What a pull (four requests of up to 4 MiB in flight) gets from the same link.
+    {
+        use chunkfs_distribution::registry::{Client, ImageRef};
+        let reference = ImageRef::parse(&format!("docker://{host}/test/os:v1")).unwrap();
+        let client = Client::new(
+            &reference,
+            chunkfs_distribution::registry::Options {
+                cert_dir: Some(reg.cert_dir()),
+                ..chunkfs_distribution::registry::Options::default()
+            },
+        )
+        .unwrap();
+        let store = chunkfs_distribution::store::Store::open(&dir.join("store-pull")).unwrap();
+        let mut image =
+            chunkfs_distribution::remote::open(&store, &client, &reference, None).unwrap();
+        let plan = image
+            .plan(&store, &client, chunkfs_format::translate::ExtentLayout::Bit48)
+            .unwrap();
+        let t = Instant::now();
+        let r = store.pull(&plan, &client, &mut |_, _| {}).unwrap();
+        let took = t.elapsed().as_secs_f64();
+        eprintln!(
+            "pull over the link: {} bytes in {} requests, {took:.2} s ({:.1} MB/s)",
+            r.fetched_bytes,
+            r.requests,
+            r.fetched_bytes as f64 / took / 1e6
         );
     }
     drop((shaped, reg));

@@ -3,28 +3,33 @@
 //!
 //! Reads of a pack that continue each other (a file streamed, a tree read in storage order)
 //! form a [`Stream`]. From the third read in a row, the stream keeps a window of the pack's next
-//! bytes scheduled for fetching, a window that doubles per read from [`AHEAD_MIN`] to
-//! [`AHEAD_MAX`]; the frames the mount reads in it are fetched by a few background threads
-//! ([`Pool`]), in pieces of at most [`PIECE`] so that several requests are in flight, while the
-//! reader goes on. A read that reaches a frame still in flight waits for that fetch (the
-//! store's claims) rather than asking again. A lone read (one small file) schedules nothing.
-//! Over a 20 ms, 200 Mbit/s link a read-all is then bound by the link, not by one round trip
-//! per read.
+//! bytes scheduled for fetching: as much as the stream has read so far, at most
+//! [`AHEAD_MAX`], so that what a stream fetches and never reads (past the end of the file the
+//! workload wanted) is at most what it did read, while a long stream (a read-all) soon has
+//! megabytes in flight. It is scheduled in batches of half a window (at most 512 KiB): every
+//! request costs a round trip. The frames the mount reads in the window are fetched by a few
+//! background threads ([`Pool`]), in pieces of at most [`PIECE`] so that several requests are
+//! in flight, while the reader goes on. A read that reaches a frame still in flight waits for
+//! that fetch (the store's claims) rather than asking again. A lone read (one small file)
+//! schedules nothing.
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use chunkfs_distribution::store::Pack;
 
-/// The first fetch-ahead window of a stream.
-pub const AHEAD_MIN: u64 = 256 << 10;
 /// The largest fetch-ahead window.
-pub const AHEAD_MAX: u64 = 4 << 20;
+pub const AHEAD_MAX: u64 = 8 << 20;
+/// The largest batch of bytes a stream waits for before scheduling them.
+const BATCH: u64 = 512 << 10;
 /// Largest piece one background fetch asks for.
 pub const PIECE: u64 = 1 << 20;
 /// How far past the previous read's end a read may start and still continue it (readahead of
 /// several files, padding, frames the mount does not read).
 const GAP: u64 = 1 << 20;
+/// Streams followed at once per pack (a tree read in order reads the packed stream of small
+/// files and the frames of large files, stored apart: two streams).
+const STREAMS: usize = 4;
 /// Background fetches at once per process.
 const THREADS: usize = 4;
 /// Fetches waiting for a thread; more are dropped (reads fetch what they need anyway).
@@ -34,36 +39,78 @@ const QUEUE: usize = 64;
 /// scheduled.
 #[derive(Debug, Default)]
 pub struct Stream {
+    start: u64,
     next: u64,
     run: u32,
-    window: u64,
     scheduled: u64,
 }
 
-impl Stream {
+/// The streams of one pack file: a read continues the stream it is near, or replaces the
+/// least recently used one.
+#[derive(Debug, Default)]
+pub struct Streams {
+    streams: Vec<(u64, Stream)>,
+    clock: u64,
+}
+
+impl Streams {
     /// Notes a read of `offset..end`; returns the bytes of the pack file to fetch in the
     /// background now, if any.
     pub fn advance(&mut self, offset: u64, end: u64) -> Option<Range<u64>> {
-        let continues = self.next != 0
+        self.clock = self.clock.saturating_add(1);
+        let k = match self.streams.iter().position(|(_, s)| s.continued_by(offset)) {
+            Some(k) => k,
+            None if self.streams.len() < STREAMS => {
+                self.streams.push((0, Stream::default()));
+                self.streams.len() - 1
+            }
+            None => self
+                .streams
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (used, _))| *used)
+                .map_or(0, |(k, _)| k),
+        };
+        let (used, s) = self.streams.get_mut(k)?;
+        *used = self.clock;
+        s.advance(offset, end)
+    }
+}
+
+impl Stream {
+    fn continued_by(&self, offset: u64) -> bool {
+        self.next != 0
             && offset <= self.next.saturating_add(GAP)
-            && offset.saturating_add(GAP) >= self.next;
+            && offset.saturating_add(GAP) >= self.next
+    }
+
+    /// Notes a read of `offset..end`; returns the bytes of the pack file to fetch in the
+    /// background now, if any.
+    pub fn advance(&mut self, offset: u64, end: u64) -> Option<Range<u64>> {
+        let continues = self.continued_by(offset);
         if !continues {
             *self = Stream {
+                start: offset,
                 next: end,
                 scheduled: end,
-                ..Stream::default()
+                run: 0,
             };
             return None;
         }
         self.run = self.run.saturating_add(1);
         self.next = self.next.max(end);
+        // Concurrent readers (the kernel's readahead, FUSE threads) arrive a little out of
+        // order: the stream spans everything read so far.
+        self.start = self.start.min(offset);
         if self.run < 2 {
             return None;
         }
-        self.window = self.window.saturating_mul(2).clamp(AHEAD_MIN, AHEAD_MAX);
+        let window = self.next.saturating_sub(self.start).min(AHEAD_MAX);
         let from = self.scheduled.max(end);
-        let to = end.saturating_add(self.window);
-        if to <= from {
+        let to = end.saturating_add(window);
+        // Scheduled in batches of half a window (at most 512 KiB), not read by read: each
+        // request costs a round trip, so they must be large to fill the link.
+        if to.saturating_sub(from) < (window / 2).min(BATCH).max(1) {
             return None;
         }
         self.scheduled = to;
@@ -135,27 +182,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn streams_schedule_a_doubling_window_from_their_third_read_on() {
+    fn streams_schedule_what_they_read_from_their_third_read_on_in_batches() {
         let mut s = Stream::default();
         // A lone read, and a read elsewhere: nothing.
         assert_eq!(s.advance(1 << 30, (1 << 30) + 4096), None);
-        assert_eq!(s.advance(5 << 30, (5 << 30) + 4096), None);
         let base: u64 = 5 << 30;
-        let mut at = base + 4096;
+        assert_eq!(s.advance(base, base + 65536), None);
         let mut got = Vec::new();
-        for _ in 0..6 {
-            got.push(s.advance(at, at + 65536));
-            at += 65536;
+        for k in 1..8u64 {
+            got.push(s.advance(base + 65536 * k, base + 65536 * (k + 1)));
         }
-        let end = |k: u64| base + 4096 + 65536 * (k + 1);
+        let end = |k: u64| base + 65536 * (k + 1);
         assert_eq!(got[0], None, "the second read in a row");
-        assert_eq!(got[1], Some(end(1)..end(1) + AHEAD_MIN));
-        // Each later read schedules from where the last scheduling ended.
-        assert_eq!(got[2], Some(end(1) + AHEAD_MIN..end(2) + 2 * AHEAD_MIN));
-        assert_eq!(got[3], Some(end(2) + 2 * AHEAD_MIN..end(3) + 4 * AHEAD_MIN));
-        assert_eq!(got[4], Some(end(3) + 4 * AHEAD_MIN..end(4) + 8 * AHEAD_MIN));
-        assert_eq!(got[5], Some(end(4) + 8 * AHEAD_MIN..end(5) + AHEAD_MAX));
+        // The third: as much as the 192 KiB read so far, after its end.
+        assert_eq!(got[1], Some(end(2)..end(2) + 3 * 65536));
+        // Then from where the last scheduling ended, once half a window is due.
+        assert_eq!(got[2], Some(end(2) + 3 * 65536..end(3) + 4 * 65536));
+        assert_eq!(got[3], None, "less than half a window due");
+        assert!(got[4].is_some());
+        // A long stream: at most AHEAD_MAX ahead.
+        let far = base + (64 << 20);
+        let mut last = None;
+        for k in 0..64u64 {
+            let at = base + (1 << 19) * (k + 1);
+            if at < far {
+                last = s.advance(at, at + (1 << 19)).or(last);
+            }
+        }
+        let r = last.unwrap();
+        assert!(r.end - (base + (1 << 19) * 65) <= AHEAD_MAX, "{r:?}");
         // A jump starts over.
-        assert_eq!(s.advance(at + 10 * GAP, at + 10 * GAP + 1), None);
+        assert_eq!(s.advance(far + 10 * GAP, far + 10 * GAP + 1), None);
+    }
+
+    #[test]
+    fn interleaved_streams_are_followed_apart() {
+        let mut s = Streams::default();
+        let (a, b) = (1u64 << 30, 3u64 << 30);
+        let mut scheduled = [0; 2];
+        for k in 0..8u64 {
+            for (n, base) in [a, b].into_iter().enumerate() {
+                let at = base + 65536 * k;
+                scheduled[n] += usize::from(s.advance(at, at + 65536).is_some());
+            }
+        }
+        assert!(
+            scheduled[0] >= 3 && scheduled[0] == scheduled[1],
+            "both streams fetch ahead: {scheduled:?}"
+        );
     }
 }

@@ -25,7 +25,7 @@ pub struct StoreDevice {
     source: Arc<dyn BlobSource>,
     /// `is_used[i]`: the mount reads frame `i` (fetch-ahead never fetches other frames).
     is_used: Vec<bool>,
-    stream: Mutex<ahead::Stream>,
+    stream: Mutex<ahead::Streams>,
 }
 
 impl std::fmt::Debug for StoreDevice {
@@ -49,7 +49,7 @@ impl StoreDevice {
             pack,
             source,
             is_used,
-            stream: Mutex::new(ahead::Stream::default()),
+            stream: Mutex::new(ahead::Streams::default()),
         }
     }
 }

@@ -507,7 +507,16 @@ impl Shared {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let mut buf = vec![0u8; 64 * 1024];
         let mut next_id = 0u64;
+        let mut checked = Instant::now();
         loop {
+            // Fills that answered no event (a source's own fetch-ahead, another process) can
+            // complete a file too: look once a second.
+            if checked.elapsed() >= Duration::from_secs(1) {
+                checked = Instant::now();
+                for i in 0..self.files.len() {
+                    self.check_complete(i);
+                }
+            }
             if self.stop.load(Ordering::SeqCst)
                 || (self.config.exit_when_complete && self.all_complete())
             {

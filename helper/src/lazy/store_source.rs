@@ -38,7 +38,7 @@ struct Used {
     /// `is_used[i]` for every frame of the pack.
     is_used: Vec<bool>,
     /// The kernel's reads of the pack, to fetch ahead of a sequential stream.
-    stream: Mutex<ahead::Stream>,
+    stream: Mutex<ahead::Streams>,
     /// A descriptor of the pack file opened before the filler marked it, for the fetches
     /// ahead (whose writes raise no events of this filler).
     sink: Arc<File>,
@@ -96,7 +96,7 @@ impl StoreSource {
                     pack,
                     frames,
                     is_used,
-                    stream: Mutex::new(ahead::Stream::default()),
+                    stream: Mutex::new(ahead::Streams::default()),
                     sink,
                 }
             })
@@ -119,6 +119,28 @@ impl StoreSource {
             .frames_in(range)
             .filter(|&i| u.is_used.get(i).copied().unwrap_or(false))
             .collect()
+    }
+
+    /// Notes a read of `range` in the pack's streams and schedules what they fetch ahead (on
+    /// the process's background threads: never blocks).
+    fn fetch_ahead(&self, u: &Used, range: &Range<u64>) {
+        let scheduled = u
+            .stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .advance(range.start, range.end);
+        let Some(bytes) = scheduled else { return };
+        let pool = ahead::Pool::get();
+        for piece in ahead::pieces(&u.pack, &u.is_used, bytes) {
+            let Some(piece) = work::byte_range(&u.pack, &piece) else {
+                continue;
+            };
+            let (pack, source, sink) = (u.pack.clone(), self.source.clone(), u.sink.clone());
+            // Errors are left for the events that need the frames.
+            pool.submit(move || {
+                let _ = pack.ensure_with(piece, &*source, &sink);
+            });
+        }
     }
 
     /// The used frames of `file` still absent (state file read now).
@@ -152,6 +174,9 @@ impl FillSource for StoreSource {
         let Ok(u) = self.pack(file) else {
             return true;
         };
+        // Every read of the pack passes here, present or not: a sequential stream fetches
+        // the next used frames in the background, ahead of the reads.
+        self.fetch_ahead(u, &range);
         let frames = Self::used_in(u, range.clone());
         if u.pack.all_present(&frames).unwrap_or(false) {
             return true;
@@ -163,26 +188,7 @@ impl FillSource for StoreSource {
 
     fn fill(&self, file: usize, range: Range<u64>, _pid: i32, out: &File) -> Result<(), FillError> {
         let u = self.pack(file)?;
-        let frames = Self::used_in(u, range.clone());
-        // A sequential stream fetches the next used frames in the background.
-        let scheduled = u
-            .stream
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .advance(range.start, range.end);
-        if let Some(bytes) = scheduled {
-            let pool = ahead::Pool::get();
-            for piece in ahead::pieces(&u.pack, &u.is_used, bytes) {
-                let Some(piece) = work::byte_range(&u.pack, &piece) else {
-                    continue;
-                };
-                let (pack, source, sink) = (u.pack.clone(), self.source.clone(), u.sink.clone());
-                // Errors are left for the events that need the frames.
-                pool.submit(move || {
-                    let _ = pack.ensure_with(piece, &*source, &sink);
-                });
-            }
-        }
+        let frames = Self::used_in(u, range);
         let runs = work::runs(&u.pack, &frames);
         if runs.is_empty() {
             return Ok(());
