@@ -276,6 +276,20 @@ impl TestRegistry {
         self.log().lines().filter_map(parse_access_line).collect()
     }
 
+    /// How many requests the access log holds once it stopped growing: the registry writes a
+    /// line a moment after it answered, so a count taken right after a fetch may miss it.
+    pub fn settled_requests(&self) -> usize {
+        let mut n = self.requests().len();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let m = self.requests().len();
+            if m == n {
+                return n;
+            }
+            n = m;
+        }
+    }
+
     /// Token requests the token server answered (0 in the other modes).
     pub fn token_requests(&self) -> usize {
         self.token

@@ -257,7 +257,7 @@ fn every_auth_mode_mounts_lazily_on_both_readers() {
                 base_options(&reg, &store, authfile.as_deref())
             );
             let m = mount(&reg.reference("test/app", "v1"), &mnt, &opts);
-            let before = reg.requests().len();
+            let before = reg.settled_requests();
             match reader {
                 "fuse" => {
                     assert_eq!(fstype(&mnt), "fuse.chunkfs");
@@ -281,7 +281,8 @@ fn every_auth_mode_mounts_lazily_on_both_readers() {
             // One small file: its chunk's frames only, not the pack.
             let small = Path::new("varied/small/s007");
             assert_eq!(read_exact_or_fail(&f.src, &mnt, small), Ok(true));
-            let (n, bytes) = blob_ranges(&reg.requests()[before..]);
+            let after = reg.settled_requests();
+            let (n, bytes) = blob_ranges(&reg.requests()[before..after]);
             eprintln!("one small file: {n} range requests, {bytes} bytes (pack: {pack_len})");
             assert!((1..=3).contains(&n), "{n} range requests for one small file");
             assert!(
@@ -434,9 +435,10 @@ fn a_second_image_sharing_most_chunks_fetches_only_the_difference() {
     ] {
         let opts = format!("{},reader={reader}", base_options(&reg, &store, None));
         let m = mount(&reg.reference(repo, tag), &mnt, &opts);
-        let before = reg.requests().len();
+        let before = reg.settled_requests();
         tree::compare_trees(src, &mnt).unwrap();
-        let (n, bytes) = blob_ranges(&reg.requests()[before..]);
+        let after = reg.settled_requests();
+        let (n, bytes) = blob_ranges(&reg.requests()[before..after]);
         eprintln!("{repo}:{tag} ({reader}): read-all fetched {bytes} bytes in {n} requests");
         if tag == "v2" {
             let plan = &chunkfs_status(&mnt)["record"]["plan"];
@@ -691,9 +693,13 @@ fn prefetch_list_and_background_pull_fill_the_mount_without_reads() {
             let st = chunkfs_status(&mnt);
             assert_eq!(st["stats"]["ended"], "complete", "{st}");
         }
-        let before = reg.requests().len();
+        let before = reg.settled_requests();
         tree::compare_trees(&f.src, &mnt).unwrap();
-        assert_eq!(blob_ranges(&reg.requests()[before..]).0, 0, "reads fetch nothing");
+        assert_eq!(
+            blob_ranges(&reg.requests()[before..]).0,
+            0,
+            "reads fetch nothing"
+        );
         m.unmount();
     }
     drop(reg);
@@ -740,7 +746,7 @@ fn digest_pins_and_verify_full() {
     assert!(stderr.contains("verify=full: pulled"), "{stderr}");
     let st = chunkfs_status(&mnt);
     assert_eq!(st["record"]["reader"], "kernel", "complete: no daemon: {st}");
-    let before = reg.requests().len();
+    let before = reg.settled_requests();
     tree::compare_trees(&f.src, &mnt).unwrap();
     assert_eq!(blob_ranges(&reg.requests()[before..]).0, 0);
     m.unmount();
@@ -880,12 +886,11 @@ fn measure_lazy_mounts() {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
                 assert!(o.status.success(), "{}", describe(&o));
                 let m = Mounted::at(&mnt);
-                let before = reg.requests().len();
+                let before = reg.settled_requests();
                 let o = output(Command::new("chroot").arg(&mnt).arg("/bin/true"));
                 assert!(o.status.success(), "chroot: {}", describe(&o));
-                // The registry writes its access log line a moment after the answer.
-                std::thread::sleep(Duration::from_millis(300));
-                chroot_bytes.push(blob_ranges(&reg.requests()[before..]));
+                let after = reg.settled_requests();
+                chroot_bytes.push(blob_ranges(&reg.requests()[before..after]));
                 m.unmount();
                 let _ = fs::remove_dir_all(&store);
             }
