@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use chunkfs_tests::mount::{Mounted, cannot_mount, chunkfs_bin, describe, fixture_dir, output};
 use chunkfs_tests::registry::{
-    AuthMode, HttpProxy, PASSWORD, TestRegistry, USER, blob_ranges, chunkfs_mount,
-    chunkfs_status, pack_into_layout, processes,
+    AuthMode, HttpProxy, PASSWORD, TestRegistry, USER, blob_ranges, chunkfs_mount, chunkfs_status,
+    pack_into_layout, processes,
 };
 use chunkfs_tests::tree;
 
@@ -275,7 +275,10 @@ fn every_auth_mode_mounts_lazily_on_both_readers() {
                         .lines()
                         .find(|l| l.contains(&mnt.display().to_string()))
                         .unwrap();
-                    assert!(line.starts_with("docker://") && line.contains(" erofs "), "{line}");
+                    assert!(
+                        line.starts_with("docker://") && line.contains(" erofs "),
+                        "{line}"
+                    );
                 }
             }
             // One small file: its chunk's frames only, not the pack.
@@ -284,7 +287,10 @@ fn every_auth_mode_mounts_lazily_on_both_readers() {
             let after = reg.settled_requests();
             let (n, bytes) = blob_ranges(&reg.requests()[before..after]);
             eprintln!("one small file: {n} range requests, {bytes} bytes (pack: {pack_len})");
-            assert!((1..=3).contains(&n), "{n} range requests for one small file");
+            assert!(
+                (1..=3).contains(&n),
+                "{n} range requests for one small file"
+            );
             assert!(
                 bytes < 512 << 10 && bytes * 8 < pack_len,
                 "{bytes} bytes for one small file"
@@ -361,7 +367,10 @@ fn a_killed_filler_gives_eio_never_wrong_bytes_and_refill_heals_the_mount() {
     .unwrap();
     let (ok, failed) = reader.join().unwrap();
     eprintln!("read-all across the kill: {ok} exact, {failed} failed");
-    assert!(failed > 0, "reads after the kill fail (the kill came too late?)");
+    assert!(
+        failed > 0,
+        "reads after the kill fail (the kill came too late?)"
+    );
     let (pok, pfailed) = partial_reads(&f.src, &mnt, 7);
     eprintln!("partial reads with no filler: {pok} exact, {pfailed} failed");
     assert!(pfailed > 0);
@@ -373,7 +382,10 @@ fn a_killed_filler_gives_eio_never_wrong_bytes_and_refill_heals_the_mount() {
     assert!(o.status.success(), "chunkfs refill: {}", describe(&o));
     assert_ne!(daemon_pid(&mnt), filler);
     let (pok, pfailed) = partial_reads(&f.src, &mnt, 8);
-    assert_eq!(pfailed, 0, "after the refill every partial read is exact ({pok})");
+    assert_eq!(
+        pfailed, 0,
+        "after the refill every partial read is exact ({pok})"
+    );
     tree::compare_trees(&f.src, &mnt).unwrap();
     let refilled = daemon_pid(&mnt);
     m.unmount();
@@ -483,7 +495,10 @@ fn a_stopped_registry_fails_reads_with_eio_and_they_recover_when_it_returns() {
         reg.stop();
         let t = Instant::now();
         let r = read_exact_or_fail(&f.src, &mnt, Path::new("varied/noise-1.bin"));
-        eprintln!("{reader}: a read with the registry down: {r:?} after {:?}", t.elapsed());
+        eprintln!(
+            "{reader}: a read with the registry down: {r:?} after {:?}",
+            t.elapsed()
+        );
         assert_eq!(r, Ok(false), "EIO while the registry is down");
         assert!(fs::read_dir(&mnt).is_ok(), "the mount stays up");
         let st = chunkfs_status(&mnt);
@@ -745,7 +760,10 @@ fn digest_pins_and_verify_full() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("verify=full: pulled"), "{stderr}");
     let st = chunkfs_status(&mnt);
-    assert_eq!(st["record"]["reader"], "kernel", "complete: no daemon: {st}");
+    assert_eq!(
+        st["record"]["reader"], "kernel",
+        "complete: no daemon: {st}"
+    );
     let before = reg.settled_requests();
     tree::compare_trees(&f.src, &mnt).unwrap();
     assert_eq!(blob_ranges(&reg.requests()[before..]).0, 0);
@@ -864,7 +882,10 @@ fn measure_lazy_mounts() {
     let shaped = Shaped::start(reg.port(), 20, 200);
     let links = [
         ("loopback", reg.host()),
-        ("20 ms RTT, 200 Mbit/s", format!("127.0.0.1:{}", shaped.port)),
+        (
+            "20 ms RTT, 200 Mbit/s",
+            format!("127.0.0.1:{}", shaped.port),
+        ),
     ];
     eprintln!("image: {} bytes of packs", pack_bytes);
     let mut n = 0;
@@ -919,7 +940,10 @@ fn measure_lazy_mounts() {
         let bytes = read_all(&mnt);
         let lazy = t.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(1200));
-        eprintln!("{reader} after the read-all: {}", chunkfs_status(&mnt)["stats"]);
+        eprintln!(
+            "{reader} after the read-all: {}",
+            chunkfs_status(&mnt)["stats"]
+        );
         m.unmount();
         // Complete now: mounted again it needs no daemon (kernel) or fetches nothing (FUSE).
         let o = chunkfs_mount(&format!("docker://{host}/test/os:v1"), &mnt, &opts);
@@ -953,7 +977,11 @@ fn measure_lazy_mounts() {
         let mut image =
             chunkfs_distribution::remote::open(&store, &client, &reference, None).unwrap();
         let plan = image
-            .plan(&store, &client, chunkfs_format::translate::ExtentLayout::Bit48)
+            .plan(
+                &store,
+                &client,
+                chunkfs_format::translate::ExtentLayout::Bit48,
+            )
             .unwrap();
         let t = Instant::now();
         let r = store.pull(&plan, &client, &mut |_, _| {}).unwrap();

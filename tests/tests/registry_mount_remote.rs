@@ -176,7 +176,10 @@ fn a_plan_reads_chunks_present_in_another_images_pack() {
     let c2 = Client::new(&second, options(&reg)).unwrap();
     let mut b = remote::open(&store, &c2, &second, None).unwrap();
     let plan = b.plan(&store, &c2, ExtentLayout::Bit48).unwrap();
-    eprintln!("second plan: {:?}, {} bytes to fetch", plan.stats, plan.missing_bytes);
+    eprintln!(
+        "second plan: {:?}, {} bytes to fetch",
+        plan.stats, plan.missing_bytes
+    );
     assert!(plan.stats.shared > 0, "{:?}", plan.stats);
     assert!(plan.stats.fetch > 0, "{:?}", plan.stats);
     assert_eq!(plan.devices.len(), 2, "its own pack and the first image's");

@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use chunkfs_tests::mount::{Mounted, cannot_mount, describe, fixture_dir};
 use chunkfs_tests::registry::{
-    AuthMode, HttpProxy, TestRegistry, chunkfs_mount, chunkfs_status, pack_into_layout,
-    processes,
+    AuthMode, HttpProxy, TestRegistry, chunkfs_mount, chunkfs_status, pack_into_layout, processes,
 };
 use chunkfs_tests::tree;
 
@@ -145,8 +144,7 @@ fn sixteen_lazy_mounts_into_one_store_with_daemons_killed() {
                 for rel in files(&src) {
                     let want = fs::read(src.join(&rel)).unwrap();
                     let mut got = Vec::new();
-                    match fs::File::open(mnt.join(&rel)).and_then(|mut f| f.read_to_end(&mut got))
-                    {
+                    match fs::File::open(mnt.join(&rel)).and_then(|mut f| f.read_to_end(&mut got)) {
                         Ok(_) if got == want => exact.fetch_add(1, Ordering::SeqCst),
                         Ok(_) => {
                             eprintln!("mount {k}: {}: WRONG BYTES", rel.display());

@@ -71,22 +71,17 @@ pub struct MountStatus {
 /// The chunkfs mounts (all, or the one at `target`), with what their records say. Records of
 /// mounts that are gone (and whose daemon is gone) are removed on the way.
 pub fn collect(target: Option<&Path>) -> Result<Vec<MountStatus>, Error> {
-    let table =
-        mountinfo::read().map_err(|e| Error::io(format!("/proc/self/mountinfo: {e}")))?;
+    let table = mountinfo::read().map_err(|e| Error::io(format!("/proc/self/mountinfo: {e}")))?;
     let records = MountRecord::all();
     for r in &records {
         let mounted = table.iter().any(|m| m.id == r.mount_id);
-        let alive = r
-            .daemon_pid
-            .is_some_and(crate::lazy::status::daemon_alive);
+        let alive = r.daemon_pid.is_some_and(crate::lazy::status::daemon_alive);
         if !mounted && !alive {
             crate::lazy::status::remove(&r.id);
         }
     }
     let target = target
-        .map(|t| {
-            std::fs::canonicalize(t).map_err(|e| Error::io(format!("{}: {e}", t.display())))
-        })
+        .map(|t| std::fs::canonicalize(t).map_err(|e| Error::io(format!("{}: {e}", t.display()))))
         .transpose()?;
     let mut out = Vec::new();
     for m in table {
@@ -186,7 +181,10 @@ fn print(s: &MountStatus) {
         (Some(pid), Some(true)) => format!("pid {pid}, alive"),
         (Some(pid), _) => match s.stats.as_ref().and_then(|st| st.ended.clone()) {
             Some(why) => format!("pid {pid}, exited: {why}"),
-            None => format!("pid {pid}, DEAD (reads of frames not yet present fail: `chunkfs refill {}`)", s.mount_point.display()),
+            None => format!(
+                "pid {pid}, DEAD (reads of frames not yet present fail: `chunkfs refill {}`)",
+                s.mount_point.display()
+            ),
         },
     };
     println!("  reader   {} ({daemon}): {}", r.reader, r.reason);
@@ -250,8 +248,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&all)
-                .map_err(|e| Error::usage(format!("status: {e}")))?
+            serde_json::to_string_pretty(&all).map_err(|e| Error::usage(format!("status: {e}")))?
         );
         return Ok(());
     }

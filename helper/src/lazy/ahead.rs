@@ -58,7 +58,11 @@ impl Streams {
     /// background now, if any.
     pub fn advance(&mut self, offset: u64, end: u64) -> Option<Range<u64>> {
         self.clock = self.clock.saturating_add(1);
-        let k = match self.streams.iter().position(|(_, s)| s.continued_by(offset)) {
+        let k = match self
+            .streams
+            .iter()
+            .position(|(_, s)| s.continued_by(offset))
+        {
             Some(k) => k,
             None if self.streams.len() < STREAMS => {
                 self.streams.push((0, Stream::default()));
@@ -110,7 +114,7 @@ impl Stream {
         let to = end.saturating_add(window);
         // Scheduled in batches of half a window (at most 512 KiB), not read by read: each
         // request costs a round trip, so they must be large to fill the link.
-        if to.saturating_sub(from) < (window / 2).min(BATCH).max(1) {
+        if to.saturating_sub(from) < (window / 2).clamp(1, BATCH) {
             return None;
         }
         self.scheduled = to;

@@ -267,8 +267,7 @@ fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
     let mut background = spec.background;
     let source: Arc<dyn FillSource> = match &spec.source {
         SourceSpec::Store { spec: work, creds } => {
-            let mut opened =
-                lazy_fill::open(take(work)?, creds.as_ref().map(take).transpose()?)?;
+            let mut opened = lazy_fill::open(take(work)?, creds.as_ref().map(take).transpose()?)?;
             files = opened.files()?;
             prefetch = opened.prefetch();
             background |= opened.spec.background;

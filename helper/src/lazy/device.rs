@@ -65,10 +65,7 @@ impl Device for StoreDevice {
             .checked_add(len)
             .filter(|&e| e <= self.pack.file_len())
             .ok_or_else(|| {
-                DeviceError(format!(
-                    "{}: bytes {offset}+{len} are past its end",
-                    name()
-                ))
+                DeviceError(format!("{}: bytes {offset}+{len} are past its end", name()))
             })?;
         let n = usize::try_from(len)
             .map_err(|_| DeviceError(format!("{}: a read of {len} bytes", name())))?;
@@ -98,6 +95,10 @@ impl Device for StoreDevice {
     }
 
     fn name(&self) -> String {
-        format!("{} (pack {})", self.pack.path().display(), self.pack.digest())
+        format!(
+            "{} (pack {})",
+            self.pack.path().display(),
+            self.pack.digest()
+        )
     }
 }

@@ -812,7 +812,9 @@ impl Shared {
             if items.is_empty() && !self.all_complete() {
                 // Nothing absent, yet not complete: the source disagrees with itself; do not
                 // spin.
-                self.log(format_args!("background fill: nothing absent, yet incomplete"));
+                self.log(format_args!(
+                    "background fill: nothing absent, yet incomplete"
+                ));
                 return;
             }
         }

@@ -40,7 +40,7 @@ pub mod watch;
 pub mod work;
 
 pub use copy::{CopyPair, FileCopySource};
-pub use fanotify::{Why, supported};
 pub use device::StoreDevice;
+pub use fanotify::{Why, supported};
 pub use filler::{Config, FillError, FillSource, Filler, PackFile, Stats, StopHandle};
 pub use store_source::StoreSource;

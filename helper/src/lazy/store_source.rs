@@ -193,7 +193,10 @@ impl FillSource for StoreSource {
         if runs.is_empty() {
             return Ok(());
         }
-        if let Some((until, why)) = &*self.down_until.lock().unwrap_or_else(PoisonError::into_inner)
+        if let Some((until, why)) = &*self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
         {
             if Instant::now() < *until {
                 return Err(FillError::Source {
@@ -208,7 +211,10 @@ impl FillSource for StoreSource {
             };
             if let Err(e) = u.pack.ensure_with(bytes, &*self.source, out) {
                 if e.class() == ErrorClass::Network {
-                    *self.down_until.lock().unwrap_or_else(PoisonError::into_inner) =
+                    *self
+                        .down_until
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
                         Some((Instant::now() + DOWN_FOR, e.to_string()));
                 }
                 return Err(source_error(e));

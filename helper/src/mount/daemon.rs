@@ -181,7 +181,15 @@ fn rename_fds(message: String, spec: &Spec) -> String {
 #[allow(clippy::type_complexity)]
 fn start(
     spec: &Spec,
-) -> Result<(Reader, OwnedFd, Option<PathBuf>, Option<lazy_mount::Serving>), String> {
+) -> Result<
+    (
+        Reader,
+        OwnedFd,
+        Option<PathBuf>,
+        Option<lazy_mount::Serving>,
+    ),
+    String,
+> {
     let take = |f: &FdSpec| {
         sys::take_inherited_fd(f.fd)
             .map(File::from)

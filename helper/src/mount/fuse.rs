@@ -136,21 +136,24 @@ fn mount_with(
         debug: opts.debug,
         ms_flags: opts.ms_flags().bits(),
         security: opts.security.clone(),
-        lazy: lazy_files.as_ref().zip(reg).map(|((spec, creds, tables), r)| LazyFds {
-            spec: FdSpec {
-                fd: spec.as_raw_fd(),
-                name: "the lazy mount's spec".into(),
-            },
-            creds: creds.as_ref().map(|c| FdSpec {
-                fd: c.as_raw_fd(),
-                name: "the registry credentials".into(),
+        lazy: lazy_files
+            .as_ref()
+            .zip(reg)
+            .map(|((spec, creds, tables), r)| LazyFds {
+                spec: FdSpec {
+                    fd: spec.as_raw_fd(),
+                    name: "the lazy mount's spec".into(),
+                },
+                creds: creds.as_ref().map(|c| FdSpec {
+                    fd: c.as_raw_fd(),
+                    name: "the registry credentials".into(),
+                }),
+                tables: FdSpec {
+                    fd: tables.as_raw_fd(),
+                    name: "the digest table".into(),
+                },
+                tables_sha256: chunkfs_format::digest::Digest::of(&r.tables).to_hex(),
             }),
-            tables: FdSpec {
-                fd: tables.as_raw_fd(),
-                name: "the digest table".into(),
-            },
-            tables_sha256: chunkfs_format::digest::Digest::of(&r.tables).to_hex(),
-        }),
     };
     let json = serde_json::to_string(&spec).map_err(|e| io("spec", std::io::Error::other(e)))?;
     let mut keep = vec![

@@ -130,9 +130,7 @@ pub fn mount(p: &Prepared, target: &Path, opts: &Options, log: &Log) -> Result<K
                 return Ok(info);
             }
             // Linux before 6.12 (or without CONFIG_EROFS_FS_BACKED_BY_FILE) wants a block device.
-            Err(Failure::Kernel { errno, .. })
-                if errno == libc::ENOTBLK && p.file_backed_only =>
-            {
+            Err(Failure::Kernel { errno, .. }) if errno == libc::ENOTBLK && p.file_backed_only => {
                 return Err(lazy_needs_files(
                     p,
                     "the kernel refused a file-backed mount (ENOTBLK: no file-backed EROFS, before Linux 6.12)",

@@ -539,14 +539,23 @@ mod tests {
         assert_eq!(r.cert_dir, Some(PathBuf::from("/etc/c")));
         assert_eq!(r.authfile, Some(PathBuf::from("/root/a.json")));
         let c = r.creds.as_ref().unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("me", "se:cret"));
-        assert!(!format!("{o:?}").contains("se:cret"), "Debug shows no password");
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("me", "se:cret")
+        );
+        assert!(
+            !format!("{o:?}").contains("se:cret"),
+            "Debug shows no password"
+        );
         assert_eq!(r.platform.as_ref().unwrap().variant.as_deref(), Some("v8"));
         assert_eq!(r.prefetch, Prefetch::File("/srv/list".into()));
         assert_eq!(r.pull, Pull::Background);
         assert!(Options::parse("", false).unwrap().registry.is_default());
         assert_eq!(
-            Options::parse("prefetch=none", false).unwrap().registry.prefetch,
+            Options::parse("prefetch=none", false)
+                .unwrap()
+                .registry
+                .prefetch,
             Prefetch::None
         );
         for (s, needle) in [

@@ -30,10 +30,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use chunkfs_distribution::registry::{AuthEnv, Client, Credentials, ImageRef};
 use chunkfs_distribution::remote;
 use chunkfs_distribution::store::{ChunkSource, MAX_REQUEST, Plan, Store};
+use chunkfs_format::Classify;
 use chunkfs_format::digest::Digest;
 use chunkfs_format::model::ChunkInfo;
 use chunkfs_format::translate::{self, ChunkLocation, ExtentLayout};
-use chunkfs_format::Classify;
 
 use super::features::{self, KernelCaps};
 use super::options::{Options, Prefetch, Pull, VerifyLevel};
@@ -206,7 +206,11 @@ pub fn prepare(reference: &ImageRef, opts: &Options, log: &Log) -> Result<Prepar
     let used: Vec<Vec<u32>> = plan
         .frames_used()
         .into_iter()
-        .map(|f| f.into_iter().filter_map(|i| u32::try_from(i).ok()).collect())
+        .map(|f| {
+            f.into_iter()
+                .filter_map(|i| u32::try_from(i).ok())
+                .collect()
+        })
         .collect();
     let prefetch_list = match &r.prefetch {
         Prefetch::None => Vec::new(),
@@ -232,8 +236,7 @@ pub fn prepare(reference: &ImageRef, opts: &Options, log: &Log) -> Result<Prepar
         prefetch,
         background: r.pull == Pull::Background,
     };
-    let lazy_kernel =
-        crate::lazy::supported(store.root()).map_err(|why| why.to_string());
+    let lazy_kernel = crate::lazy::supported(store.root()).map_err(|why| why.to_string());
 
     let primary = Backing::open(&descriptor, false)?;
     let devices = plan
@@ -343,12 +346,7 @@ fn read_prefetch_file(path: &Path, chunks: &[ChunkInfo]) -> Result<Vec<u32>, Err
     let mut text = String::new();
     File::open(path)
         .and_then(|f| f.take(PREFETCH_FILE_MAX).read_to_string(&mut text))
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("prefetch={}: {e}", path.display()),
-            )
-        })?;
+        .map_err(|e| Error::new(ErrorKind::Io, format!("prefetch={}: {e}", path.display())))?;
     let index: HashMap<Digest, u32> = chunks
         .iter()
         .enumerate()
@@ -432,9 +430,14 @@ pub fn mount(
         return Err(Error::new(ErrorKind::Usage, "not a registry image"));
     };
     let caps = KernelCaps::probe();
-    let decision =
-        features::decide_lazy(opts.reader, &caps, p.incompat, reg.complete, &reg.lazy_kernel)
-            .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+    let decision = features::decide_lazy(
+        opts.reader,
+        &caps,
+        p.incompat,
+        reg.complete,
+        &reg.lazy_kernel,
+    )
+    .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
     let reader_name = match (decision.kernel, decision.filler) {
         (true, true) => "kernel+filler",
         (true, false) => "kernel",
@@ -485,7 +488,10 @@ pub fn mount(
                 info.reason = format!("the kernel refused the mount: {e}");
                 reader = "fuse";
                 let pid = fuse_mount(&mut p, &reg).map_err(|f| {
-                    Error::new(f.kind(), format!("{e}; and the FUSE reader failed too: {f}"))
+                    Error::new(
+                        f.kind(),
+                        format!("{e}; and the FUSE reader failed too: {f}"),
+                    )
                 })?;
                 daemon_pid = Some(pid);
                 info.reader = ReaderUsed::Fuse { pid };
@@ -548,7 +554,10 @@ fn kernel_with_filler(
     )
     .map_err(|e| Error::new(ErrorKind::Mount, e.to_string()))?;
     drop(control_r);
-    log.info(format_args!("the filler (pid {}) marked the packs", started.pid));
+    log.info(format_args!(
+        "the filler (pid {}) marked the packs",
+        started.pid
+    ));
     // On failure the control pipe closes unwritten: the filler stops and exits.
     let k = kernel::mount(p, target, opts, log)?;
     let id = mountinfo::mounted_at(target)
@@ -560,7 +569,9 @@ fn kernel_with_filler(
         .and_then(|root| crate::lazy::fanotify::sysfs_path(root.as_fd()).ok())
         .unwrap_or_default();
     if writeln!(control_w, "mounted {id} {sysfs}").is_err() {
-        log.info(format_args!("the filler exited before it was told the mount"));
+        log.info(format_args!(
+            "the filler exited before it was told the mount"
+        ));
     }
     Ok((k, Some(started.pid)))
 }

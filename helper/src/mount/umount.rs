@@ -10,8 +10,8 @@ use nix::mount::{MntFlags, umount2};
 
 use super::daemon;
 use super::mountinfo;
-use crate::lazy::status;
 use super::{Error, ErrorKind, Log};
+use crate::lazy::status;
 
 /// How long to wait for the daemon and the loop devices to go away.
 const WAIT: Duration = Duration::from_secs(10);
@@ -123,7 +123,10 @@ pub fn unmount(target: &Path, lazy: bool, log: &Log) -> Result<Unmounted, Error>
 /// After a lazy registry mount is unmounted: its filler (if one still runs) stopped and waited
 /// for, its record in the store released, its status files removed.
 fn end_lazy(r: &status::MountRecord, deadline: Instant, log: &Log) -> Result<(), Error> {
-    if let Some(pid) = r.daemon_pid.filter(|&p| r.reader != "fuse" && status::daemon_alive(p)) {
+    if let Some(pid) = r
+        .daemon_pid
+        .filter(|&p| r.reader != "fuse" && status::daemon_alive(p))
+    {
         // It notices the unmount by itself; SIGTERM makes it sure and prompt.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),

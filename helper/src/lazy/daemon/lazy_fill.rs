@@ -10,10 +10,10 @@ use std::sync::Arc;
 use chunkfs_distribution::registry::Client;
 use chunkfs_distribution::store::{Pack, Store};
 
+use crate::lazy::StoreSource;
 use crate::lazy::filler::{FillSource, PackFile, StopHandle};
 use crate::lazy::status::{self, DaemonStats, FillerCounters, Publisher};
 use crate::lazy::work::{self, LazySpec};
-use crate::lazy::StoreSource;
 
 /// The lazy mount's parts, opened before the marks.
 pub(super) struct Opened {
@@ -70,7 +70,10 @@ impl Opened {
             .filter_map(|g| {
                 let k = usize::from(g.device);
                 let pack = self.packs.get(k)?;
-                Some((k, work::byte_range(pack, &(g.first as usize..g.end as usize))?))
+                Some((
+                    k,
+                    work::byte_range(pack, &(g.first as usize..g.end as usize))?,
+                ))
             })
             .collect()
     }

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-
 use chunkfs_distribution::registry::Client;
 use chunkfs_distribution::source::BlobSource;
 use chunkfs_distribution::store::{Pack, Store};
@@ -201,7 +200,10 @@ impl Serving {
     }
 
     fn set_background(&self, state: String) {
-        *self.background.lock().unwrap_or_else(PoisonError::into_inner) = state;
+        *self
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = state;
     }
 
     /// The prefetch replay, then (`pull=background`) every frame the mount reads.
@@ -213,7 +215,10 @@ impl Serving {
                 .map_err(|e| e.to_string())
         };
         let log = |m: &str| {
-            *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.to_owned());
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(m.to_owned());
         };
         if !o.spec.prefetch.is_empty() {
             let items: Vec<replay::Item> = o
