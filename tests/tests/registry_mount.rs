@@ -344,10 +344,11 @@ fn a_killed_filler_gives_eio_never_wrong_bytes_and_refill_heals_the_mount() {
     let mnt = mount_point(&dir, "mnt");
     let opts = format!("store={},plain-http,reader=kernel", store.display());
     let m = mount(&proxy.reference("test/app", "v1"), &mnt, &opts);
-    proxy.set_delay(Duration::from_millis(40));
+    proxy.set_delay(Duration::from_millis(300));
     let filler = daemon_pid(&mnt);
     let all = files(&f.src);
     let (src, mnt2) = (f.src.clone(), mnt.clone());
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let (mut ok, mut failed) = (0, 0);
         for rel in &all {
@@ -356,10 +357,12 @@ fn a_killed_filler_gives_eio_never_wrong_bytes_and_refill_heals_the_mount() {
                 Ok(false) => failed += 1,
                 Err(wrong) => panic!("{wrong}"),
             }
+            let _ = first_tx.send(());
         }
         (ok, failed)
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Killed once the read-all is under way (a frame fetched and read), long before it ends.
+    first_rx.recv().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(filler),
         nix::sys::signal::Signal::SIGKILL,
@@ -994,5 +997,59 @@ fn measure_lazy_mounts() {
         );
     }
     drop((shaped, reg));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unmounting while a read waits for a slow fetch.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn umount_with_a_fetch_in_flight_never_hangs() {
+    require!();
+    let f = fixture();
+    let dir = scratch("inflight");
+    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
+    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let proxy = HttpProxy::start(&reg);
+    for reader in ["fuse", "kernel"] {
+        let store = dir.join(format!("store-{reader}"));
+        let mnt = mount_point(&dir, &format!("mnt-{reader}"));
+        let opts = format!("store={},plain-http,reader={reader}", store.display());
+        proxy.set_delay(Duration::ZERO);
+        let m = mount(&proxy.reference("test/app", "v1"), &mnt, &opts);
+        let daemon = daemon_pid(&mnt);
+        proxy.set_delay(Duration::from_secs(3));
+        let (src, mnt2) = (f.src.clone(), mnt.clone());
+        let reading = std::thread::spawn(move || {
+            read_exact_or_fail(&src, &mnt2, Path::new("varied/noise-0.bin"))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // A process is inside: a plain unmount is refused at once, not hung.
+        let t = Instant::now();
+        let o = output(Command::new(chunkfs_bin()).arg("umount").arg(&mnt));
+        eprintln!("{reader}: umount with a read in flight: {}", describe(&o));
+        assert!(!o.status.success());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Detached: returns at once; the read still gets its answer.
+        let t = Instant::now();
+        let o = output(Command::new(chunkfs_bin()).args(["umount", "-l"]).arg(&mnt));
+        assert!(o.status.success(), "umount -l: {}", describe(&o));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        std::mem::forget(m);
+        let r = reading.join().unwrap();
+        eprintln!("{reader}: the read across the detach: {r:?}");
+        assert!(r.is_ok(), "never wrong bytes: {r:?}");
+        // Its last user gone, the daemon ends.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while chunkfs_helper::lazy::status::daemon_alive(daemon) {
+            assert!(
+                Instant::now() < deadline,
+                "{reader}: daemon {daemon} still running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop((proxy, reg));
     let _ = fs::remove_dir_all(&dir);
 }

@@ -1,14 +1,15 @@
 //! Noticing that a mount is gone, cheaply: a daemon of a lazy mount (the FUSE reader, the
 //! filler) waits in [`wait_gone`] on `/proc/self/mountinfo`, which the kernel wakes (`POLLPRI`)
 //! whenever the mount table changes, and checks once a second besides. A mount is gone when
-//! its id is no longer in the table *and* its superblock is gone: the filesystem's directory
-//! in sysfs (`/sys/fs/erofs/NAME`, `/sys/fs/fuse/connections/N`) disappears only when the last
-//! user of a lazily detached mount (`umount -l`) leaves, and until then it must be served.
+//! its id is no longer in the table *and* its superblock is gone: a lazily detached mount
+//! (`umount -l`) lives on until its last user leaves, and until then it must be served. The
+//! superblock's end shows as its sysfs directory vanishing (`/sys/fs/erofs/NAME`), or for FUSE
+//! as the connection aborted (`POLLERR` on `/dev/fuse`: [`fuse_aborted`]).
 
 use std::fs::File;
 use std::io::{Read, Seek};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether mount `id` is in this process's mount table.
@@ -16,15 +17,28 @@ pub fn is_mounted(id: u64) -> bool {
     crate::mount::mountinfo::read().is_ok_and(|all| all.iter().any(|m| m.id == id))
 }
 
-/// The sysfs directory of the FUSE connection of a mount with device `0:minor`.
-pub fn fuse_connection_dir(minor: u32) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/fuse/connections/{minor}"))
+/// Whether the FUSE connection served through `fuse` (a `/dev/fuse` descriptor) was aborted:
+/// its superblock is gone (the kernel answers `POLLERR` from then on).
+pub fn fuse_aborted(fuse: BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fuse, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL)),
+        Err(_) => false,
+    }
 }
 
 /// Returns once mount `id` is gone from the mount table and `sysfs` (the superblock's sysfs
 /// directory, if known) no longer exists, or once `stop` is set. Returns true if the mount is
 /// gone.
 pub fn wait_gone(id: u64, sysfs: Option<&Path>, stop: &AtomicBool) -> bool {
+    wait_gone_with(id, &|| sysfs.is_some_and(Path::exists), stop)
+}
+
+/// [`wait_gone`], with `alive` telling whether the superblock still lives.
+pub fn wait_gone_with(id: u64, alive: &dyn Fn() -> bool, stop: &AtomicBool) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut table = File::open("/proc/self/mountinfo").ok();
     let mut text = String::new();
@@ -44,7 +58,7 @@ pub fn wait_gone(id: u64, sysfs: Option<&Path>, stop: &AtomicBool) -> bool {
             }
             None => is_mounted(id),
         };
-        if !listed && sysfs.is_none_or(|p| !p.exists()) {
+        if !listed && !alive() {
             return true;
         }
         match &table {

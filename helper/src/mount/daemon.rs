@@ -143,7 +143,8 @@ pub fn main() -> ! {
             let _ = writeln!(status, "ok");
             drop(status);
             let _ = nix::unistd::chdir("/");
-            let lazy = lazy.map(|l| l.start(pidfile.clone()));
+            // The watcher polls a copy of the connection's descriptor for its end.
+            let lazy = lazy.map(|l| l.start(pidfile.clone(), fuse.try_clone().ok()));
             let r = reader.serve(fuse);
             if let Some(p) = pidfile {
                 let _ = std::fs::remove_file(p);

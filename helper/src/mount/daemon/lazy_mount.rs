@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -100,7 +101,7 @@ impl Opened {
         });
         Serving {
             opened: self,
-            mount: m.map(|m| (m.id, watch::fuse_connection_dir(m.dev.1))),
+            mount: m.map(|m| m.id),
             stop: Arc::new(AtomicBool::new(false)),
             ended: AtomicBool::new(false),
             background: Mutex::new(String::new()),
@@ -113,8 +114,8 @@ impl Opened {
 /// A mounted lazy image's threads besides the reader.
 pub(super) struct Serving {
     opened: Opened,
-    /// The mount's id and its FUSE connection's sysfs directory.
-    mount: Option<(u64, PathBuf)>,
+    /// The mount's id.
+    mount: Option<u64>,
     stop: Arc<AtomicBool>,
     ended: AtomicBool,
     background: Mutex<String>,
@@ -126,7 +127,7 @@ impl Serving {
     /// Starts the status publisher, the prefetch and background thread, and the watcher of
     /// the mount, which ends the process once the mount is gone (a fetch stuck on a registry
     /// that is down must not keep an unmounted daemon alive).
-    pub fn start(self, pidfile: Option<PathBuf>) -> Arc<Serving> {
+    pub fn start(self, pidfile: Option<PathBuf>, fuse: Option<OwnedFd>) -> Arc<Serving> {
         let me = Arc::new(self);
         let snapshot = {
             let me = Arc::downgrade(&me);
@@ -141,12 +142,13 @@ impl Serving {
                 .name("chunkfs-background".into())
                 .spawn(move || me.background());
         }
-        if let Some((id, connection)) = me.mount.clone() {
+        if let (Some(id), Some(fuse)) = (me.mount, fuse) {
             let me = me.clone();
             let _ = std::thread::Builder::new()
                 .name("chunkfs-watch".into())
                 .spawn(move || {
-                    if watch::wait_gone(id, Some(&connection), &me.stop) {
+                    let alive = || !watch::fuse_aborted(fuse.as_fd());
+                    if watch::wait_gone_with(id, &alive, &me.stop) {
                         if let Some(p) = &pidfile {
                             let _ = std::fs::remove_file(p);
                         }
