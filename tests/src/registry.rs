@@ -145,15 +145,8 @@ impl TestRegistry {
         )
         .unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start docker-registry ({e}); install it with tools/setup")
-            });
+        drop(log);
+        let child = Self::spawn(dir);
         let mut reg = Self {
             mode,
             dir: dir.to_owned(),
@@ -161,19 +154,66 @@ impl TestRegistry {
             child,
             token,
         };
+        reg.wait_listening();
+        reg
+    }
+
+    /// Starts `docker-registry serve DIR/registry.yml`, appending to DIR/registry.log.
+    fn spawn(dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("registry.log"))
+            .unwrap();
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("registry.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start docker-registry ({e}); install it with tools/setup")
+            })
+    }
+
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = reg.child.try_wait() {
-                panic!("docker-registry exited ({status}):\n{}", reg.log());
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("docker-registry exited ({status}):\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
-                "the registry did not listen on port {port}:\n{}",
-                reg.log()
+                "the registry did not listen on port {}:\n{}",
+                self.port,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        reg
+    }
+
+    /// Kills the registry (connections are then refused on its port; the token server keeps
+    /// running).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same port, with the same storage and log.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(&self.dir);
+        self.wait_listening();
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The test CA's certificate, DER.
+    pub fn ca_der(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("pki/ca.der")).unwrap()
     }
 
     /// The auth mode.
@@ -234,6 +274,20 @@ impl TestRegistry {
     /// The access log so far, in order.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.log().lines().filter_map(parse_access_line).collect()
+    }
+
+    /// How many requests the access log holds once it stopped growing: the registry writes a
+    /// line a moment after it answered, so a count taken right after a fetch may miss it.
+    pub fn settled_requests(&self) -> usize {
+        let mut n = self.requests().len();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let m = self.requests().len();
+            if m == n {
+                return n;
+            }
+            n = m;
+        }
     }
 
     /// Token requests the token server answered (0 in the other modes).
@@ -368,6 +422,7 @@ impl Pki {
             ]);
         }
         std::fs::copy(dir.join("ca.crt"), dir.join("client/ca.crt")).unwrap();
+        openssl(&["x509", "-in", "ca.crt", "-outform", "DER", "-out", "ca.der"]);
         Self {
             dir: dir.to_owned(),
         }
@@ -603,6 +658,258 @@ fn answer(signer: &Signer, target: &str, authorization: Option<&str>) -> (&'stat
         "200 OK",
         serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string(),
     )
+}
+
+/// An HTTP/1.1 proxy on 127.0.0.1 in front of a [`TestRegistry`] (which speaks TLS): clients
+/// talk plain HTTP to it (`-o plain-http`, `--plain-http`), and it forwards each request over a
+/// new TLS connection to the registry. It can delay every answer (a slow link, so tests can act
+/// mid-read) and damage the body of range answers (206: a hostile registry serving wrong
+/// bytes), and counts the range answers and their body bytes. Stopped on drop.
+pub struct HttpProxy {
+    port: u16,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    corrupt: Arc<AtomicBool>,
+    ranges: Arc<std::sync::atomic::AtomicU64>,
+    range_bytes: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpProxy {
+    /// Starts a proxy to `reg`.
+    pub fn start(reg: &TestRegistry) -> Self {
+        use std::sync::atomic::AtomicU64;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(reg.ca_der()))
+            .unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let upstream = reg.port();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let corrupt = Arc::new(AtomicBool::new(false));
+        let ranges = Arc::new(AtomicU64::new(0));
+        let range_bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (delay_ms, corrupt, ranges, range_bytes, stop) = (
+                delay_ms.clone(),
+                corrupt.clone(),
+                ranges.clone(),
+                range_bytes.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = conn else { continue };
+                    let tls = tls.clone();
+                    let (delay_ms, corrupt, ranges, range_bytes) = (
+                        delay_ms.clone(),
+                        corrupt.clone(),
+                        ranges.clone(),
+                        range_bytes.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = proxy_one(
+                            client,
+                            upstream,
+                            &tls,
+                            &delay_ms,
+                            &corrupt,
+                            &ranges,
+                            &range_bytes,
+                        );
+                    });
+                }
+            })
+        };
+        Self {
+            port,
+            delay_ms,
+            corrupt,
+            ranges,
+            range_bytes,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `docker://127.0.0.1:PORT/REPO:TAG`.
+    pub fn reference(&self, repo: &str, tag: &str) -> String {
+        format!("docker://{}/{repo}:{tag}", self.host())
+    }
+
+    /// Delays every answer by `d`.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Damages (one byte flipped in the middle) the body of every range answer from now on.
+    pub fn set_corrupt(&self, on: bool) {
+        self.corrupt.store(on, Ordering::SeqCst);
+    }
+
+    /// Range answers (206) relayed so far, and their body bytes.
+    pub fn range_answers(&self) -> (u64, u64) {
+        (
+            self.ranges.load(Ordering::SeqCst),
+            self.range_bytes.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for HttpProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Relays one request (the client's connection is closed after the answer).
+fn proxy_one(
+    mut client: TcpStream,
+    upstream: u16,
+    tls: &Arc<rustls::ClientConfig>,
+    delay_ms: &std::sync::atomic::AtomicU64,
+    corrupt: &AtomicBool,
+    ranges: &std::sync::atomic::AtomicU64,
+    range_bytes: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 << 10 || client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines: Vec<&str> = text.trim_end().split("\r\n").collect();
+    lines.retain(|l| !l.to_ascii_lowercase().starts_with("connection:"));
+    let request = format!("{}\r\nConnection: close\r\n\r\n", lines.join("\r\n"));
+    let tcp = TcpStream::connect(("127.0.0.1", upstream))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(std::io::Error::other)?;
+    let mut up = rustls::StreamOwned::new(conn, tcp);
+    up.write_all(request.as_bytes())?;
+    up.flush()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        match up.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            // The registry may close without close_notify once it sent everything.
+            Err(_) if !answer.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+        if answer.len() > 128 << 20 {
+            break;
+        }
+    }
+    let delay = delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        std::thread::sleep(Duration::from_millis(delay));
+    }
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return client.write_all(&answer);
+    };
+    let (head, body) = answer.split_at(split + 4);
+    let head_text = String::from_utf8_lossy(head).into_owned();
+    let mut body = body.to_vec();
+    if head_text.starts_with("HTTP/1.1 206") {
+        ranges.fetch_add(1, Ordering::SeqCst);
+        range_bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
+        if corrupt.load(Ordering::SeqCst) {
+            let mid = body.len() / 2;
+            if let Some(b) = body.get_mut(mid) {
+                *b ^= 0x5a;
+            }
+        }
+    }
+    let mut out_lines: Vec<&str> = head_text.trim_end().split("\r\n").collect();
+    out_lines.retain(|l| !l.to_ascii_lowercase().starts_with("connection:"));
+    let out_head = format!("{}\r\nConnection: close\r\n\r\n", out_lines.join("\r\n"));
+    client.write_all(out_head.as_bytes())?;
+    client.write_all(&body)?;
+    client.flush()
+}
+
+/// Range answers (206) to blob requests among `requests`: how many, and their body bytes.
+pub fn blob_ranges(requests: &[LoggedRequest]) -> (usize, u64) {
+    let r: Vec<&LoggedRequest> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/") && r.status == 206)
+        .collect();
+    (r.len(), r.iter().map(|r| r.bytes).sum())
+}
+
+/// `chunkfs mount -v -o OPTIONS SOURCE TARGET`.
+pub fn chunkfs_mount(source: &str, target: &Path, options: &str) -> std::process::Output {
+    crate::mount::output(
+        Command::new(crate::mount::chunkfs_bin())
+            .args(["mount", "-v", "-o", options, source])
+            .arg(target),
+    )
+}
+
+/// `chunkfs status --json TARGET`, parsed: one object per mount (docs/mount.chunkfs.8.md).
+pub fn chunkfs_status(target: &Path) -> serde_json::Value {
+    let o = crate::mount::output(
+        Command::new(crate::mount::chunkfs_bin())
+            .args(["status", "--json"])
+            .arg(target),
+    );
+    assert!(
+        o.status.success(),
+        "chunkfs status: {}",
+        crate::mount::describe(&o)
+    );
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    all.get(0).cloned().unwrap_or(serde_json::Value::Null)
+}
+
+/// Pids of live processes whose `argv[0]` is `argv0` and whose command line contains `needle`.
+pub fn processes(argv0: &str, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.starts_with(argv0) && text.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// `chunkfs pack SRC oci:LAYOUT:TAG` with the built binary.

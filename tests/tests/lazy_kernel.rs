@@ -252,6 +252,8 @@ impl Daemon {
             background,
             detach: false,
             log: true,
+            store: None,
+            control: None,
         };
         let started = start_daemon(
             &chunkfs_bin(),

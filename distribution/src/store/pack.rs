@@ -36,6 +36,9 @@ use crate::source::BlobSource;
 /// Most bytes asked of the source in one request (adjacent frames are merged up to this).
 pub const MAX_REQUEST: u64 = 4 << 20;
 
+/// The page size frame writes split at (docs/lazy.md rule 7).
+const PAGE: u64 = 4096;
+
 /// One pack blob kept in the store, open.
 pub struct Pack {
     digest: Digest,
@@ -269,6 +272,30 @@ impl Pack {
         self.data
             .read_exact_at(buf, offset)
             .map_err(Error::io(&self.path, "reading the pack file"))
+    }
+
+    /// Whether every frame of `frames` (index positions) is present: from what this process
+    /// knows, reading the state file only when some are not known present yet. Cheap enough
+    /// for a fanotify filler's event thread (one `pread` of a few bytes at most); a mount
+    /// asks it for the frames it reads, which may be fewer than the pack's.
+    pub fn all_present(&self, frames: &[usize]) -> Result<bool, Error> {
+        let unknown: Vec<usize> = frames
+            .iter()
+            .copied()
+            .filter(|&i| !self.state.known_present(i))
+            .collect();
+        let (Some(&a), Some(&b)) = (unknown.iter().min(), unknown.iter().max()) else {
+            return Ok(true);
+        };
+        if b >= self.index.entries.len() {
+            return Err(Error::Usage(format!(
+                "{}: frame {b} of {}",
+                self.path.display(),
+                self.index.entries.len()
+            )));
+        }
+        self.state.read(a..b + 1)?;
+        Ok(unknown.iter().all(|&i| self.state.known_present(i)))
     }
 
     /// The pids of other processes holding record locks on the frames overlapping `range`
@@ -509,11 +536,25 @@ impl Pack {
         }
         for f in e {
             let at = self.base() + f.offset;
-            match sink {
-                Sink::Own => self.data.write_all_at(frame_of(f), at),
-                Sink::File(file) => file.write_all_at(frame_of(f), at),
+            let bytes = frame_of(f);
+            // Tail first, head last (docs/lazy.md rule 7): a writer killed between the two
+            // writes leaves a frame without its header, which the kernel's EROFS always
+            // refuses; a header present without the rest of its frame is not always refused.
+            // The head write stays within one page, which a SIGKILL cannot tear.
+            let split = usize::try_from((at / PAGE + 1) * PAGE - at)
+                .unwrap_or(bytes.len())
+                .min(bytes.len());
+            let (head, tail) = bytes.split_at(split);
+            for (part, offset) in [(tail, at + split as u64), (head, at)] {
+                if part.is_empty() {
+                    continue;
+                }
+                match sink {
+                    Sink::Own => self.data.write_all_at(part, offset),
+                    Sink::File(file) => file.write_all_at(part, offset),
+                }
+                .map_err(Error::io(&self.path, "writing frames into the pack file"))?;
             }
-            .map_err(Error::io(&self.path, "writing frames into the pack file"))?;
         }
         self.state.write(run.start, &vec![WRITTEN; run.len()])?;
         for i in run.clone() {

@@ -52,6 +52,10 @@ enum Command {
     Mount(cmd::mount::Args),
     /// Unmount a chunkfs mount and wait until nothing of it is left.
     Umount(cmd::umount::Args),
+    /// List chunkfs mounts; for registry mounts, what they fetched and how full they are.
+    Status(cmd::status::Args),
+    /// Start a new filler for a lazy kernel mount whose filler died.
+    Refill(cmd::refill::Args),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,8 @@ fn main() -> ExitCode {
         Command::Store(a) => cmd::store::run(a),
         Command::Mount(a) => cmd::mount::run(a),
         Command::Umount(a) => cmd::umount::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Refill(a) => cmd::refill::run(a),
         Command::Initramfs(a) => cmd::initramfs::run(a)
             .map(|_| ())
             .map_err(chunkfs_helper::Error::from),

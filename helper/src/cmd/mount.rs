@@ -15,15 +15,21 @@ use crate::mount::{self, Control, Log, Options};
     "  chunkfs mount image.cfs /mnt\n",
     "  chunkfs mount -o reader=fuse,verify=full image.cfs /mnt\n",
     "  chunkfs mount oci:/srv/images:v1 /mnt\n",
+    "  chunkfs mount -v docker://registry.example/team/app:v1 /mnt   (lazily, through the store)\n",
+    "  chunkfs mount -o authfile=/root/auth.json,pull=background docker://HOST/REPO@sha256:HEX /mnt\n",
     "  mount -t chunkfs -o digest=sha256:HEX /dev/vdb /mnt     (via /sbin/mount.chunkfs)\n\n",
     "Options (-o, comma-separated): reader=auto|kernel|fuse, verify=metadata|full,\n",
     "digest=sha256:HEX, cache=SIZE, cachedir=PATH, threads=N, allow_other, noallow_other,\n",
     "debug, loop, and the generic ro, rw (mounted ro), nosuid, nodev, noexec, noatime, ...\n",
+    "For docker:// sources: store=DIR, store-max=SIZE, tls-verify=false, cert-dir=DIR,\n",
+    "authfile=FILE, creds=USER:PASS (visible to ps: prefer authfile), plain-http,\n",
+    "platform=OS/ARCH[/VARIANT], prefetch=none|image|FILE, pull=lazy|background.\n",
     "See mount.chunkfs(8) (docs/mount.chunkfs.8.md).\n\n",
     crate::exit_help!()
 ))]
 pub struct Args {
-    /// The image: a .cfs file, a block device holding one, or oci:DIR[:TAG].
+    /// The image: a .cfs file, a block device holding one, oci:DIR[:TAG], or
+    /// docker://HOST[:PORT]/REPO:TAG (or @sha256:HEX).
     pub source: String,
     /// The mount point: an existing directory.
     pub target: PathBuf,
@@ -55,7 +61,8 @@ pub fn run(args: &Args) -> Result<(), Error> {
 }
 
 const HELPER_USAGE: &str = "usage: mount.chunkfs SOURCE TARGET [-sfnv] [-N NAMESPACE] [-o OPTIONS]\n\
-    SOURCE: a .cfs image, a block device holding one, or oci:DIR[:TAG]; see mount.chunkfs(8)";
+    SOURCE: a .cfs image, a block device holding one, oci:DIR[:TAG], or docker://HOST/REPO:TAG;\n\
+    see mount.chunkfs(8)";
 
 /// What the mount(8) helper's command line asks for.
 #[derive(Debug, Default, PartialEq, Eq)]

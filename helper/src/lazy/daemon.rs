@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ use super::copy::{self, CopyPair, FileCopySource};
 use super::filler::{self, Config, FillSource, Filler, PackFile};
 use crate::mount::daemon::FdSpec;
 use crate::mount::sys;
+
+mod lazy_fill;
 
 /// `argv[0]` of the daemon.
 pub const ARGV0: &str = "@chunkfs-filler";
@@ -40,6 +43,15 @@ pub enum SourceSpec {
         /// rather than 4 KiB blocks (which a killed filler can leave half-written).
         #[serde(default)]
         cfs_frames: bool,
+    },
+    /// The pack files of a lazy registry mount, filled through the local store from the
+    /// registry ([`super::StoreSource`]). The daemon opens the packs itself (before it marks
+    /// them): [`Spec::files`] is empty.
+    Store {
+        /// A sealed memfd holding the [`super::work::LazySpec`].
+        spec: FdSpec,
+        /// A sealed memfd holding credentials given on the command line, if any.
+        creds: Option<FdSpec>,
     },
 }
 
@@ -71,6 +83,12 @@ pub struct Spec {
     /// Log failed fills and a summary on stderr.
     #[serde(default)]
     pub log: bool,
+    /// The read end of a pipe on which the caller writes `mounted ID SYSFS` once its mount
+    /// exists (its id in the mount table, its directory under /sys/fs): the daemon then stops
+    /// when that mount is gone ([`super::watch`]). End-of-file before that line (the mount
+    /// failed, or the caller died) stops it.
+    #[serde(default)]
+    pub control_fd: Option<i32>,
 }
 
 /// Runs the daemon from its command line (`@chunkfs-filler --spec JSON`); never returns.
@@ -99,8 +117,13 @@ pub fn main() -> ! {
     let mut keep = vec![spec.status_fd];
     keep.extend(spec.files.iter().map(|f| f.fd));
     keep.extend(spec.mounts.iter().map(|f| f.fd));
+    keep.extend(spec.control_fd);
     match &spec.source {
         SourceSpec::Copy { copies, .. } => keep.extend(copies.iter().map(|f| f.fd)),
+        SourceSpec::Store { spec, creds } => {
+            keep.push(spec.fd);
+            keep.extend(creds.as_ref().map(|c| c.fd));
+        }
     }
     sys::close_fds_except(&keep);
     // Every event in flight holds a descriptor until it is answered.
@@ -124,7 +147,7 @@ pub fn main() -> ! {
         signals.add(s);
     }
     let _ = signals.thread_block();
-    let filler = match start(&spec) {
+    let (filler, lazy) = match start(&spec) {
         Ok(f) => f,
         Err(message) => {
             let _ = writeln!(status, "error: {}", message.replace('\n', " "));
@@ -135,17 +158,32 @@ pub fn main() -> ! {
     drop(status);
     let _ = nix::unistd::chdir("/");
     let stop = filler.stop_handle();
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if signals.wait().is_ok() {
+    {
+        let stop = stop.clone();
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if signals.wait().is_ok() {
+                    stop.stop();
+                }
+            });
+    }
+    let lazy = lazy.map(|l| l.start(&stop));
+    let unmounted = Arc::new(AtomicBool::new(false));
+    if let Some(fd) = spec.control_fd {
+        match sys::take_inherited_fd(fd) {
+            Ok(control) => watch_control(File::from(control), stop.clone(), unmounted.clone()),
+            Err(e) => {
+                eprintln!("{ARGV0}: control pipe: {e}");
                 stop.stop();
             }
-        });
-    let code = match filler.run() {
+        }
+    }
+    let result = filler.run();
+    let code = match &result {
         Ok(stats) => {
             if spec.log {
-                eprintln!("{ARGV0}: {}", summary(&stats));
+                eprintln!("{ARGV0}: {}", summary(stats));
             }
             0
         }
@@ -154,7 +192,47 @@ pub fn main() -> ! {
             1
         }
     };
+    if let Some(l) = lazy {
+        let why = if unmounted.load(Ordering::SeqCst) {
+            "unmounted"
+        } else if result.is_ok() && l.all_complete() {
+            "complete"
+        } else {
+            "stopped"
+        };
+        l.end(why);
+    }
     std::process::exit(code)
+}
+
+/// Reads `mounted ID SYSFS` from the control pipe, then stops the filler once that mount is
+/// gone (setting `unmounted`); stops it at once on end-of-file before that line.
+fn watch_control(control: File, stop: filler::StopHandle, unmounted: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(control.take(4096)),
+                &mut line,
+            );
+            let mut words = line.split_whitespace();
+            let (Some("mounted"), Some(Ok(id))) =
+                (words.next(), words.next().map(str::parse::<u64>))
+            else {
+                stop.stop();
+                return;
+            };
+            let sysfs = words
+                .next()
+                .filter(|s| !s.is_empty() && !s.contains(".."))
+                .map(|s| Path::new("/sys/fs").join(s));
+            let never = AtomicBool::new(false);
+            if super::watch::wait_gone(id, sysfs.as_deref(), &never) {
+                unmounted.store(true, Ordering::SeqCst);
+                stop.stop();
+            }
+        });
 }
 
 /// The statistics as one line of `name=value` pairs.
@@ -173,8 +251,8 @@ fn take(f: &FdSpec) -> Result<File, String> {
 
 /// Takes the inherited descriptors, builds the source, marks the files and drops the mounts'
 /// caches.
-fn start(spec: &Spec) -> Result<Filler, String> {
-    let files = spec
+fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
+    let mut files = spec
         .files
         .iter()
         .map(|f| {
@@ -184,7 +262,19 @@ fn start(spec: &Spec) -> Result<Filler, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let mut lazy = None;
+    let mut prefetch = Vec::new();
+    let mut background = spec.background;
     let source: Arc<dyn FillSource> = match &spec.source {
+        SourceSpec::Store { spec: work, creds } => {
+            let mut opened = lazy_fill::open(take(work)?, creds.as_ref().map(take).transpose()?)?;
+            files = opened.files()?;
+            prefetch = opened.prefetch();
+            background |= opened.spec.background;
+            let source = opened.source()?;
+            lazy = Some(opened);
+            source
+        }
         SourceSpec::Copy { copies, cfs_frames } => {
             if copies.len() != files.len() {
                 return Err(format!("{} copies for {} files", copies.len(), files.len()));
@@ -213,7 +303,8 @@ fn start(spec: &Spec) -> Result<Filler, String> {
         }
     };
     let mut config = Config {
-        background: spec.background,
+        background,
+        prefetch,
         log: spec.log,
         ..Config::default()
     };
@@ -228,7 +319,7 @@ fn start(spec: &Spec) -> Result<Filler, String> {
         let root = take(m)?;
         filler::drop_erofs_caches(&root, &m.name).map_err(|e| e.to_string())?;
     }
-    Ok(filler)
+    Ok((filler, lazy))
 }
 
 /// Why a filler daemon could not be started.
@@ -289,6 +380,11 @@ pub struct DaemonOptions<'a> {
     pub detach: bool,
     /// Log on the daemon's stderr (inherited; else /dev/null).
     pub log: bool,
+    /// Fill the files from a registry through the store instead of from copies (then `files`
+    /// is empty and `copies` unused): the memfds of the spec and of the credentials.
+    pub store: Option<(&'a File, Option<&'a File>)>,
+    /// The read end of the control pipe ([`Spec::control_fd`]).
+    pub control: Option<&'a File>,
 }
 
 /// How long a daemon may take to mark its files.
@@ -315,14 +411,27 @@ pub fn start_daemon(
             })
             .collect()
     };
+    let source = match opts.store {
+        Some((spec, creds)) => SourceSpec::Store {
+            spec: FdSpec {
+                fd: spec.as_raw_fd(),
+                name: "the lazy mount's spec".into(),
+            },
+            creds: creds.map(|c| FdSpec {
+                fd: c.as_raw_fd(),
+                name: "the registry credentials".into(),
+            }),
+        },
+        None => SourceSpec::Copy {
+            copies: spec_of(&opts.copies),
+            cfs_frames: opts.cfs_frames,
+        },
+    };
     let spec = Spec {
         status_fd: status_w.as_raw_fd(),
         files: spec_of(files),
         mounts: spec_of(&opts.mounts),
-        source: SourceSpec::Copy {
-            copies: spec_of(&opts.copies),
-            cfs_frames: opts.cfs_frames,
-        },
+        source,
         workers: opts.workers,
         deadline_ms: opts
             .deadline
@@ -330,12 +439,18 @@ pub fn start_daemon(
         background: opts.background,
         detach: opts.detach,
         log: opts.log,
+        control_fd: opts.control.map(|f| f.as_raw_fd()),
     };
     let json = serde_json::to_string(&spec).map_err(|e| setup("spec", std::io::Error::other(e)))?;
     let mut keep = vec![status_w.as_raw_fd()];
     for list in [files, &opts.mounts[..], &opts.copies[..]] {
         keep.extend(list.iter().map(|(f, _)| f.as_raw_fd()));
     }
+    if let Some((spec, creds)) = opts.store {
+        keep.push(spec.as_raw_fd());
+        keep.extend(creds.map(|c| c.as_raw_fd()));
+    }
+    keep.extend(opts.control.map(|f| f.as_raw_fd()));
     let mut cmd = Command::new(exe);
     std::os::unix::process::CommandExt::arg0(&mut cmd, ARGV0);
     cmd.arg("--spec")
@@ -454,6 +569,7 @@ mod tests {
             background: false,
             detach: true,
             log: false,
+            control_fd: Some(6),
         };
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains(r#""kind":"copy""#), "{json}");

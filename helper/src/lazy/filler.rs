@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fanotify::{self, Event, FAN_PRE_ACCESS, Group, Response};
+use super::replay;
 
 /// What makes byte ranges of the filler's files present. Files are numbered in the order given
 /// to [`Filler::new`].
@@ -168,8 +169,12 @@ pub struct Config {
     pub deadline: Duration,
     /// Return from [`Filler::run`] once every file is complete.
     pub exit_when_complete: bool,
-    /// Also fill every absent range in the background, in file order.
+    /// Also fill every absent range in the background, a few pieces at a time, until every
+    /// file is complete.
     pub background: bool,
+    /// Ranges `(file, range)` to fill in the background first, in this order, once each (the
+    /// prefetch replay of a lazy mount).
+    pub prefetch: Vec<(usize, Range<u64>)>,
     /// Print failed fills and other trouble on stderr.
     pub log: bool,
 }
@@ -181,6 +186,7 @@ impl Default for Config {
             deadline: Duration::from_secs(60),
             exit_when_complete: true,
             background: false,
+            prefetch: Vec::new(),
             log: false,
         }
     }
@@ -401,7 +407,7 @@ impl Filler {
                 })?;
         }
         drop(rx);
-        if shared.config.background {
+        if shared.config.background || !shared.config.prefetch.is_empty() {
             let s = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("filler-background".into())
@@ -501,7 +507,16 @@ impl Shared {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let mut buf = vec![0u8; 64 * 1024];
         let mut next_id = 0u64;
+        let mut checked = Instant::now();
         loop {
+            // Fills that answered no event (a source's own fetch-ahead, another process) can
+            // complete a file too: look once a second.
+            if checked.elapsed() >= Duration::from_secs(1) {
+                checked = Instant::now();
+                for i in 0..self.files.len() {
+                    self.check_complete(i);
+                }
+            }
             if self.stop.load(Ordering::SeqCst)
                 || (self.config.exit_when_complete && self.all_complete())
             {
@@ -740,38 +755,67 @@ impl Shared {
         self.wake();
     }
 
-    /// Fills every absent range, file by file, through the filler's own descriptors.
+    /// The background work, through the filler's own descriptors: the prefetch ranges once,
+    /// in order ([`Config::prefetch`]); then, with [`Config::background`], every absent range,
+    /// a few pieces at a time, again and again (backing off) until every file is complete or
+    /// the filler stops.
     fn background(&self) {
-        const PIECE: u64 = 1 << 20;
         let pid = i32::try_from(std::process::id()).unwrap_or(0);
-        for (i, state) in self.files.iter().enumerate() {
-            let mut failures = 0u32;
-            while !self.stop.load(Ordering::SeqCst) && !state.complete.load(Ordering::SeqCst) {
-                let mut ok = true;
-                'ranges: for r in self.source.absent(i) {
-                    let mut at = r.start;
-                    while at < r.end {
-                        if self.stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let piece = at..(at.saturating_add(PIECE)).min(r.end);
-                        if let Err(e) = self.source.fill(i, piece.clone(), pid, &state.file) {
-                            self.log(format_args!("{}: background fill: {e}", state.name));
-                            ok = false;
-                            break 'ranges;
-                        }
-                        at = piece.end;
-                    }
-                }
+        let fill = |item: &replay::Item| -> Result<(), String> {
+            let state = self
+                .files
+                .get(item.file)
+                .ok_or_else(|| format!("no file {}", item.file))?;
+            if state.complete.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.source
+                .fill(item.file, item.range.clone(), pid, &state.file)
+                .map_err(|e| e.to_string())?;
+            self.check_complete(item.file);
+            Ok(())
+        };
+        let log = |m: &str| self.log(format_args!("background fill: {m}"));
+        if !self.config.prefetch.is_empty() {
+            let items: Vec<replay::Item> = self
+                .config
+                .prefetch
+                .iter()
+                .map(|(file, range)| replay::Item {
+                    file: *file,
+                    range: range.clone(),
+                })
+                .collect();
+            let out = replay::run(&items, replay::THREADS, false, &self.stop, &fill, &log);
+            self.log(format_args!(
+                "prefetch: {} ranges filled, {} failed",
+                out.done, out.failed
+            ));
+        }
+        if !self.config.background {
+            return;
+        }
+        while !self.stop.load(Ordering::SeqCst) && !self.all_complete() {
+            let items: Vec<replay::Item> = self
+                .files
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| !f.complete.load(Ordering::SeqCst))
+                .flat_map(|(i, _)| replay::pieces(i, &self.source.absent(i)))
+                .collect();
+            if !items.is_empty() {
+                replay::run(&items, replay::THREADS, true, &self.stop, &fill, &log);
+            }
+            for i in 0..self.files.len() {
                 self.check_complete(i);
-                if !ok {
-                    failures = failures.saturating_add(1);
-                    let pause = Duration::from_millis(100 << failures.min(6));
-                    let until = Instant::now() + pause;
-                    while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
+            }
+            if items.is_empty() && !self.all_complete() {
+                // Nothing absent, yet not complete: the source disagrees with itself; do not
+                // spin.
+                self.log(format_args!(
+                    "background fill: nothing absent, yet incomplete"
+                ));
+                return;
             }
         }
     }

@@ -27,11 +27,20 @@
 //! [`filler`] (the event loop, the [`FillSource`] trait), [`copy`] (a source filling from a
 //! complete copy), [`daemon`] (the filler as a daemon, `@chunkfs-filler`).
 
+pub mod ahead;
 pub mod copy;
 pub mod daemon;
+pub mod device;
 pub mod fanotify;
 pub mod filler;
+pub mod replay;
+pub mod status;
+pub mod store_source;
+pub mod watch;
+pub mod work;
 
 pub use copy::{CopyPair, FileCopySource};
+pub use device::StoreDevice;
 pub use fanotify::{Why, supported};
 pub use filler::{Config, FillError, FillSource, Filler, PackFile, Stats, StopHandle};
+pub use store_source::StoreSource;

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{record, sys};
 
+mod lazy_mount;
+
 /// `argv[0]` of the daemon.
 pub const ARGV0: &str = "@chunkfs-reader";
 /// Where the daemon records its pid, by the mount's device number, for `chunkfs umount`.
@@ -79,6 +81,24 @@ pub struct Spec {
     /// `record=FILE`: where to write the chunks reads need ([`super::record`]).
     #[serde(default)]
     pub record: Option<PathBuf>,
+    /// A registry image whose devices are pack files of the local store, filled on first read
+    /// (then `devices` and `tables` are empty).
+    #[serde(default)]
+    pub lazy: Option<LazyFds>,
+}
+
+/// What a lazy mount's daemon inherits besides the descriptor (docs/lazy.md §8).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LazyFds {
+    /// A sealed memfd holding the [`crate::lazy::work::LazySpec`].
+    pub spec: FdSpec,
+    /// A sealed memfd holding credentials given on the command line, if any.
+    pub creds: Option<FdSpec>,
+    /// A sealed memfd holding the digest table the helper built from the image's checked
+    /// metadata and the plan (every chunk, at its pack-file offset).
+    pub tables: FdSpec,
+    /// The table's sha256, hex.
+    pub tables_sha256: String,
 }
 
 /// Largest digest table read (a 64-byte entry per chunk: 16 million chunks).
@@ -108,6 +128,10 @@ pub fn main() -> ! {
     let _ = nix::unistd::setsid();
     let mut keep = vec![spec.status_fd, spec.target.fd, spec.primary.fd];
     keep.extend(spec.devices.iter().map(|d| d.fd));
+    if let Some(l) = &spec.lazy {
+        keep.extend([l.spec.fd, l.tables.fd]);
+        keep.extend(l.creds.as_ref().map(|c| c.fd));
+    }
     sys::close_fds_except(&keep);
     let mut status = match sys::take_inherited_fd(spec.status_fd) {
         Ok(fd) => File::from(fd),
@@ -122,19 +146,30 @@ pub fn main() -> ! {
         let _ = record::block_signals();
     }
     let code = match start(&spec) {
-        Ok((reader, fuse, pidfile, recorder)) => {
+        Ok(Started {
+            reader,
+            fuse,
+            pidfile,
+            recorder,
+            lazy,
+        }) => {
             let _ = writeln!(status, "ok");
             drop(status);
             let _ = nix::unistd::chdir("/");
             if let Some(r) = &recorder {
                 r.handle_signals();
             }
+            // The watcher polls a copy of the connection's descriptor for its end.
+            let lazy = lazy.map(|l| l.start(pidfile.clone(), fuse.try_clone().ok()));
             let r = reader.serve(fuse);
             if let Some(rec) = &recorder {
                 rec.write_logged("unmounted");
             }
             if let Some(p) = pidfile {
                 let _ = std::fs::remove_file(p);
+            }
+            if let Some(l) = lazy {
+                l.end("unmounted");
             }
             match r {
                 Ok(()) => 0,
@@ -161,9 +196,18 @@ fn rename_fds(message: String, spec: &Spec) -> String {
         })
 }
 
-/// What [`start`] returns: the reader, the `/dev/fuse` descriptor, the pid file and the
-/// recorder (`record=`).
-type Started = (Reader, OwnedFd, Option<PathBuf>, Option<record::Recorder>);
+/// What [`start`] returns.
+struct Started {
+    reader: Reader,
+    /// The `/dev/fuse` descriptor.
+    fuse: OwnedFd,
+    /// The pid file.
+    pidfile: Option<PathBuf>,
+    /// The recorder (`record=`).
+    recorder: Option<record::Recorder>,
+    /// For a lazy mount, what runs beside the reader.
+    lazy: Option<lazy_mount::Serving>,
+}
 
 /// Opens the reader, starts recording if asked, mounts, records the pid.
 fn start(spec: &Spec) -> Result<Started, String> {
@@ -179,7 +223,11 @@ fn start(spec: &Spec) -> Result<Started, String> {
         .iter()
         .map(take)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut tables = Vec::with_capacity(spec.tables.len());
+    let lazy = spec.lazy.as_ref().map(lazy_mount::open).transpose()?;
+    let mut tables = Vec::with_capacity(spec.tables.len() + 1);
+    if let Some(l) = &lazy {
+        tables.push(l.tables.clone());
+    }
     for t in &spec.tables {
         let (file, name) = match usize::from(t.on).checked_sub(1) {
             None => (&primary, &spec.primary.name),
@@ -204,6 +252,12 @@ fn start(spec: &Spec) -> Result<Started, String> {
         devices.iter().map(fd_path).collect(),
         tables,
     );
+    if let Some(l) = &lazy {
+        config.devices = l.devices();
+        // Decompress-ahead would fetch the eight frames stored after every small file read;
+        // the lazy devices fetch ahead of sequential streams themselves.
+        config.prefetch_chunks = 0;
+    }
     if let Some(c) = spec.cache_bytes {
         config.cache_bytes = c;
     }
@@ -222,7 +276,14 @@ fn start(spec: &Spec) -> Result<Started, String> {
     drop(devices);
     let fuse = mount_fuse(spec, &target)?;
     let pidfile = record_pid(spec);
-    Ok((reader, fuse, pidfile, recorder))
+    let lazy = lazy.map(|l| l.mounted(spec));
+    Ok(Started {
+        reader,
+        fuse,
+        pidfile,
+        recorder,
+        lazy,
+    })
 }
 
 fn read_table(file: &File, name: &str, t: &TableSpec) -> Result<Vec<u8>, String> {

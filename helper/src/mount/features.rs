@@ -102,6 +102,8 @@ pub struct Decision {
     /// mount (e.g. an EROFS built without zstd, or without file-backed mounts: neither is
     /// visible in sysfs).
     pub fallback: bool,
+    /// The kernel path needs the fanotify filler (a registry image not complete in the store).
+    pub filler: bool,
 }
 
 /// Decides between the readers for a descriptor using `incompat`.
@@ -113,6 +115,7 @@ pub fn decide(choice: ReaderChoice, caps: &KernelCaps, incompat: u32) -> Result<
             kernel: false,
             reason: "reader=fuse".into(),
             fallback: false,
+            filler: false,
         }),
         ReaderChoice::Kernel if !caps.erofs => Err(
             "reader=kernel: the kernel has no EROFS (not in /proc/filesystems); use reader=fuse"
@@ -131,11 +134,13 @@ pub fn decide(choice: ReaderChoice, caps: &KernelCaps, incompat: u32) -> Result<
             kernel: true,
             reason: format!("reader=kernel; the image uses {needed}"),
             fallback: false,
+            filler: false,
         }),
         ReaderChoice::Auto if !caps.erofs => Ok(Decision {
             kernel: false,
             reason: "the kernel has no EROFS (not in /proc/filesystems)".into(),
             fallback: false,
+            filler: false,
         }),
         ReaderChoice::Auto if !missing.is_empty() => Ok(Decision {
             kernel: false,
@@ -144,11 +149,57 @@ pub fn decide(choice: ReaderChoice, caps: &KernelCaps, incompat: u32) -> Result<
                 missing.join(", ")
             ),
             fallback: false,
+            filler: false,
         }),
         ReaderChoice::Auto => Ok(Decision {
             kernel: true,
             reason: format!("the kernel's EROFS has every feature the image uses ({needed})"),
             fallback: caps.fuse,
+            filler: false,
+        }),
+    }
+}
+
+/// Decides between the readers for a registry image mounted through the store: `complete`
+/// when every frame it reads is present (the kernel then needs no daemon), `lazy_kernel` says
+/// whether the fanotify filler can serve the store's packs (or why not).
+pub fn decide_lazy(
+    choice: ReaderChoice,
+    caps: &KernelCaps,
+    incompat: u32,
+    complete: bool,
+    lazy_kernel: &Result<(), String>,
+) -> Result<Decision, String> {
+    let d = decide(choice, caps, incompat)?;
+    if !d.kernel || complete {
+        return Ok(Decision {
+            reason: if d.kernel {
+                format!("{}; every frame it reads is in the store", d.reason)
+            } else {
+                d.reason
+            },
+            ..d
+        });
+    }
+    match (choice, lazy_kernel) {
+        (_, Ok(())) => Ok(Decision {
+            reason: format!(
+                "{}; frames missing from the store are filled on demand by the fanotify filler (Linux 6.14+)",
+                d.reason
+            ),
+            filler: true,
+            ..d
+        }),
+        (ReaderChoice::Kernel, Err(why)) => Err(format!(
+            "reader=kernel: the image is not complete in the store and the lazy kernel path is not available: {why}; use reader=fuse, or `chunkfs pull` the image first"
+        )),
+        (_, Err(why)) => Ok(Decision {
+            kernel: false,
+            reason: format!(
+                "the image is not complete in the store and the lazy kernel path is not available ({why})"
+            ),
+            fallback: false,
+            filler: false,
         }),
     }
 }
@@ -195,6 +246,21 @@ mod tests {
         let e = decide(ReaderChoice::Kernel, &k612, BIT48).unwrap_err();
         assert!(e.contains("6.15"), "{e}");
         assert!(!decide(ReaderChoice::Fuse, &k618, BIT48).unwrap().kernel);
+
+        let lazy_ok: Result<(), String> = Ok(());
+        let tmpfs: Result<(), String> = Err("tmpfs refuses marks".into());
+        let d = decide_lazy(ReaderChoice::Auto, &k618, BIT48, false, &lazy_ok).unwrap();
+        assert!(d.kernel && d.filler, "{d:?}");
+        let d = decide_lazy(ReaderChoice::Auto, &k618, BIT48, true, &tmpfs).unwrap();
+        assert!(d.kernel && !d.filler, "{d:?}");
+        let d = decide_lazy(ReaderChoice::Auto, &k618, BIT48, false, &tmpfs).unwrap();
+        assert!(!d.kernel && d.reason.contains("tmpfs"), "{d:?}");
+        let e = decide_lazy(ReaderChoice::Kernel, &k618, BIT48, false, &tmpfs).unwrap_err();
+        assert!(e.contains("tmpfs") && e.contains("chunkfs pull"), "{e}");
+        let d = decide_lazy(ReaderChoice::Auto, &k612, BIT48, false, &lazy_ok).unwrap();
+        assert!(!d.kernel && !d.filler, "{d:?}");
+        let d = decide_lazy(ReaderChoice::Fuse, &k618, BIT48, false, &lazy_ok).unwrap();
+        assert!(!d.kernel && !d.filler);
 
         let no_erofs = KernelCaps::from_parts("nodev\tfuse\n", [], true);
         assert!(

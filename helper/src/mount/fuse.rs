@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cache;
-use super::daemon::{self, FdSpec, Spec, TableSpec};
+use super::daemon::{self, FdSpec, LazyFds, Spec, TableSpec};
 use super::options::Options;
+use super::registry::RegistryPrepared;
 use super::sys;
 use super::verify::{Prepared, Primary};
 use super::{Error, ErrorKind, Log};
@@ -22,6 +23,30 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Starts a reader daemon serving `p` at `target`; returns its pid once the mount exists.
 pub fn mount(
     p: &Prepared,
+    target: &Path,
+    opts: &Options,
+    exe: &Path,
+    log: &Log,
+) -> Result<i32, Error> {
+    mount_with(p, None, target, opts, exe, log)
+}
+
+/// Starts a reader daemon serving the registry image `p` at `target`, its devices pack files
+/// of the store filled on first read (docs/lazy.md §8); returns its pid once the mount exists.
+pub fn mount_lazy(
+    p: &Prepared,
+    reg: &RegistryPrepared,
+    target: &Path,
+    opts: &Options,
+    exe: &Path,
+    log: &Log,
+) -> Result<i32, Error> {
+    mount_with(p, Some(reg), target, opts, exe, log)
+}
+
+fn mount_with(
+    p: &Prepared,
+    reg: Option<&RegistryPrepared>,
     target: &Path,
     opts: &Options,
     exe: &Path,
@@ -41,15 +66,31 @@ pub fn mount(
         Primary::Image(b) => b.path.display().to_string(),
         Primary::Built { .. } => format!("the EROFS descriptor of {}", p.display),
     };
-    let devices: Vec<File> = p
-        .devices
-        .iter()
-        .map(|b| {
-            b.file
-                .try_clone()
-                .map_err(|e| io(&b.path.display().to_string(), e))
-        })
-        .collect::<Result<_, _>>()?;
+    // A lazy image's devices are opened by the daemon through the store.
+    let devices: Vec<File> = match reg {
+        Some(_) => Vec::new(),
+        None => p
+            .devices
+            .iter()
+            .map(|b| {
+                b.file
+                    .try_clone()
+                    .map_err(|e| io(&b.path.display().to_string(), e))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let lazy_files = match reg {
+        Some(r) => Some((
+            r.spec.to_memfd().map_err(|e| io("memfd", e))?,
+            r.credentials
+                .as_ref()
+                .map(crate::lazy::work::credentials_memfd)
+                .transpose()
+                .map_err(|e| io("memfd", e))?,
+            cache::memfd(c"chunkfs-digest-table", &r.tables).map_err(|e| io("memfd", e))?,
+        )),
+        None => None,
+    };
     let target_fd: OwnedFd = nix::fcntl::open(
         target,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -96,6 +137,24 @@ pub fn mount(
         ms_flags: opts.ms_flags().bits(),
         security: opts.security.clone(),
         record: opts.record.clone(),
+        lazy: lazy_files
+            .as_ref()
+            .zip(reg)
+            .map(|((spec, creds, tables), r)| LazyFds {
+                spec: FdSpec {
+                    fd: spec.as_raw_fd(),
+                    name: "the lazy mount's spec".into(),
+                },
+                creds: creds.as_ref().map(|c| FdSpec {
+                    fd: c.as_raw_fd(),
+                    name: "the registry credentials".into(),
+                }),
+                tables: FdSpec {
+                    fd: tables.as_raw_fd(),
+                    name: "the digest table".into(),
+                },
+                tables_sha256: chunkfs_format::digest::Digest::of(&r.tables).to_hex(),
+            }),
     };
     let json = serde_json::to_string(&spec).map_err(|e| io("spec", std::io::Error::other(e)))?;
     let mut keep = vec![
@@ -104,6 +163,10 @@ pub fn mount(
         primary_file.as_raw_fd(),
     ];
     keep.extend(devices.iter().map(|f| f.as_raw_fd()));
+    if let Some((spec, creds, tables)) = &lazy_files {
+        keep.extend([spec.as_raw_fd(), tables.as_raw_fd()]);
+        keep.extend(creds.as_ref().map(|c| c.as_raw_fd()));
+    }
 
     let mut cmd = Command::new(exe);
     std::os::unix::process::CommandExt::arg0(&mut cmd, daemon::ARGV0);
@@ -126,7 +189,7 @@ pub fn mount(
         .map_err(|e| io(&format!("cannot run {}", exe.display()), e))?;
     // Only the daemon may hold the write end, so that its exit is seen as end-of-file.
     drop(status_w);
-    drop((primary_file, devices, target_fd));
+    drop((primary_file, devices, target_fd, lazy_files));
     let intermediate = child.wait();
 
     let (pid, outcome) = read_status(status_r, READY_TIMEOUT);

@@ -40,6 +40,8 @@ pub struct KernelMount {
     /// The descriptor file in the cache directory, for images whose descriptor is built at
     /// mount time.
     pub descriptor: Option<PathBuf>,
+    /// The fanotify filler filling the pack files (a lazy registry mount), by pid.
+    pub filler: Option<i32>,
 }
 
 /// A file or block device the kernel opens.
@@ -100,6 +102,9 @@ pub fn mount(p: &Prepared, target: &Path, opts: &Options, log: &Log) -> Result<K
     }
 
     let mut loop_reason = loop_reason(p, &primary, &devices, opts);
+    if let (true, Some(why)) = (p.file_backed_only, &loop_reason) {
+        return Err(lazy_needs_files(p, why));
+    }
     if loop_reason.is_none() && primary.block {
         log.info(format_args!(
             "mounting the block device {}",
@@ -125,6 +130,12 @@ pub fn mount(p: &Prepared, target: &Path, opts: &Options, log: &Log) -> Result<K
                 return Ok(info);
             }
             // Linux before 6.12 (or without CONFIG_EROFS_FS_BACKED_BY_FILE) wants a block device.
+            Err(Failure::Kernel { errno, .. }) if errno == libc::ENOTBLK && p.file_backed_only => {
+                return Err(lazy_needs_files(
+                    p,
+                    "the kernel refused a file-backed mount (ENOTBLK: no file-backed EROFS, before Linux 6.12)",
+                ));
+            }
             Err(Failure::Kernel { errno, .. })
                 if errno == libc::ENOTBLK && loop_reason.is_none() && !primary.block =>
             {
@@ -137,6 +148,18 @@ pub fn mount(p: &Prepared, target: &Path, opts: &Options, log: &Log) -> Result<K
     }
 }
 
+/// A lazy mount's pack files would have to go on loop devices, whose reads raise no fanotify
+/// events: the filler could not fill them.
+fn lazy_needs_files(p: &Prepared, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Mount,
+        format!(
+            "{}: the lazy kernel path needs a file-backed mount, but {why}",
+            p.display
+        ),
+    )
+}
+
 fn loop_reason(p: &Prepared, primary: &Dev, devices: &[Dev], opts: &Options) -> Option<String> {
     let on_tmpfs = std::iter::once(primary)
         .chain(devices)
@@ -145,12 +168,12 @@ fn loop_reason(p: &Prepared, primary: &Dev, devices: &[Dev], opts: &Options) -> 
         Some("the loop option".into())
     } else if primary.anonymous {
         Some("the descriptor is in memory".into())
-    } else if devices.len() >= 2 {
+    } else if devices.len() >= 2 && !p.disjoint_devices {
         Some(format!(
             "{} extra devices: file-backed EROFS would merge reads across them (Linux bug, docs/descriptor.md §5)",
             devices.len()
         ))
-    } else if devices.len() == 1 && p.data_in_primary {
+    } else if !devices.is_empty() && p.data_in_primary {
         Some(
             "data on the descriptor and on its device: file-backed EROFS would merge reads across them (Linux bug, docs/descriptor.md §5)"
                 .into(),
@@ -364,13 +387,16 @@ struct SourceAlias {
 
 impl SourceAlias {
     fn create(shown: &str, real: &Path, bases: &[&Path]) -> Option<Self> {
-        let parts: Vec<&str> = shown.split('/').collect();
+        // Empty components (`docker://host/...`) resolve as one slash does.
+        let parts: Vec<&str> = shown.split('/').filter(|c| !c.is_empty()).collect();
         let usable = !shown.starts_with('/')
+            && !shown.ends_with('/')
             && shown.len() < 3000
             && !shown.contains('\0')
+            && !parts.is_empty()
             && parts
                 .iter()
-                .all(|c| !c.is_empty() && *c != "." && *c != ".." && c.len() < 256);
+                .all(|c| *c != "." && *c != ".." && c.len() < 256);
         if !usable {
             return None;
         }
@@ -382,7 +408,7 @@ impl SourceAlias {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos())
             ));
-            let link = dir.join(shown);
+            let link = parts.iter().fold(dir.clone(), |d, c| d.join(c));
             let made = (|| {
                 std::fs::create_dir_all(link.parent()?).ok()?;
                 std::os::unix::fs::symlink(real, &link).ok()

@@ -33,6 +33,7 @@ pub mod loopdev;
 pub mod mountinfo;
 pub mod options;
 pub mod record;
+pub mod registry;
 pub mod source;
 pub(crate) mod sys;
 pub mod umount;
@@ -44,7 +45,7 @@ use std::time::{Duration, Instant};
 use chunkfs_format::digest::Digest;
 use chunkfs_format::{Classify, ErrorClass};
 
-pub use options::{Options, ReaderChoice, VerifyLevel};
+pub use options::{Options, Prefetch, Pull, ReaderChoice, RegistryOptions, VerifyLevel};
 pub use source::Source;
 pub use umount::{Unmounted, unmount};
 
@@ -261,6 +262,19 @@ pub fn mount_image_with(
     }
     let target = check_target(target)?;
     let source = Source::resolve(source)?;
+    if let Source::Registry { reference } = &source {
+        let prepared = registry::prepare(reference, options, &log)?;
+        for (what, d) in &prepared.timings {
+            log.info(format_args!("{what}: {:.1} ms", d.as_secs_f64() * 1e3));
+        }
+        return registry::mount(prepared, &target, options, ctl, &log, start);
+    }
+    if !options.registry.is_default() {
+        log.info(format_args!(
+            "the options of docker:// sources (store=, creds=, prefetch=, ...) do not apply to {}",
+            source.display()
+        ));
+    }
     let prepared = verify::prepare(&source, options)?;
     for (what, d) in &prepared.timings {
         log.info(format_args!("{what}: {:.1} ms", d.as_secs_f64() * 1e3));

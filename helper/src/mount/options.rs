@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use chunkfs_distribution::oci::select::PlatformSpec;
+use chunkfs_distribution::registry::Credentials;
 use chunkfs_format::digest::Digest;
 
 /// Which reader serves the image.
@@ -24,6 +26,76 @@ pub enum VerifyLevel {
     Metadata,
     /// [`VerifyLevel::Metadata`] plus every chunk decompressed and hashed.
     Full,
+}
+
+/// What a lazy registry mount fetches in the background first (`prefetch=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Nothing.
+    None,
+    /// The list the image's metadata carries, if any (the default).
+    Image,
+    /// The chunks listed in this file (`sha256:HEX` per line, in first-read order).
+    File(PathBuf),
+}
+
+/// Whether a lazy registry mount fetches the rest of the image in the background (`pull=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pull {
+    /// Only what is read (and prefetched).
+    Lazy,
+    /// Everything, in the background, after the prefetch list.
+    Background,
+}
+
+/// Options of `docker://` sources (docs/mount.chunkfs.8.md, "Registry images").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryOptions {
+    /// `store=DIR`: the local store (default /var/lib/chunkfs).
+    pub store: PathBuf,
+    /// `store-max=SIZE`: the store's size bound for this mount's plan.
+    pub store_max: Option<u64>,
+    /// `tls-verify=false` turns certificate checks off (test registries).
+    pub tls_verify: bool,
+    /// `cert-dir=DIR`: CA certificates for the registry.
+    pub cert_dir: Option<PathBuf>,
+    /// `authfile=FILE`.
+    pub authfile: Option<PathBuf>,
+    /// `creds=USER:PASS` (visible to `ps` while mount(8) runs: prefer `authfile=`). Its
+    /// `Debug` hides the password.
+    pub creds: Option<Credentials>,
+    /// `plain-http`: talk HTTP, not HTTPS (never chosen silently).
+    pub plain_http: bool,
+    /// `platform=os/arch[/variant]` in a multi-platform image.
+    pub platform: Option<PlatformSpec>,
+    /// `prefetch=`.
+    pub prefetch: Prefetch,
+    /// `pull=`.
+    pub pull: Pull,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            store: PathBuf::from(chunkfs_distribution::store::DEFAULT_DIR),
+            store_max: None,
+            tls_verify: true,
+            cert_dir: None,
+            authfile: None,
+            creds: None,
+            plain_http: false,
+            platform: None,
+            prefetch: Prefetch::Image,
+            pull: Pull::Lazy,
+        }
+    }
+}
+
+impl RegistryOptions {
+    /// Whether any was set (they mean nothing for other sources).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How access times are recorded (the image is read-only, so this only matters to tools
@@ -75,6 +147,8 @@ pub struct Options {
     pub nodiratime: bool,
     /// SELinux context options (`context=` ...), passed to the kernel's EROFS.
     pub security: Vec<(String, String)>,
+    /// Options of `docker://` sources.
+    pub registry: RegistryOptions,
     /// Options that were mapped or ignored, with why (shown with `-v`).
     pub notes: Vec<String>,
 }
@@ -98,6 +172,7 @@ impl Default for Options {
             atime: Atime::Default,
             nodiratime: false,
             security: Vec::new(),
+            registry: RegistryOptions::default(),
             notes: Vec::new(),
         }
     }
@@ -150,9 +225,11 @@ const ACCEPTED: &[&str] = &[
 const SECURITY: &[&str] = &["context", "fscontext", "defcontext", "rootcontext"];
 
 const KNOWN: &str = "reader=auto|kernel|fuse, verify=metadata|full, digest=sha256:HEX, \
-    cache=SIZE, cachedir=PATH, threads=N, record=FILE, allow_other, noallow_other, debug, loop, and the \
-    generic ro, rw, defaults, nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime, \
-    _netdev, nofail, x-*, comment=";
+    cache=SIZE, cachedir=PATH, threads=N, record=FILE, allow_other, noallow_other, debug, loop; for \
+    docker:// sources store=DIR, store-max=SIZE, tls-verify=true|false, cert-dir=DIR, \
+    authfile=FILE, creds=USER:PASS, plain-http, platform=OS/ARCH[/VARIANT], \
+    prefetch=none|image|FILE, pull=lazy|background; and the generic ro, rw, defaults, nosuid, \
+    nodev, noexec, noatime, relatime, strictatime, nodiratime, _netdev, nofail, x-*, comment=";
 
 impl Options {
     /// Parses a comma-separated option string (double quotes protect commas in values, as in
@@ -201,6 +278,12 @@ impl Options {
             None => (opt, None),
         };
         match (key, value) {
+            ("creds", None) => {
+                return Err(OptionError {
+                    option: "creds".into(),
+                    problem: "expected creds=USER:PASSWORD".into(),
+                });
+            }
             ("reader", Some(v)) => {
                 self.reader = match v {
                     "auto" => ReaderChoice::Auto,
@@ -249,6 +332,49 @@ impl Options {
                     .filter(|n| (1..=256).contains(n))
                     .ok_or_else(|| bad("expected a number of threads from 1 to 256"))?;
                 self.threads = Some(n);
+            }
+            ("store", Some(v)) => self.registry.store = absolute(v, &bad)?,
+            ("store-max", Some(v)) => {
+                self.registry.store_max = Some(parse_size(v).ok_or_else(|| {
+                    bad("expected a size in bytes, optionally with K, M, G or T (1024-based)")
+                })?);
+            }
+            ("tls-verify", v) => {
+                self.registry.tls_verify = match v.unwrap_or("true") {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(bad("expected tls-verify=true or tls-verify=false")),
+                }
+            }
+            ("cert-dir", Some(v)) => self.registry.cert_dir = Some(absolute(v, &bad)?),
+            ("authfile", Some(v)) => self.registry.authfile = Some(absolute(v, &bad)?),
+            ("creds", Some(v)) => {
+                // The message must not repeat the value: it holds a password.
+                self.registry.creds = Some(Credentials::parse(v).ok_or_else(|| OptionError {
+                    option: "creds=...".into(),
+                    problem: "expected creds=USER:PASSWORD".into(),
+                })?);
+            }
+            ("plain-http", None) => self.registry.plain_http = true,
+            ("platform", Some(v)) => {
+                self.registry.platform = Some(
+                    PlatformSpec::parse(v)
+                        .ok_or_else(|| bad("expected platform=OS/ARCH or OS/ARCH/VARIANT"))?,
+                );
+            }
+            ("prefetch", Some(v)) => {
+                self.registry.prefetch = match v {
+                    "none" => Prefetch::None,
+                    "image" => Prefetch::Image,
+                    path => Prefetch::File(absolute(path, &bad)?),
+                }
+            }
+            ("pull", Some(v)) => {
+                self.registry.pull = match v {
+                    "lazy" => Pull::Lazy,
+                    "background" => Pull::Background,
+                    _ => return Err(bad("expected pull=lazy or pull=background")),
+                }
             }
             ("allow_other", None) => self.allow_other = true,
             ("noallow_other", None) => self.allow_other = false,
@@ -335,6 +461,15 @@ fn split(s: &str) -> Vec<String> {
     out.push(cur);
     out.retain(|o| !o.is_empty());
     out
+}
+
+/// An absolute path option value.
+fn absolute(v: &str, bad: &dyn Fn(&str) -> OptionError) -> Result<PathBuf, OptionError> {
+    if v.starts_with('/') {
+        Ok(PathBuf::from(v))
+    } else {
+        Err(bad("needs an absolute path"))
+    }
 }
 
 fn unquote(v: &str) -> &str {
@@ -450,6 +585,52 @@ mod tests {
             assert!(e.to_string().contains("absolute file name"), "{s}: {e}");
         }
         assert_eq!(Options::parse("", false).unwrap().record, None);
+    }
+
+    #[test]
+    fn registry_options() {
+        let o = Options::parse(
+            "store=/srv/store,store-max=10G,tls-verify=false,cert-dir=/etc/c,authfile=/root/a.json,creds=me:se:cret,plain-http,platform=linux/arm64/v8,prefetch=/srv/list,pull=background",
+            false,
+        )
+        .unwrap();
+        let r = &o.registry;
+        assert_eq!(r.store, PathBuf::from("/srv/store"));
+        assert_eq!(r.store_max, Some(10 << 30));
+        assert!(!r.tls_verify && r.plain_http);
+        assert_eq!(r.cert_dir, Some(PathBuf::from("/etc/c")));
+        assert_eq!(r.authfile, Some(PathBuf::from("/root/a.json")));
+        let c = r.creds.as_ref().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("me", "se:cret")
+        );
+        assert!(
+            !format!("{o:?}").contains("se:cret"),
+            "Debug shows no password"
+        );
+        assert_eq!(r.platform.as_ref().unwrap().variant.as_deref(), Some("v8"));
+        assert_eq!(r.prefetch, Prefetch::File("/srv/list".into()));
+        assert_eq!(r.pull, Pull::Background);
+        assert!(Options::parse("", false).unwrap().registry.is_default());
+        assert_eq!(
+            Options::parse("prefetch=none", false)
+                .unwrap()
+                .registry
+                .prefetch,
+            Prefetch::None
+        );
+        for (s, needle) in [
+            ("store=rel", "absolute"),
+            ("pull=eager", "pull=lazy"),
+            ("platform=linux", "OS/ARCH"),
+            ("tls-verify=maybe", "tls-verify"),
+        ] {
+            let e = Options::parse(s, false).unwrap_err();
+            assert!(e.to_string().contains(needle), "{s}: {e}");
+        }
+        let e = Options::parse("creds=nocolon-secret", false).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

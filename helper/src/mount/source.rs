@@ -1,11 +1,13 @@
-//! What SOURCE names: a `.cfs` file, a block device holding one, or an image in an OCI layout
+//! What SOURCE names: a `.cfs` file, a block device holding one, an image in an OCI layout
 //! (`oci:DIR[:TAG]`, `DIR:TAG`, or a layout directory holding one image), by the rules of
-//! docs/format.md §7.7.
+//! docs/format.md §7.7, or an image in a registry (`docker://HOST[:PORT]/REPO:TAG` or
+//! `...@sha256:HEX`, docs/registry.md), mounted lazily through the local store.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use chunkfs_distribution::oci::reference::{Reference, Role};
+use chunkfs_distribution::registry::ImageRef;
 
 use super::{Error, ErrorKind};
 
@@ -26,6 +28,11 @@ pub enum Source {
         /// The tag, if one was given.
         tag: Option<String>,
     },
+    /// An image in a registry, mounted lazily through the local store.
+    Registry {
+        /// The reference as parsed.
+        reference: ImageRef,
+    },
 }
 
 impl Source {
@@ -33,6 +40,11 @@ impl Source {
     pub fn resolve(spec: &str) -> Result<Self, Error> {
         if spec.is_empty() {
             return Err(Error::new(ErrorKind::Usage, "the image (SOURCE) is empty"));
+        }
+        if spec.starts_with("docker://") {
+            let reference =
+                ImageRef::parse(spec).map_err(|e| Error::new(ErrorKind::Usage, e.to_string()))?;
+            return Ok(Self::Registry { reference });
         }
         match Reference::parse(spec, Role::Source) {
             Reference::File(path) => {
@@ -78,9 +90,11 @@ impl Source {
         }
     }
 
-    /// What `/proc/mounts` shows as the mount's source: the image's path, or `oci:DIR[:TAG]`.
+    /// What `/proc/mounts` shows as the mount's source: the image's path, `oci:DIR[:TAG]`, or
+    /// the registry reference (`docker://HOST/REPO:TAG`).
     pub fn display(&self) -> String {
         match self {
+            Self::Registry { reference } => reference.to_string(),
             Self::Cfs { path, .. } => path.display().to_string(),
             Self::Oci { dir, tag: Some(t) } => format!("oci:{}:{t}", dir.display()),
             Self::Oci { dir, tag: None } => format!("oci:{}", dir.display()),
@@ -133,6 +147,11 @@ mod tests {
         assert!(e.to_string().contains("a directory, not an image"), "{e}");
         let e = Source::resolve("/dev/null").unwrap_err();
         assert!(e.to_string().contains("neither"), "{e}");
+        let s = Source::resolve("docker://127.0.0.1:5000/test/app:v1").unwrap();
+        assert!(matches!(s, Source::Registry { .. }));
+        assert_eq!(s.display(), "docker://127.0.0.1:5000/test/app:v1");
+        let e = Source::resolve("docker://").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

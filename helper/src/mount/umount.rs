@@ -1,5 +1,7 @@
 //! `chunkfs umount TARGET`: unmounts a chunkfs mount (either reader) and waits until nothing of
-//! it is left: the FUSE daemon has exited, the loop devices have detached themselves.
+//! it is left: the FUSE daemon has exited, the loop devices have detached themselves, a lazy
+//! registry mount's filler has stopped, its record in the store is released and its status
+//! files under /run/chunkfs/lazy are removed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use nix::mount::{MntFlags, umount2};
 use super::daemon;
 use super::mountinfo;
 use super::{Error, ErrorKind, Log};
+use crate::lazy::status;
 
 /// How long to wait for the daemon and the loop devices to go away.
 const WAIT: Duration = Duration::from_secs(10);
@@ -53,6 +56,7 @@ pub fn unmount(target: &Path, lazy: bool, log: &Log) -> Result<Unmounted, Error>
     let daemon = (m.fstype == "fuse.chunkfs")
         .then(|| daemon::recorded_pid(m.dev))
         .flatten();
+    let registry = status::MountRecord::of_mount(m.id);
     let loop_dev = (m.dev.0 == 7).then(|| format!("loop{}", m.dev.1));
     let flags = if lazy {
         MntFlags::MNT_DETACH
@@ -104,6 +108,9 @@ pub fn unmount(target: &Path, lazy: bool, log: &Log) -> Result<Unmounted, Error>
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        if let Some(r) = &registry {
+            end_lazy(r, deadline, log)?;
+        }
     }
     Ok(Unmounted {
         target,
@@ -111,4 +118,38 @@ pub fn unmount(target: &Path, lazy: bool, log: &Log) -> Result<Unmounted, Error>
         fstype: m.fstype,
         daemon,
     })
+}
+
+/// After a lazy registry mount is unmounted: its filler (if one still runs) stopped and waited
+/// for, its record in the store released, its status files removed.
+fn end_lazy(r: &status::MountRecord, deadline: Instant, log: &Log) -> Result<(), Error> {
+    if let Some(pid) = r
+        .daemon_pid
+        .filter(|&p| r.reader != "fuse" && status::daemon_alive(p))
+    {
+        // It notices the unmount by itself; SIGTERM makes it sure and prompt.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        while status::daemon_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if status::daemon_alive(pid) {
+            return Err(Error::new(
+                ErrorKind::Mount,
+                format!(
+                    "{} is unmounted but its filler (pid {pid}) is still running after {} s",
+                    r.mount_point.display(),
+                    WAIT.as_secs()
+                ),
+            ));
+        }
+        log.info(format_args!("the filler (pid {pid}) exited"));
+    }
+    if let Ok(store) = chunkfs_distribution::store::Store::open(&r.store) {
+        let _ = store.release_mount(&r.id);
+    }
+    status::remove(&r.id);
+    Ok(())
 }

@@ -40,7 +40,7 @@ pub struct Backing {
 }
 
 impl Backing {
-    fn open(path: &Path, block: bool) -> Result<Self, Error> {
+    pub(super) fn open(path: &Path, block: bool) -> Result<Self, Error> {
         let file = File::open(path)
             .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))?;
         Ok(Self {
@@ -111,6 +111,15 @@ pub struct Prepared {
     /// Keeps an OCI layout's shared lock until the mount has opened its blobs, so `gc` cannot
     /// delete them in between.
     pub layout_lock: Option<OciImage>,
+    /// The extra devices are pack files of the local store, each in its own window of the
+    /// store's address space (docs/store.md §3): the kernel may read them file-backed even
+    /// when there are several (no read can merge across them).
+    pub disjoint_devices: bool,
+    /// A filler serves the devices (the lazy kernel path): they must be mounted file-backed,
+    /// never on loop devices (whose reads raise no fanotify events).
+    pub file_backed_only: bool,
+    /// A registry image mounted through the store.
+    pub registry: Option<Box<super::registry::RegistryPrepared>>,
 }
 
 /// Opens `source` and checks it as `opts` asks.
@@ -118,10 +127,14 @@ pub fn prepare(source: &Source, opts: &Options) -> Result<Prepared, Error> {
     match source {
         Source::Cfs { path, block } => prepare_cfs(source.display(), path, *block, opts),
         Source::Oci { dir, tag } => prepare_oci(source.display(), dir, tag.as_deref(), opts),
+        Source::Registry { .. } => Err(Error::new(
+            ErrorKind::Usage,
+            "a registry image is prepared by mount::registry::prepare",
+        )),
     }
 }
 
-fn check_pin(name: &str, actual: &Digest, opts: &Options) -> Result<(), Error> {
+pub(super) fn check_pin(name: &str, actual: &Digest, opts: &Options) -> Result<(), Error> {
     match &opts.digest {
         Some(pinned) if pinned != actual => Err(Error::new(
             ErrorKind::Mismatch,
@@ -135,7 +148,7 @@ fn check_pin(name: &str, actual: &Digest, opts: &Options) -> Result<(), Error> {
     }
 }
 
-fn incompat_of(superblock_area: &[u8]) -> u32 {
+pub(super) fn incompat_of(superblock_area: &[u8]) -> u32 {
     SuperBlock::read_at(superblock_area, 0).map_or(0, |sb| sb.feature_incompat.get())
 }
 
@@ -177,6 +190,9 @@ fn prepare_cfs(
             chunks_checked: 0,
             timings: Vec::new(),
             layout_lock: None,
+            disjoint_devices: false,
+            file_backed_only: false,
+            registry: None,
         }
     } else {
         // Written before descriptors were embedded: the image becomes the extra device of a
@@ -209,6 +225,9 @@ fn prepare_cfs(
             chunks_checked: 0,
             timings: Vec::new(),
             layout_lock: None,
+            disjoint_devices: false,
+            file_backed_only: false,
+            registry: None,
         }
     };
     timings.push(("EROFS descriptor derived and compared", t.elapsed()));
@@ -338,6 +357,9 @@ fn prepare_oci(
         chunks_checked,
         timings,
         layout_lock: Some(oci),
+        disjoint_devices: false,
+        file_backed_only: false,
+        registry: None,
     })
 }
 
