@@ -12,18 +12,19 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::copy::{self, CopyPair, FileCopySource};
 use super::filler::{self, Config, FillSource, Filler, PackFile};
 use crate::mount::daemon::FdSpec;
+use crate::mount::status_pipe::{self, Status};
 use crate::mount::sys;
 
 mod lazy_fill;
@@ -472,7 +473,7 @@ pub fn start_daemon(
     } else {
         Some(child)
     };
-    let (pid, outcome) = read_status(status_r, READY_TIMEOUT);
+    let (pid, outcome) = status_pipe::read(status_r, "marked", READY_TIMEOUT);
     let fail = |e: StartError, child: Option<Child>| {
         if let Some(mut c) = child {
             let _ = c.kill();
@@ -486,60 +487,11 @@ pub fn start_daemon(
         Err(e)
     };
     match (outcome, pid) {
-        (Outcome::Marked, Some(pid)) => Ok(Started { pid, child }),
-        (Outcome::Marked, None) => fail(StartError::Exited, child),
-        (Outcome::Failed(m), _) => fail(StartError::Failed(m), child),
-        (Outcome::Exited, _) => fail(StartError::Exited, child),
-        (Outcome::TimedOut, _) => fail(StartError::TimedOut(READY_TIMEOUT), child),
-    }
-}
-
-enum Outcome {
-    Marked,
-    Failed(String),
-    Exited,
-    TimedOut,
-}
-
-/// Reads status lines until `marked`, an error, end-of-file or the deadline.
-fn read_status(r: OwnedFd, timeout: Duration) -> (Option<i32>, Outcome) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = Instant::now() + timeout;
-    let mut file = File::from(r);
-    let mut text = String::new();
-    let mut pid = None;
-    loop {
-        if let Some(end) = text.rfind('\n') {
-            for line in text.get(..end).unwrap_or_default().lines() {
-                if let Some(p) = line.strip_prefix("pid ") {
-                    pid = p.trim().parse().ok();
-                } else if line == "marked" {
-                    return (pid, Outcome::Marked);
-                } else if let Some(m) = line.strip_prefix("error: ") {
-                    return (pid, Outcome::Failed(m.to_owned()));
-                }
-            }
-            text = text.get(end + 1..).unwrap_or_default().to_owned();
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (pid, Outcome::TimedOut);
-        }
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(_) => return (pid, Outcome::Exited),
-        }
-        let mut buf = [0u8; 4096];
-        match file.read(&mut buf) {
-            Ok(0) | Err(_) => return (pid, Outcome::Exited),
-            Ok(n) => text.push_str(&String::from_utf8_lossy(buf.get(..n).unwrap_or_default())),
-        }
-        if text.len() > 1 << 16 {
-            return (pid, Outcome::Failed("an endless status line".into()));
-        }
+        (Status::Ready, Some(pid)) => Ok(Started { pid, child }),
+        (Status::Ready, None) => fail(StartError::Exited, child),
+        (Status::Failed(m), _) => fail(StartError::Failed(m), child),
+        (Status::Exited, _) => fail(StartError::Exited, child),
+        (Status::TimedOut, _) => fail(StartError::TimedOut(READY_TIMEOUT), child),
     }
 }
 
@@ -578,35 +530,5 @@ mod tests {
             "workers":null,"deadline_ms":null}"#;
         let s: Spec = serde_json::from_str(minimal).unwrap();
         assert!(!s.background && !s.detach && s.mounts.is_empty());
-    }
-
-    fn status_of(text: &[u8], close: bool) -> (Option<i32>, Outcome) {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let mut w = File::from(w);
-        w.write_all(text).unwrap();
-        let keep = (!close).then_some(w);
-        let out = read_status(r, Duration::from_millis(200));
-        drop(keep);
-        out
-    }
-
-    #[test]
-    fn status_lines() {
-        assert!(matches!(
-            status_of(b"pid 42\nmarked\n", false),
-            (Some(42), Outcome::Marked)
-        ));
-        match status_of(b"pid 7\nerror: /x: cannot mark it\n", true) {
-            (Some(7), Outcome::Failed(m)) => assert_eq!(m, "/x: cannot mark it"),
-            _ => panic!("an error line is a failure"),
-        }
-        assert!(matches!(
-            status_of(b"pid 9\n", true),
-            (Some(9), Outcome::Exited)
-        ));
-        assert!(matches!(
-            status_of(b"pid 3\nmark", false),
-            (Some(3), Outcome::TimedOut)
-        ));
     }
 }

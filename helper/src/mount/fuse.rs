@@ -3,16 +3,16 @@
 //! behind. The daemon outlives the helper; it exits when the filesystem is unmounted.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::cache;
 use super::daemon::{self, FdSpec, LazyFds, Spec, TableSpec};
 use super::options::Options;
 use super::registry::RegistryPrepared;
+use super::status_pipe::{self, Status};
 use super::sys;
 use super::verify::{Prepared, Primary};
 use super::{Error, ErrorKind, Log};
@@ -192,7 +192,7 @@ fn mount_with(
     drop((primary_file, devices, target_fd, lazy_files));
     let intermediate = child.wait();
 
-    let (pid, outcome) = read_status(status_r, READY_TIMEOUT);
+    let (pid, outcome) = status_pipe::read(status_r, "ok", READY_TIMEOUT);
     match outcome {
         Status::Ready => match pid {
             Some(pid) => Ok(pid),
@@ -233,55 +233,6 @@ fn mount_with(
     }
 }
 
-enum Status {
-    Ready,
-    Failed(String),
-    Exited,
-    TimedOut,
-}
-
-/// Reads the daemon's status lines until `ok`, an error, end-of-file or the deadline.
-fn read_status(r: OwnedFd, timeout: Duration) -> (Option<i32>, Status) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = Instant::now() + timeout;
-    let mut file = File::from(r);
-    let mut text = String::new();
-    let mut pid = None;
-    loop {
-        let mut lines = text.lines().peekable();
-        while let Some(line) = lines.next() {
-            // Only complete lines count.
-            if lines.peek().is_none() && !text.ends_with('\n') {
-                break;
-            }
-            if let Some(p) = line.strip_prefix("pid ") {
-                pid = p.trim().parse().ok();
-            } else if line == "ok" {
-                return (pid, Status::Ready);
-            } else if let Some(m) = line.strip_prefix("error: ") {
-                return (pid, Status::Failed(m.to_owned()));
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (pid, Status::TimedOut);
-        }
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return (pid, Status::Exited),
-        }
-        let mut buf = [0u8; 4096];
-        match file.read(&mut buf) {
-            Ok(0) | Err(_) => return (pid, Status::Exited),
-            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
-}
-
 /// Lazily unmounts a FUSE chunkfs mount of `source` at `target`, if there is one.
 fn detach_if_ours(target: &Path, source: &str) {
     if let Ok(Some(m)) = super::mountinfo::mounted_at(target) {
@@ -294,42 +245,4 @@ fn detach_if_ours(target: &Path, source: &str) {
 /// The executable to start as the daemon: this program.
 pub fn default_exe() -> PathBuf {
     PathBuf::from("/proc/self/exe")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn status_of(text: &[u8], close: bool) -> (Option<i32>, Status) {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let mut w = File::from(w);
-        w.write_all(text).unwrap();
-        let keep = (!close).then_some(w);
-        let out = read_status(r, Duration::from_millis(200));
-        drop(keep);
-        out
-    }
-
-    #[test]
-    fn status_lines() {
-        assert!(matches!(
-            status_of(b"pid 42\nok\n", false),
-            (Some(42), Status::Ready)
-        ));
-        match status_of(b"pid 7\nerror: /x: invalid descriptor\n", true) {
-            (Some(7), Status::Failed(m)) => assert_eq!(m, "/x: invalid descriptor"),
-            _ => panic!("an error line is a failure"),
-        }
-        assert!(matches!(
-            status_of(b"pid 9\n", true),
-            (Some(9), Status::Exited)
-        ));
-        // A partial line is not "ok" yet.
-        assert!(matches!(
-            status_of(b"pid 3\no", false),
-            (Some(3), Status::TimedOut)
-        ));
-        assert!(matches!(status_of(b"", true), (None, Status::Exited)));
-    }
 }

@@ -35,6 +35,7 @@ pub mod options;
 pub mod record;
 pub mod registry;
 pub mod source;
+pub(crate) mod status_pipe;
 pub(crate) mod sys;
 pub mod umount;
 pub mod verify;
