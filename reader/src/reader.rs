@@ -37,6 +37,9 @@ pub struct Config {
     /// Chunks to decompress ahead, in the background, of a read that looks sequential: the
     /// frames stored after the one being read (0: none).
     pub prefetch_chunks: usize,
+    /// After a read that does not look sequential, hand the kernel's page cache the rest of the
+    /// chunk it was served from, so that nearby random reads need no request.
+    pub fill_random_reads: bool,
 }
 
 impl Config {
@@ -58,6 +61,7 @@ impl Config {
             suid_dev: true,
             debug: false,
             prefetch_chunks: 8,
+            fill_random_reads: true,
         }
     }
 }
@@ -155,9 +159,18 @@ impl Reader {
     }
 
     /// The verified chunk of the cluster `[offset, offset + len)` of `device`.
-    fn chunk(&self, device: u16, offset: u64, len: u64) -> Result<Chunk, ChunkError> {
+    fn chunk(
+        &self,
+        device: u16,
+        offset: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Chunk, ChunkError> {
         self.cache.get_or_load((device, offset), || {
             self.with_device(device, |d| {
+                if access == Access::Random {
+                    d.will_read_alone(offset, len);
+                }
                 chunk::load(&self.digests, device, d, offset, len)
             })
         })
@@ -238,10 +251,26 @@ impl Reader {
         })
     }
 
+    /// The extent of regular file `nid` holding byte `pos`, when it is a compressed chunk: its
+    /// first byte's file offset, the verified chunk and how many of its bytes the extent uses.
+    /// Errors are left for a real read to report.
+    pub(crate) fn extent_bytes(&self, nid: u64, pos: u64) -> Option<(u64, Chunk, usize)> {
+        let inode = self.desc.inode(nid)?;
+        if inode.kind() != Kind::File {
+            return None;
+        }
+        let m = inode.map(pos)?;
+        if !matches!(m.kind, MapKind::Encoded { .. }) {
+            return None;
+        }
+        let chunk = self.chunk_of(nid, pos, &m, Access::Random).ok()?;
+        Some((m.logical_start, chunk, usize::try_from(m.logical_len).ok()?))
+    }
+
     /// Loads a chunk into the cache, if it is not there; errors are left for a real read to
     /// report.
     pub(crate) fn preload(&self, c: ChunkRef) {
-        let _ = self.chunk(c.device, c.offset, c.len);
+        let _ = self.chunk(c.device, c.offset, c.len, Access::Sequential);
     }
 
     /// Loads into the cache the `n` chunks stored after the one holding byte `end - 1` of
@@ -279,7 +308,7 @@ impl Reader {
         if offset >= end {
             return Ok(f(&[]));
         }
-        self.range(inode, offset, end, f, true)
+        self.range(inode, offset, end, f, true, Access::of(offset, size))
     }
 
     /// Bytes `[pos, end)` of `inode` to `f`: directly from one chunk when they lie in one,
@@ -291,6 +320,7 @@ impl Reader {
         end: u64,
         f: impl FnOnce(&[u8]) -> R,
         fragments: bool,
+        access: Access,
     ) -> Result<R, ReadError> {
         let nid = inode.nid();
         let m = inode.map(pos).ok_or(ReadError::Map { nid, pos })?;
@@ -300,19 +330,19 @@ impl Reader {
             match m.kind {
                 MapKind::Hole if n <= ZEROS.len() as u64 => return Ok(f(&ZEROS[..n as usize])),
                 MapKind::Encoded { .. } | MapKind::Raw { .. } => {
-                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let chunk = self.chunk_of(nid, pos, &m, access)?;
                     let bytes = chunk.get(skip as usize..(skip + n) as usize);
                     return Ok(f(bytes.ok_or(ReadError::Map { nid, pos })?));
                 }
                 MapKind::Fragment { packed_offset } if fragments => {
                     let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
-                    return self.range(packed, start, stop, f, false);
+                    return self.range(packed, start, stop, f, false, access);
                 }
                 _ => {}
             }
         }
         let mut out = Vec::with_capacity(end.saturating_sub(pos) as usize);
-        self.read_into(inode, pos, end, &mut out, fragments)?;
+        self.read_into(inode, pos, end, &mut out, fragments, access)?;
         Ok(f(&out))
     }
 
@@ -336,14 +366,20 @@ impl Reader {
     }
 
     /// The verified chunk behind an encoded or stored mapping, long enough for the whole mapping.
-    fn chunk_of(&self, nid: u64, pos: u64, m: &Mapping) -> Result<Chunk, ReadError> {
+    fn chunk_of(
+        &self,
+        nid: u64,
+        pos: u64,
+        m: &Mapping,
+        access: Access,
+    ) -> Result<Chunk, ReadError> {
         let (device, offset, chunk) = match m.kind {
             MapKind::Encoded {
                 device,
                 offset,
                 len,
                 ..
-            } => (device, offset, self.chunk(device, offset, len)),
+            } => (device, offset, self.chunk(device, offset, len, access)),
             MapKind::Raw { device, offset } | MapKind::Interlaced { device, offset } => {
                 let load = || {
                     self.with_device(device, |d| {
@@ -389,6 +425,7 @@ impl Reader {
         end: u64,
         out: &mut Vec<u8>,
         fragments: bool,
+        access: Access,
     ) -> Result<(), ReadError> {
         let nid = inode.nid();
         while pos < end {
@@ -400,11 +437,11 @@ impl Reader {
                 MapKind::Hole => out.resize(out.len() + n as usize, 0),
                 MapKind::Fragment { packed_offset } if fragments => {
                     let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
-                    self.read_into(packed, start, stop, out, false)?;
+                    self.read_into(packed, start, stop, out, false, access)?;
                 }
                 MapKind::Interlaced { .. } => {
                     // Logical byte p is at p mod block size of the stored block.
-                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let chunk = self.chunk_of(nid, pos, &m, access)?;
                     let blksz = u64::from(self.desc.block_size());
                     let mut p = pos;
                     while p < m_end {
@@ -416,7 +453,7 @@ impl Reader {
                     }
                 }
                 _ => {
-                    let chunk = self.chunk_of(nid, pos, &m)?;
+                    let chunk = self.chunk_of(nid, pos, &m, access)?;
                     let bytes = chunk.get(skip as usize..(skip + n) as usize);
                     out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
                 }
@@ -424,6 +461,29 @@ impl Reader {
             pos = m_end;
         }
         Ok(())
+    }
+}
+
+/// How a read goes through a file: it decides how a chunk's frame is fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// From the start of a file or readahead-sized: the kernel's readahead of the image pays.
+    Sequential,
+    /// Anything else: fetch just the frame.
+    Random,
+}
+
+/// A read at least this long is readahead: the kernel is streaming the file.
+pub(crate) const STREAMING_READ: u32 = 64 * 1024;
+
+impl Access {
+    /// How a read of `size` bytes at `offset` looks.
+    pub(crate) fn of(offset: u64, size: u32) -> Self {
+        if offset == 0 || size >= STREAMING_READ {
+            Access::Sequential
+        } else {
+            Access::Random
+        }
     }
 }
 
@@ -451,6 +511,10 @@ impl Device for Primary<'_> {
 
     fn name(&self) -> String {
         "the primary device".into()
+    }
+
+    fn will_read_alone(&self, offset: u64, len: u64) {
+        devices::will_need(self.0, offset, len);
     }
 }
 

@@ -305,3 +305,64 @@ fn a_device_that_fails_fails_its_reads_until_it_serves_again_and_wrong_bytes_nev
         "the verified chunk is cached"
     );
 }
+
+/// A pack device that records the ranges it is told will be read alone.
+struct Recording {
+    bytes: Vec<u8>,
+    alone: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl chunkfs_reader::Device for Recording {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_at(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, chunkfs_reader::DeviceError> {
+        Ok(std::borrow::Cow::Borrowed(
+            &self.bytes[offset as usize..(offset + len) as usize],
+        ))
+    }
+
+    fn name(&self) -> String {
+        "recording pack".into()
+    }
+
+    fn will_read_alone(&self, offset: u64, len: u64) {
+        self.alone.lock().unwrap().push((offset, len));
+    }
+}
+
+#[test]
+fn a_random_read_fetches_exactly_its_frame_and_a_sequential_one_leaves_readahead_alone() {
+    let img = common::build(parent());
+    let pack = Arc::new(Recording {
+        bytes: std::fs::read(&img.pack).unwrap(),
+        alone: Default::default(),
+    });
+    let mut config = img.config();
+    config.devices = vec![chunkfs_reader::DeviceSpec::Custom(pack.clone())];
+    let onpack = img.expected("onpack");
+    // A small read in the middle of the file: the frame of chunk D is announced, exactly.
+    let r = Reader::open(config.clone()).unwrap();
+    let nid = nid_of(&r, "onpack");
+    assert_eq!(r.read(nid, 4096, 4096).unwrap(), onpack[4096..8192]);
+    let entry = img.pack_entries[0];
+    assert_eq!(
+        *pack.alone.lock().unwrap(),
+        [(entry.offset.get(), u64::from(entry.stored_len.get()))]
+    );
+    // From the start of the file, or readahead-sized: nothing announced.
+    pack.alone.lock().unwrap().clear();
+    let r = Reader::open(config.clone()).unwrap();
+    assert_eq!(r.read(nid, 0, 4096).unwrap(), onpack[..4096]);
+    let r = Reader::open(config).unwrap();
+    assert_eq!(
+        r.read(nid, 4096, 128 * 1024).unwrap().len(),
+        (onpack.len() - 4096).min(128 * 1024)
+    );
+    assert!(pack.alone.lock().unwrap().is_empty());
+}
