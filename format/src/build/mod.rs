@@ -48,7 +48,7 @@ use pipeline::Pipeline;
 pub use packed::{WINDOW_MAX, WINDOW_MIN, WINDOW_SPAN};
 
 /// Files smaller than this go to the packed stream (docs/format.md §2.3 gives the measurements).
-pub const SMALL_FILE_MAX_DEFAULT: u64 = 256 * 1024;
+pub const SMALL_FILE_MAX_DEFAULT: u64 = 128 * 1024;
 
 /// Where the builder stores the frames of new chunks: the `.cfs` chunk region, an OCI pack blob.
 pub trait ChunkSink: Send + 'static {

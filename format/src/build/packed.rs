@@ -18,9 +18,9 @@ use crate::digest::Digest;
 /// A window holds at least this many bytes of small files before it may close.
 pub const WINDOW_MIN: u64 = 2 << 20;
 /// Beyond [`WINDOW_MIN`], a file of `n` bytes closes the window with probability `n / WINDOW_SPAN`.
-pub const WINDOW_SPAN: u64 = 6 << 20;
+pub const WINDOW_SPAN: u64 = 4 << 20;
 /// A window closes once it holds this many bytes, whatever its files (bounds the memory).
-pub const WINDOW_MAX: u64 = 16 << 20;
+pub const WINDOW_MAX: u64 = 12 << 20;
 
 /// Names a distinct small file; its offset in the stream is known once its window closed.
 pub(super) type SmallId = u32;
