@@ -29,13 +29,6 @@ pub trait Device: Send + Sync {
 
     /// A short name for messages (a path, a pack digest).
     fn name(&self) -> String;
-
-    /// Says that `len` bytes at `offset` will be read soon, alone: a random read, not part of a
-    /// scan. A mapped file then reads exactly those pages instead of the kernel's read-around
-    /// window (megabytes). The default does nothing.
-    fn will_read_alone(&self, offset: u64, len: u64) {
-        let _ = (offset, len);
-    }
 }
 
 /// How [`crate::Config`] names an extra device.

@@ -56,38 +56,6 @@ impl Device for MappedDevice {
     fn name(&self) -> String {
         self.path.display().to_string()
     }
-
-    fn will_read_alone(&self, offset: u64, len: u64) {
-        will_need(self.map.as_ref(), offset, len);
-    }
-}
-
-/// Starts reading exactly the pages of `bytes[offset..offset + len)` (a mapped file) into the page
-/// cache. The first fault on a page not yet cached would otherwise read the kernel's read-around
-/// window around it (`read_ahead_kb`, 8 MiB on our disks): for a random read of one chunk frame,
-/// megabytes where tens of KiB are needed. Pages already read or being read are left alone, so a
-/// scan keeps the kernel's readahead. Out-of-range requests are ignored.
-pub(crate) fn will_need(bytes: &[u8], offset: u64, len: u64) {
-    let Some(range) = crate::device::slice(bytes, offset, len) else {
-        return;
-    };
-    if range.is_empty() {
-        return;
-    }
-    let page = 4096usize;
-    let start = range.as_ptr() as usize;
-    let aligned = start - start % page;
-    let end = start + range.len();
-    // SAFETY: madvise(MADV_WILLNEED) only schedules reads of the file pages behind a mapping
-    // and changes no memory; the range lies within the mapping (`slice` checked it against
-    // the mapped bytes; rounding the start down stays in the mapping, which is page aligned).
-    unsafe {
-        libc::madvise(
-            aligned as *mut libc::c_void,
-            end - aligned,
-            libc::MADV_WILLNEED,
-        );
-    }
 }
 
 /// Maps `path` read-only.

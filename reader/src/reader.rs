@@ -159,18 +159,9 @@ impl Reader {
     }
 
     /// The verified chunk of the cluster `[offset, offset + len)` of `device`.
-    fn chunk(
-        &self,
-        device: u16,
-        offset: u64,
-        len: u64,
-        access: Access,
-    ) -> Result<Chunk, ChunkError> {
+    fn chunk(&self, device: u16, offset: u64, len: u64) -> Result<Chunk, ChunkError> {
         self.cache.get_or_load((device, offset), || {
             self.with_device(device, |d| {
-                if access == Access::Random {
-                    d.will_read_alone(offset, len);
-                }
                 chunk::load(&self.digests, device, d, offset, len)
             })
         })
@@ -263,14 +254,14 @@ impl Reader {
         if !matches!(m.kind, MapKind::Encoded { .. }) {
             return None;
         }
-        let chunk = self.chunk_of(nid, pos, &m, Access::Random).ok()?;
+        let chunk = self.chunk_of(nid, pos, &m).ok()?;
         Some((m.logical_start, chunk, usize::try_from(m.logical_len).ok()?))
     }
 
     /// Loads a chunk into the cache, if it is not there; errors are left for a real read to
     /// report.
     pub(crate) fn preload(&self, c: ChunkRef) {
-        let _ = self.chunk(c.device, c.offset, c.len, Access::Sequential);
+        let _ = self.chunk(c.device, c.offset, c.len);
     }
 
     /// Loads into the cache the `n` chunks stored after the one holding byte `end - 1` of
@@ -308,7 +299,7 @@ impl Reader {
         if offset >= end {
             return Ok(f(&[]));
         }
-        self.range(inode, offset, end, f, true, Access::of(offset, size))
+        self.range(inode, offset, end, f, true)
     }
 
     /// Bytes `[pos, end)` of `inode` to `f`: directly from one chunk when they lie in one,
@@ -320,7 +311,6 @@ impl Reader {
         end: u64,
         f: impl FnOnce(&[u8]) -> R,
         fragments: bool,
-        access: Access,
     ) -> Result<R, ReadError> {
         let nid = inode.nid();
         let m = inode.map(pos).ok_or(ReadError::Map { nid, pos })?;
@@ -330,19 +320,19 @@ impl Reader {
             match m.kind {
                 MapKind::Hole if n <= ZEROS.len() as u64 => return Ok(f(&ZEROS[..n as usize])),
                 MapKind::Encoded { .. } | MapKind::Raw { .. } => {
-                    let chunk = self.chunk_of(nid, pos, &m, access)?;
+                    let chunk = self.chunk_of(nid, pos, &m)?;
                     let bytes = chunk.get(skip as usize..(skip + n) as usize);
                     return Ok(f(bytes.ok_or(ReadError::Map { nid, pos })?));
                 }
                 MapKind::Fragment { packed_offset } if fragments => {
                     let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
-                    return self.range(packed, start, stop, f, false, access);
+                    return self.range(packed, start, stop, f, false);
                 }
                 _ => {}
             }
         }
         let mut out = Vec::with_capacity(end.saturating_sub(pos) as usize);
-        self.read_into(inode, pos, end, &mut out, fragments, access)?;
+        self.read_into(inode, pos, end, &mut out, fragments)?;
         Ok(f(&out))
     }
 
@@ -366,20 +356,14 @@ impl Reader {
     }
 
     /// The verified chunk behind an encoded or stored mapping, long enough for the whole mapping.
-    fn chunk_of(
-        &self,
-        nid: u64,
-        pos: u64,
-        m: &Mapping,
-        access: Access,
-    ) -> Result<Chunk, ReadError> {
+    fn chunk_of(&self, nid: u64, pos: u64, m: &Mapping) -> Result<Chunk, ReadError> {
         let (device, offset, chunk) = match m.kind {
             MapKind::Encoded {
                 device,
                 offset,
                 len,
                 ..
-            } => (device, offset, self.chunk(device, offset, len, access)),
+            } => (device, offset, self.chunk(device, offset, len)),
             MapKind::Raw { device, offset } | MapKind::Interlaced { device, offset } => {
                 let load = || {
                     self.with_device(device, |d| {
@@ -425,7 +409,6 @@ impl Reader {
         end: u64,
         out: &mut Vec<u8>,
         fragments: bool,
-        access: Access,
     ) -> Result<(), ReadError> {
         let nid = inode.nid();
         while pos < end {
@@ -437,11 +420,11 @@ impl Reader {
                 MapKind::Hole => out.resize(out.len() + n as usize, 0),
                 MapKind::Fragment { packed_offset } if fragments => {
                     let (packed, start, stop) = self.fragment(nid, pos, packed_offset, skip, n)?;
-                    self.read_into(packed, start, stop, out, false, access)?;
+                    self.read_into(packed, start, stop, out, false)?;
                 }
                 MapKind::Interlaced { .. } => {
                     // Logical byte p is at p mod block size of the stored block.
-                    let chunk = self.chunk_of(nid, pos, &m, access)?;
+                    let chunk = self.chunk_of(nid, pos, &m)?;
                     let blksz = u64::from(self.desc.block_size());
                     let mut p = pos;
                     while p < m_end {
@@ -453,7 +436,7 @@ impl Reader {
                     }
                 }
                 _ => {
-                    let chunk = self.chunk_of(nid, pos, &m, access)?;
+                    let chunk = self.chunk_of(nid, pos, &m)?;
                     let bytes = chunk.get(skip as usize..(skip + n) as usize);
                     out.extend_from_slice(bytes.ok_or(ReadError::Map { nid, pos })?);
                 }
@@ -464,12 +447,13 @@ impl Reader {
     }
 }
 
-/// How a read goes through a file: it decides how a chunk's frame is fetched.
+/// How a read goes through a file, as far as one request shows: it decides whether the reader
+/// decompresses ahead ([`crate::prefetch`]) or fills the page cache around it ([`crate::fill`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// From the start of a file or readahead-sized: the kernel's readahead of the image pays.
+    /// From the start of a file, or readahead-sized.
     Sequential,
-    /// Anything else: fetch just the frame.
+    /// Anything else.
     Random,
 }
 
@@ -511,10 +495,6 @@ impl Device for Primary<'_> {
 
     fn name(&self) -> String {
         "the primary device".into()
-    }
-
-    fn will_read_alone(&self, offset: u64, len: u64) {
-        devices::will_need(self.0, offset, len);
     }
 }
 
