@@ -9,17 +9,19 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chunkfs_kernel_abi::parse::{InodeView, Kind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    KernelConfig, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use crate::fill::Filler;
 use crate::prefetch::Prefetcher;
-use crate::reader::Shared;
+use crate::reader::{Access, Shared};
 
 /// The image never changes: attributes and entries may be cached for as long as the kernel likes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -30,6 +32,8 @@ pub(crate) struct Fs {
     pub reader: Shared,
     /// Decompress-ahead for sequential reads (`None` when disabled).
     prefetch: Option<Prefetcher>,
+    /// Page-cache fill after random reads (`None` when disabled).
+    fill: Option<Filler>,
     /// The kernel may skip OPEN / OPENDIR (answering ENOSYS once makes it stop sending them and
     /// keep the page cache, as FOPEN_KEEP_CACHE would): a round trip less per open file.
     pub no_open: bool,
@@ -41,12 +45,18 @@ fn errno(e: i32) -> Errno {
 }
 
 impl Fs {
-    pub fn new(reader: Shared) -> Self {
+    /// The filesystem for `reader`; `notifier` is set once the FUSE session exists.
+    pub fn new(reader: Shared, notifier: Arc<OnceLock<Notifier>>) -> Self {
         let depth = reader.config.prefetch_chunks;
         let prefetch = (depth > 0).then(|| Prefetcher::start(&reader, depth));
+        let fill = reader
+            .config
+            .fill_random_reads
+            .then(|| Filler::start(&reader, notifier));
         Fs {
             reader,
             prefetch,
+            fill,
             no_open: false,
             no_opendir: false,
         }
@@ -270,6 +280,11 @@ impl Filesystem for Fs {
             (Ok(_), _) => {
                 if let Some(p) = &self.prefetch {
                     p.hint(self.nid(ino), offset, size);
+                }
+                if let Some(f) = &self.fill {
+                    if Access::of(offset, size) == Access::Random {
+                        f.offer(ino, self.nid(ino), offset);
+                    }
                 }
             }
             _ => {}

@@ -29,6 +29,7 @@ mod device;
 mod devices;
 mod digests;
 mod error;
+mod fill;
 mod fs;
 mod mount;
 mod prefetch;

@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use fuser::{BackgroundSession, MountOption, Session, SessionACL};
 
@@ -77,8 +77,10 @@ impl Reader {
     /// Mounts the image at `mountpoint` and serves it from background threads.
     pub fn mount(self, mountpoint: &Path) -> io::Result<MountHandle> {
         let config = session_config(&self);
-        let fs = Fs::new(Arc::new(self));
+        let notifier = Arc::new(OnceLock::new());
+        let fs = Fs::new(Arc::new(self), notifier.clone());
         let session = Session::new(fs, mountpoint, &config)?;
+        let _ = notifier.set(session.notifier());
         Ok(MountHandle {
             session: Some(session.spawn()?),
             mountpoint: mountpoint.to_path_buf(),
@@ -128,7 +130,10 @@ impl Reader {
     pub fn serve(self, fd: OwnedFd) -> io::Result<()> {
         let config = session_config(&self);
         let acl = config.acl;
-        let fs = Fs::new(Arc::new(self));
-        Session::from_fd(fs, fd, acl, config)?.run()
+        let notifier = Arc::new(OnceLock::new());
+        let fs = Fs::new(Arc::new(self), notifier.clone());
+        let session = Session::from_fd(fs, fd, acl, config)?;
+        let _ = notifier.set(session.notifier());
+        session.run()
     }
 }

@@ -14,12 +14,10 @@
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Weak};
 
-use crate::reader::Reader;
+use crate::reader::{Access, Reader};
 
 /// Hints waiting for the thread; more are dropped.
 const QUEUE: usize = 64;
-/// A read at least this long is readahead: the kernel is streaming the file.
-pub(crate) const STREAMING_READ: u32 = 64 * 1024;
 
 /// The handle the FUSE layer gives hints to; the thread ends when it is dropped.
 pub(crate) struct Prefetcher {
@@ -43,7 +41,7 @@ impl Prefetcher {
 
     /// Hints that bytes `[offset, offset + size)` of inode `nid` were just read.
     pub fn hint(&self, nid: u64, offset: u64, size: u32) {
-        if offset != 0 && size < STREAMING_READ {
+        if Access::of(offset, size) != Access::Sequential {
             return;
         }
         if let Some(tx) = &self.tx {

@@ -38,6 +38,9 @@ pub struct Config {
     /// Chunks to decompress ahead, in the background, of a read that looks sequential: the
     /// frames stored after the one being read (0: none).
     pub prefetch_chunks: usize,
+    /// After a read that does not look sequential, hand the kernel's page cache the rest of the
+    /// chunk it was served from, so that nearby random reads need no request.
+    pub fill_random_reads: bool,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             suid_dev: true,
             debug: false,
             prefetch_chunks: 8,
+            fill_random_reads: true,
         }
     }
 }
@@ -254,6 +258,22 @@ impl Reader {
         })
     }
 
+    /// The extent of regular file `nid` holding byte `pos`, when it is a compressed chunk: its
+    /// first byte's file offset, the verified chunk and how many of its bytes the extent uses.
+    /// Errors are left for a real read to report.
+    pub(crate) fn extent_bytes(&self, nid: u64, pos: u64) -> Option<(u64, Chunk, usize)> {
+        let inode = self.desc.inode(nid)?;
+        if inode.kind() != Kind::File {
+            return None;
+        }
+        let m = inode.map(pos)?;
+        if !matches!(m.kind, MapKind::Encoded { .. }) {
+            return None;
+        }
+        let chunk = self.chunk_of(nid, pos, &m).ok()?;
+        Some((m.logical_start, chunk, usize::try_from(m.logical_len).ok()?))
+    }
+
     /// Loads a chunk into the cache, if it is not there; errors are left for a real read to
     /// report.
     pub(crate) fn preload(&self, c: ChunkRef) {
@@ -443,6 +463,30 @@ impl Reader {
             pos = m_end;
         }
         Ok(())
+    }
+}
+
+/// How a read goes through a file, as far as one request shows: it decides whether the reader
+/// decompresses ahead ([`crate::prefetch`]) or fills the page cache around it ([`crate::fill`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// From the start of a file, or readahead-sized.
+    Sequential,
+    /// Anything else.
+    Random,
+}
+
+/// A read at least this long is readahead: the kernel is streaming the file.
+pub(crate) const STREAMING_READ: u32 = 64 * 1024;
+
+impl Access {
+    /// How a read of `size` bytes at `offset` looks.
+    pub(crate) fn of(offset: u64, size: u32) -> Self {
+        if offset == 0 || size >= STREAMING_READ {
+            Access::Sequential
+        } else {
+            Access::Random
+        }
     }
 }
 

@@ -31,9 +31,9 @@
 //! # Ok::<(), chunkfs_format::build::Error>(())
 //! ```
 
+mod packed;
 mod pipeline;
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,10 +42,13 @@ use crate::chunk::{ChunkParams, Chunker};
 use crate::digest::Digest;
 use crate::model::{ChunkIdx, ChunkInfo, Extent, FileLayout};
 use crate::translate::ChunkLocation;
+use packed::{PackedStream, SmallId};
 use pipeline::Pipeline;
 
-/// Files smaller than this go to the packed stream (docs/format.md §2.2 gives the measurements).
-pub const SMALL_FILE_MAX_DEFAULT: u64 = 64 * 1024;
+pub use packed::{WINDOW_MAX, WINDOW_MIN, WINDOW_SPAN};
+
+/// Files smaller than this go to the packed stream (docs/format.md §2.3 gives the measurements).
+pub const SMALL_FILE_MAX_DEFAULT: u64 = 128 * 1024;
 
 /// Where the builder stores the frames of new chunks: the `.cfs` chunk region, an OCI pack blob.
 pub trait ChunkSink: Send + 'static {
@@ -72,7 +75,8 @@ pub struct BuildOptions {
     pub level: i32,
     /// Worker threads (hashing and compression); 0 means one per CPU.
     pub jobs: usize,
-    /// Files of fewer bytes than this go to the packed stream.
+    /// Files of fewer bytes than this go to the packed stream, whose chunks are cut with
+    /// [`ChunkParams::packed`] of `chunking`.
     pub small_file_max: u64,
 }
 
@@ -212,20 +216,13 @@ pub struct Builder<S: ChunkSink> {
     layouts: Vec<Pending>,
 }
 
-/// The packed stream being built.
-struct PackedStream {
-    chunker: Chunker,
-    len: u64,
-    seqs: Vec<u64>,
-    /// Offset of the first copy of each small file's content.
-    seen: HashMap<Digest, u64>,
-}
-
 /// A file being written.
 enum Current {
     Small {
         size: u64,
         buf: Vec<u8>,
+        /// Its name, which groups it with its namesakes in the packed stream.
+        name: Vec<u8>,
     },
     Large {
         size: u64,
@@ -238,7 +235,7 @@ enum Current {
 /// A file layout whose chunks are still sequence numbers.
 enum Pending {
     Extents(Vec<(u64, u64)>),
-    Packed(u64),
+    Packed(SmallId),
 }
 
 impl<S: ChunkSink> Builder<S> {
@@ -254,12 +251,7 @@ impl<S: ChunkSink> Builder<S> {
         let pipeline = Pipeline::start(jobs, options.level, sink, known, progress.clone())?;
         Ok(Self {
             chunker: Chunker::new(options.chunking),
-            packed: PackedStream {
-                chunker: Chunker::new(options.chunking),
-                len: 0,
-                seqs: Vec::new(),
-                seen: HashMap::new(),
-            },
+            packed: PackedStream::new(options.chunking.packed()),
             options,
             pipeline,
             progress,
@@ -279,8 +271,15 @@ impl<S: ChunkSink> Builder<S> {
     }
 
     /// Starts a regular file of `size` bytes. Its data follows through [`Builder::write`];
-    /// ranges never written are holes.
+    /// ranges never written are holes. Same as [`Builder::begin_named_file`] with no name.
     pub fn begin_file(&mut self, size: u64) -> Result<(), Error> {
+        self.begin_named_file(size, b"")
+    }
+
+    /// Starts a regular file of `size` bytes whose name (last path component) is `name`; a small
+    /// file is grouped with others of the same name in the packed stream (docs/format.md §2.2),
+    /// which compresses them better. The name is a hint only: it is not stored.
+    pub fn begin_named_file(&mut self, size: u64, name: &[u8]) -> Result<(), Error> {
         if self.current.is_some() {
             return Err(Error::BadData(
                 "begins before the previous file ended".into(),
@@ -290,6 +289,7 @@ impl<S: ChunkSink> Builder<S> {
             Current::Small {
                 size,
                 buf: Vec::with_capacity(size as usize),
+                name: name.to_vec(),
             }
         } else {
             Current::Large {
@@ -313,7 +313,7 @@ impl<S: ChunkSink> Builder<S> {
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         match self.current.as_mut() {
             None => Err(Error::BadData("written outside a file".into())),
-            Some(Current::Small { size, buf }) => {
+            Some(Current::Small { size, buf, .. }) => {
                 if offset < buf.len() as u64 || end > *size {
                     return Err(Error::BadData(format!(
                         "range {offset}..{end} is out of order or past the size {size}"
@@ -354,24 +354,17 @@ impl<S: ChunkSink> Builder<S> {
     pub fn end_file(&mut self) -> Result<FileId, Error> {
         let pending = match self.current.take() {
             None => return Err(Error::BadData("ends a file that was not begun".into())),
-            Some(Current::Small { size, mut buf }) => {
+            Some(Current::Small {
+                size,
+                mut buf,
+                name,
+            }) => {
                 buf.resize(size as usize, 0);
-                let digest = Digest::of(&buf);
-                let offset = match self.packed.seen.get(&digest) {
-                    Some(&offset) => offset,
-                    None => {
-                        let offset = self.packed.len;
-                        self.packed.seen.insert(digest, offset);
-                        self.packed.len += size;
-                        let (pipeline, seqs) = (&mut self.pipeline, &mut self.packed.seqs);
-                        self.packed.chunker.push(&buf, &mut |chunk| {
-                            seqs.push(pipeline.submit(chunk)?);
-                            Ok::<(), Error>(())
-                        })?;
-                        offset
-                    }
-                };
-                Pending::Packed(offset)
+                let pipeline = &mut self.pipeline;
+                let id = self
+                    .packed
+                    .add(&name, buf, &mut |chunk| pipeline.submit(chunk))?;
+                Pending::Packed(id)
             }
             Some(Current::Large {
                 mut chunk_start,
@@ -395,7 +388,17 @@ impl<S: ChunkSink> Builder<S> {
 
     /// Adds a whole file read from `reader`, which must yield exactly `size` bytes.
     pub fn add_reader(&mut self, size: u64, reader: &mut dyn Read) -> Result<FileId, Error> {
-        self.begin_file(size)?;
+        self.add_named_reader(size, b"", reader)
+    }
+
+    /// [`Builder::add_reader`] for a file named `name` (see [`Builder::begin_named_file`]).
+    pub fn add_named_reader(
+        &mut self,
+        size: u64,
+        name: &[u8],
+        reader: &mut dyn Read,
+    ) -> Result<FileId, Error> {
+        self.begin_named_file(size, name)?;
         let mut buf = vec![0u8; 1 << 20];
         let mut pos = 0u64;
         loop {
@@ -428,18 +431,16 @@ impl<S: ChunkSink> Builder<S> {
         if self.current.is_some() {
             return Err(Error::BadData("the last file was not ended".into()));
         }
-        let (pipeline, seqs) = (&mut self.pipeline, &mut self.packed.seqs);
-        self.packed.chunker.finish(&mut |chunk| {
-            seqs.push(pipeline.submit(chunk)?);
-            Ok::<(), Error>(())
-        })?;
+        let pipeline = &mut self.pipeline;
+        let (packed_seqs, small_offsets) =
+            self.packed.finish(&mut |chunk| pipeline.submit(chunk))?;
         let done = self.pipeline.finish()?;
         let idx = |seq: u64| done.seq_to_idx[seq as usize];
         let layouts = self
             .layouts
             .into_iter()
             .map(|p| match p {
-                Pending::Packed(off) => FileLayout::Packed(off),
+                Pending::Packed(id) => FileLayout::Packed(small_offsets[id as usize]),
                 Pending::Extents(xs) => FileLayout::Extents(
                     xs.into_iter()
                         .map(|(offset, seq)| Extent {
@@ -450,7 +451,7 @@ impl<S: ChunkSink> Builder<S> {
                 ),
             })
             .collect();
-        let packed_stream = self.packed.seqs.iter().map(|&s| idx(s)).collect();
+        let packed_stream = packed_seqs.iter().map(|&s| idx(s)).collect();
         Ok(BuildOutput {
             chunks: done.chunks,
             locations: done.locations,

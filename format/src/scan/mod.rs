@@ -321,7 +321,7 @@ impl<S: ChunkSink> Scanner<'_, S> {
                 let file = File::from(fd);
                 same_inode(&file, &st).map_err(err)?;
                 let xattrs = read_xattrs_fd(&file).map_err(err)?;
-                let id = self.read_file(&file, &st).map_err(err)?;
+                let id = self.read_file(&file, &st, name).map_err(err)?;
                 self.files.push((inode, id));
                 let size = st.st_size as u64;
                 (
@@ -385,11 +385,12 @@ impl<S: ChunkSink> Scanner<'_, S> {
         })
     }
 
-    /// Gives a regular file's data segments to the builder.
-    fn read_file(&mut self, file: &File, st: &FileStat) -> Result<FileId, ErrorKind> {
+    /// Gives a regular file's data segments to the builder, with its name (which groups small
+    /// files of one name in the packed stream).
+    fn read_file(&mut self, file: &File, st: &FileStat, name: &[u8]) -> Result<FileId, ErrorKind> {
         let size = st.st_size as u64;
         let io = |op, source| ErrorKind::Io { op, source };
-        self.builder.begin_file(size)?;
+        self.builder.begin_named_file(size, name)?;
         // Only a file with fewer blocks than bytes can have holes; asking costs two syscalls.
         let maybe_sparse =
             size >= self.builder_small_max() && (st.st_blocks as u64).saturating_mul(512) < size;

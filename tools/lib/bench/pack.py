@@ -8,10 +8,19 @@ import subprocess
 
 from . import corpus, proc
 
-# chunkfs's best-size setting: zstd level 19, chunks of 64/256/1016 KiB, files below 256 KiB
-# packed together (docs/performance.md). Larger chunks stop the image from sharing chunks with
-# default-packed images and make every random read decompress more; it is a size-first mode.
-CHUNKFS_BEST = ["-l", "19", "--chunk-sizes", "65536,262144,1040384", "--small-file-max", "262144"]
+# chunkfs's best-size setting: zstd level 17, chunks of 64/256/1016 KiB (packed stream
+# 256/512/1020 KiB), files below 256 KiB packed together (docs/performance.md). Larger chunks stop
+# the image from sharing chunks with default-packed images and make every random read decompress
+# more; it is a size-first mode.
+CHUNKFS_BEST = ["-l", "17", "--chunk-sizes", "65536,262144,1040384", "--small-file-max", "262144"]
+CHUNKFS_BEST_LABEL = "chunkfs pack -l 17, 64/256/1016 KiB chunks, 256 KiB small files"
+# mkfs.erofs with zstd and its best options for size: level 15 (squashfs's), 128 KiB physical
+# clusters, fragments (small files and tails packed together), deduplication; the old
+# (pre-48bit) layout, which every zstd-capable kernel reads.
+EROFS_ZSTD = ["-zzstd,level=15", "-C131072", "-Ededupe,fragments"]
+EROFS_ZSTD_LABEL = "mkfs.erofs -zzstd,level=15 -C131072 -Ededupe,fragments"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(
+    __file__)))))
 
 
 class PackContender:
@@ -21,18 +30,32 @@ class PackContender:
         self.name, self.label, self.ext, self.command, self.slow = name, label, ext, command, slow
 
 
-def erofs_has_zstd():
-    r = subprocess.run(["mkfs.erofs", "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def erofs_has_zstd(mkfs="mkfs.erofs"):
+    r = subprocess.run([mkfs, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     text = r.stdout.decode(errors="replace")
-    return any("zstd" in line for line in text.splitlines() if "compressor" in line.lower())
+    return any(line.strip().startswith("zstd") for line in text.splitlines())
 
 
-def contenders(chunkfs):
+def erofs_zstd_tool(cache):
+    """An mkfs.erofs with zstd: the host's if it has one, else Debian trixie's run with its own
+    libraries (tools/lib/erofs-utils.sh, cached under `cache`); None (logged) if neither."""
+    if erofs_has_zstd():
+        return shutil.which("mkfs.erofs")
+    script = os.path.join(REPO, "tools", "lib", "erofs-utils.sh")
+    r = subprocess.run([script, os.path.join(cache, "erofs-utils")], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        proc.log(f"no mkfs.erofs with zstd (the host's has none; {script}: "
+                 f"{r.stderr.strip()}): the EROFS zstd peer is left out")
+        return None
+    return r.stdout.strip()
+
+
+def contenders(chunkfs, erofs_zstd=None):
     cs = [
         PackContender("chunkfs", "chunkfs pack (default: zstd 9)", "cfs",
                       lambda s, o: [chunkfs, "pack", s, o]),
-        PackContender("chunkfs-best",
-                      "chunkfs pack -l 19, 64/256/1016 KiB chunks, 256 KiB small files", "cfs",
+        PackContender("chunkfs-best", CHUNKFS_BEST_LABEL, "cfs",
                       lambda s, o: [chunkfs, "pack", *CHUNKFS_BEST, s, o], slow=True),
         PackContender("squashfs", "mksquashfs -comp zstd (level 15)", "sqfs",
                       lambda s, o: ["mksquashfs", s, o, "-comp", "zstd", "-noappend",
@@ -43,9 +66,11 @@ def contenders(chunkfs):
         PackContender("erofs-lz4hc", "mkfs.erofs -zlz4hc", "erofs",
                       lambda s, o: ["mkfs.erofs", "-zlz4hc", o, s]),
     ]
-    if erofs_has_zstd():
-        cs.append(PackContender("erofs-zstd", "mkfs.erofs -zzstd", "erofs",
-                                lambda s, o: ["mkfs.erofs", "-zzstd", o, s]))
+    if erofs_zstd:
+        # Single-threaded with deduplication and slow (minutes per tree): one run.
+        cs.append(PackContender("erofs-zstd", EROFS_ZSTD_LABEL, "erofs",
+                                lambda s, o: [erofs_zstd, "--quiet", *EROFS_ZSTD, o, s],
+                                slow=True))
     cs.append(PackContender("tar-zstd", "tar \\| zstd -3 -T0", "tar.zst",
                             lambda s, o: f"tar -C '{s}' -cf - . | zstd -3 -T0 -q -f -o '{o}'"))
     return cs

@@ -225,6 +225,70 @@ def targets(res, rootfs):
     return _table(["target (on " + rootfs + ")", "measured", "goal", ""], rows)
 
 
+# Peak RSS of the default `chunkfs pack` per corpus before issue 13 (docs/bench/results.md of
+# 2026-11-24, commit 9d2d231): the memory budget is 1.5x these.
+PACK_RSS_BEFORE_MIB = {"bookworm-minbase": 42, "bookworm-plus": 44, "trixie-minbase": 43,
+                       "linux-src": 92, "large-files": 33}
+
+
+def targets_size(res):
+    """Issue 13's targets, per corpus: size and time of the default and the best-size setting
+    against mksquashfs's default, memory against the packer before, and the reads."""
+    rows = []
+
+    def add(corpus, what, value, goal, ok):
+        rows.append([corpus, what, value, goal,
+                     "–" if ok is None else ("met" if ok else "**missed**")])
+
+    for name, p in res["pack"].items():
+        sq = p.get("squashfs")
+        if not sq:
+            continue
+        sq_wall, sq_size = median([s["wall"] for s in sq]), median([s["size"] for s in sq])
+        for c, label, size_goal, wall_goal in (("chunkfs", "default", 1.0, 0.35),
+                                               ("chunkfs-best", "best-size", 0.95, 1.0)):
+            ss = p.get(c)
+            if not ss:
+                continue
+            sz = median([s["size"] for s in ss]) / sq_size
+            w = median([s["wall"] for s in ss]) / sq_wall
+            add(name, f"{label}: size / mksquashfs -comp zstd", f"{sz:.3f}×", f"≤ {size_goal}×",
+                sz <= size_goal)
+            add(name, f"{label}: pack wall time / mksquashfs", f"{w:.2f}×", f"≤ {wall_goal}×",
+                w <= wall_goal)
+            if c == "chunkfs" and name in PACK_RSS_BEFORE_MIB:
+                rss = median([s["rss"] for s in ss]) / MIB
+                before = PACK_RSS_BEFORE_MIB[name]
+                add(name, "default: pack peak RSS / before", f"{rss:.0f} / {before} MiB",
+                    "≤ 1.5×", rss <= 1.5 * before)
+    for name, r in res["read"].items():
+        ref = r.get("squashfs", {})
+
+        def ratio(c, test, phase, key="secs"):
+            a = _med(ref.get(test) or [], phase, key)
+            b = _med(r.get(c, {}).get(test) or [], phase, key)
+            if not a or not b:
+                return None
+            return b / a if key == "iops" else a / b
+        for test, phase, key, what, goal in (
+                ("readall", "warm", "secs", "FUSE: read all warm, speed vs squashfs", 1.0),
+                ("randread", "cold", "iops", "FUSE: 4 KiB random reads cold, speed vs squashfs",
+                 1.0)):
+            x = ratio("chunkfs-fuse", test, phase, key)
+            if x is not None:
+                add(name, what, f"{x:.2f}×", f"≥ {goal}×", x >= goal)
+        for test, what in (("readall", "kernel: read all cold"),
+                           ("readall4", "kernel: read all cold, 4 readers")):
+            x = ratio("chunkfs-kernel", test, "cold")
+            if x is None:
+                continue
+            a = _med(r.get("erofs-zstd", {}).get(test) or [], "cold", "secs")
+            b = _med(r.get("chunkfs-kernel", {}).get(test) or [], "cold", "secs")
+            vs_ez = f"; vs EROFS zstd {a / b:.2f}×" if a and b else ""
+            add(name, what + ", speed", f"vs squashfs {x:.2f}×{vs_ez}", "(reported)", None)
+    return _table(["corpus", "target (issue 13)", "measured", "goal", ""], rows)
+
+
 def render(res):
     parts = [f"# chunkfs benchmark, {res['date']}", "",
              f"`{res['command']}` at commit `{res['commit']}`: {res['runs']} runs per figure "
@@ -236,7 +300,8 @@ def render(res):
         parts += ["**Partial: written during the run, which has not finished (or was "
                   "interrupted).**", ""]
     parts += ["## Machine", "",
-             machine(res), "", "## Targets", "", targets(res, res["rootfs"]), "", "## Packing", ""]
+             machine(res), "", "## Targets", "", targets_size(res), "",
+             "Earlier targets:", "", targets(res, res["rootfs"]), "", "## Packing", ""]
     for name in res["pack"]:
         parts += [pack(res, name), ""]
     if res.get("related"):
@@ -244,7 +309,9 @@ def render(res):
                   "Every byte of the layout counted (blobs, index.json, oci-layout).", "",
                   related(res), ""]
     parts += ["## Reading", "",
-              "Images: chunkfs default, mksquashfs -comp zstd (level 15), mkfs.erofs -zlz4hc. "
+              "Images: chunkfs default, mksquashfs -comp zstd (level 15), mkfs.erofs -zlz4hc and "
+              "(when an mkfs.erofs with zstd could be had) -zzstd,level=15 -C131072 "
+              "-Ededupe,fragments. "
               "Read all: every regular file once (hard links once), in the order tar reads them "
               "(sorted names, pre-order), 1 MiB reads. Random: 4 KiB preads at aligned offsets "
               f"of files ≥ 1 MiB, files opened beforehand, {res['randreads']} reads.", ""]
