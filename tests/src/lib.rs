@@ -12,8 +12,9 @@ use std::path::PathBuf;
 
 /// A fresh, empty scratch directory on a disk file system (file-backed EROFS mounts refuse
 /// tmpfs, which /tmp may be): `/var/tmp/chunkfs-tests/<name>-<pid>`. Removes what a previous
-/// run left there.
+/// run left there, and what dead test processes left anywhere ([`mount::sweep_dead_scratch`]).
 pub fn scratch_dir(name: &str) -> PathBuf {
+    mount::sweep_dead_scratch();
     let dir =
         PathBuf::from("/var/tmp/chunkfs-tests").join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

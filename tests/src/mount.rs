@@ -200,29 +200,28 @@ pub fn assert_nothing_left(scratch: &Path) {
     }
 }
 
-/// [`crate::scratch_dir`], after removing the directories earlier runs of this test file left
-/// (`NAME-PID` of a process that is gone, with nothing mounted or attached under it): shared
-/// fixtures live as long as the test process, which exits without dropping them.
-pub fn fixture_dir(name: &str) -> PathBuf {
+/// Removes the scratch directories earlier test processes left (`NAME-PID` of a process that is
+/// gone, with nothing mounted or attached under it): shared fixtures live as long as their test
+/// process, which exits without dropping them, and a killed test drops nothing.
+pub fn sweep_dead_scratch() {
     let base = Path::new("/var/tmp/chunkfs-tests");
-    if let Ok(dir) = std::fs::read_dir(base) {
-        for e in dir.flatten() {
-            let file_name = e.file_name();
-            let Some(pid) = file_name
-                .to_str()
-                .and_then(|n| n.strip_prefix(name))
-                .and_then(|rest| rest.strip_prefix('-'))
-                .and_then(|pid| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let path = e.path();
-            if !Path::new(&format!("/proc/{pid}")).exists() && leftovers(&path).is_empty() {
-                let _ = std::fs::remove_dir_all(&path);
-            }
+    let Ok(dir) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = e.path();
+        if !Path::new(&format!("/proc/{pid}")).exists() && leftovers(&path).is_empty() {
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
-    crate::scratch_dir(name)
 }
 
 /// Returns from the calling test, saying why, when mount tests cannot run here.

@@ -25,7 +25,7 @@ use chunkfs_helper::lazy::daemon::{DaemonOptions, start_daemon};
 use chunkfs_helper::lazy::{
     Config, CopyPair, FileCopySource, FillError, FillSource, Filler, PackFile, Stats, StopHandle,
 };
-use chunkfs_tests::mount::{cannot_mount, chunkfs_bin, describe, fixture_dir, output};
+use chunkfs_tests::mount::{cannot_mount, chunkfs_bin, describe, output};
 use chunkfs_tests::tree;
 
 // ---------------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = fixture_dir("lazy-kernel");
+        let dir = chunkfs_tests::scratch_dir("lazy-kernel");
         let src = dir.join("src");
         tree::make_every_corner_tree(&src).unwrap();
         make_varied(&src.join("varied"));
@@ -153,7 +153,7 @@ fn case(name: &str) -> Case {
 }
 
 fn case_of(name: &str, f: &Fixture) -> Case {
-    let dir = fixture_dir(&format!("lazy-{name}"));
+    let dir = chunkfs_tests::scratch_dir(&format!("lazy-{name}"));
     let sparse_path = dir.join("pack.cfs");
     let sparse = File::options()
         .read(true)
@@ -972,7 +972,10 @@ fn measure_read_all() {
     let own;
     let f = match std::env::var_os("CHUNKFS_LAZY_TREE") {
         Some(tree) => {
-            own = pack(&fixture_dir("lazy-measure"), PathBuf::from(tree));
+            own = pack(
+                &chunkfs_tests::scratch_dir("lazy-measure"),
+                PathBuf::from(tree),
+            );
             &own
         }
         None => fixture(),

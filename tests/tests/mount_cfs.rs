@@ -38,7 +38,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = chunkfs_tests::mount::fixture_dir("mount-cfs");
+        let dir = chunkfs_tests::scratch_dir("mount-cfs");
         let src = dir.join("src");
         make_every_corner_tree(&src).unwrap();
         std::fs::write(src.join("random-4m"), pseudo_random(4 << 20, 11)).unwrap();

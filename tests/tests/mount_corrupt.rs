@@ -29,7 +29,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = chunkfs_tests::mount::fixture_dir("mount-corrupt");
+        let dir = chunkfs_tests::scratch_dir("mount-corrupt");
         let src = dir.join("src");
         make_every_corner_tree(&src).unwrap();
         std::fs::write(src.join("victim"), pseudo_random(2 << 20, 5)).unwrap();

@@ -62,7 +62,7 @@ fn pack_to(src: &Path, layout: &Path, tag: &str) {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = chunkfs_tests::mount::fixture_dir("mount-oci");
+        let dir = chunkfs_tests::scratch_dir("mount-oci");
         let layout = dir.join("layout");
         let src_one = dir.join("src-one");
         make_every_corner_tree(&src_one).unwrap();

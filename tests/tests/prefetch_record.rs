@@ -104,7 +104,7 @@ fn wait_for_list(path: &Path, n: usize) -> Vec<Digest> {
 #[test]
 fn a_recorded_workload_becomes_the_image_prefetch_list() {
     require_mount!();
-    let s = chunkfs_tests::mount::fixture_dir("prefetch-record");
+    let s = chunkfs_tests::scratch_dir("prefetch-record");
     let src = s.join("src");
     tree(&src);
     let image = s.join("image.cfs");
@@ -206,7 +206,7 @@ fn a_recorded_workload_becomes_the_image_prefetch_list() {
 #[test]
 fn an_image_without_a_list_mounts_records_and_takes_one() {
     require_mount!();
-    let s = chunkfs_tests::mount::fixture_dir("prefetch-old");
+    let s = chunkfs_tests::scratch_dir("prefetch-old");
     // Written before the prefetch list existed, and pinned byte for byte since.
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v1-basic.cfs");
     let meta = Cfs::open(&golden).unwrap().image().clone();
@@ -255,7 +255,7 @@ fn an_image_without_a_list_mounts_records_and_takes_one() {
 #[test]
 fn record_refuses_the_kernel_reader_and_an_unwritable_file_and_survives_sigterm() {
     require_mount!();
-    let s = chunkfs_tests::mount::fixture_dir("prefetch-refuse");
+    let s = chunkfs_tests::scratch_dir("prefetch-refuse");
     let src = s.join("src");
     tree(&src);
     let image = s.join("image.cfs");

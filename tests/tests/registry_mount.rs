@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chunkfs_tests::mount::{Mounted, cannot_mount, chunkfs_bin, describe, fixture_dir, output};
+use chunkfs_tests::mount::{Mounted, cannot_mount, chunkfs_bin, describe, output};
 use chunkfs_tests::registry::{
     AuthMode, HttpProxy, PASSWORD, TestRegistry, USER, blob_ranges, chunkfs_mount, chunkfs_status,
     pack_into_layout, processes,
@@ -36,7 +36,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = fixture_dir("registry-mount");
+        let dir = chunkfs_tests::scratch_dir("registry-mount");
         let src = dir.join("src");
         tree::make_every_corner_tree(&src).unwrap();
         make_varied(&src.join("varied"), 0);
@@ -94,7 +94,7 @@ macro_rules! require {
 
 /// A test's scratch directory: the registry, stores and mount points.
 fn scratch(name: &str) -> PathBuf {
-    fixture_dir(&format!("regmount-{name}"))
+    chunkfs_tests::scratch_dir(&format!("regmount-{name}"))
 }
 
 fn mount_point(dir: &Path, name: &str) -> PathBuf {

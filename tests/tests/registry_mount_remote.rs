@@ -16,7 +16,6 @@ use chunkfs_distribution::remote::{self, Error};
 use chunkfs_distribution::store::Store;
 use chunkfs_format::translate::ExtentLayout;
 use chunkfs_format::{Classify, ErrorClass};
-use chunkfs_tests::mount::fixture_dir;
 use chunkfs_tests::oci::run;
 use chunkfs_tests::registry::{AuthMode, TestRegistry, pack_into_layout};
 
@@ -63,7 +62,7 @@ fn tree(dir: &Path, seed: u64) -> PathBuf {
 #[test]
 fn resolve_by_tag_by_digest_offline_and_tar_images_refused() {
     require_registry!();
-    let dir = fixture_dir("regmount-remote");
+    let dir = chunkfs_tests::scratch_dir("regmount-remote");
     let mut reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
     let layout = dir.join("layout");
     pack_into_layout(&tree(&dir, 1), &layout, "v1");
@@ -152,7 +151,7 @@ fn resolve_by_tag_by_digest_offline_and_tar_images_refused() {
 #[test]
 fn a_plan_reads_chunks_present_in_another_images_pack() {
     require_registry!();
-    let dir = fixture_dir("regmount-remote-plan");
+    let dir = chunkfs_tests::scratch_dir("regmount-remote-plan");
     let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
     for seed in [1u64, 2] {
         let layout = dir.join(format!("layout-{seed}"));

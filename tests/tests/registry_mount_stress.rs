@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use chunkfs_tests::mount::{Mounted, cannot_mount, describe, fixture_dir};
+use chunkfs_tests::mount::{Mounted, cannot_mount, describe};
 use chunkfs_tests::registry::{
     AuthMode, HttpProxy, TestRegistry, chunkfs_mount, chunkfs_status, pack_into_layout, processes,
 };
@@ -85,7 +85,7 @@ fn sixteen_lazy_mounts_into_one_store_with_daemons_killed() {
         eprintln!("skipped: {why}");
         return;
     }
-    let dir = fixture_dir("regmount-stress");
+    let dir = chunkfs_tests::scratch_dir("regmount-stress");
     let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
     let mut srcs = Vec::new();
     for i in 0..IMAGES {
