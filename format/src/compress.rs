@@ -130,7 +130,7 @@ impl Encoder {
         ctx.set_parameter(CParameter::UseBlockSplitter(ParamSwitch::Enable))
             .map_err(Error::Zstd)?;
         if OPT_TUNED.contains(&level) {
-            // 5 % smaller ELF frames of 1 MiB and 1 % smaller text frames, no slower.
+            // 5 % smaller ELF frames of 1 MiB and 1 % smaller text frames; as fast on text.
             ctx.set_parameter(CParameter::MinMatch(OPT_MIN_MATCH))
                 .map_err(Error::Zstd)?;
         }
