@@ -57,7 +57,7 @@ fn fails(out: Output, code: i32, needle: &str) {
 fn packed(dir: &Path, align: bool) -> std::path::PathBuf {
     let src = dir.join("src");
     fs::create_dir_all(src.join("d")).unwrap();
-    // Above the small-file bound (128 KiB), so it is chunked, not a fragment.
+    // 170 kB: above the packed stream's 128 KiB, so the file has zstd extents of its own.
     fs::write(src.join("d/file"), "hello descriptor\n".repeat(10_000)).unwrap();
     fs::write(src.join("small"), b"small").unwrap();
     std::os::unix::fs::symlink("d/file", src.join("link")).unwrap();

@@ -49,6 +49,19 @@ pub use packed::{WINDOW_MAX, WINDOW_MIN, WINDOW_SPAN};
 
 /// Files smaller than this go to the packed stream (docs/format.md §2.3 gives the measurements).
 pub const SMALL_FILE_MAX_DEFAULT: u64 = 128 * 1024;
+/// The first bytes of a large file that decide whether it is text ([`is_text`]), hence chunked
+/// with the packed stream's bounds (docs/format.md §2.2).
+pub const TEXT_PROBE: usize = 4096;
+
+/// Whether a large file whose first bytes (up to [`TEXT_PROBE`] of them, before any hole) are
+/// `head` is text: not empty, and no control byte but tab, line and page breaks and escape.
+/// UTF-8 passes; NUL bytes, which every ELF file, archive and image has early, do not.
+pub fn is_text(head: &[u8]) -> bool {
+    !head.is_empty()
+        && head.iter().all(|&b| {
+            b >= 0x20 && b != 0x7f || matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1b)
+        })
+}
 
 /// Where the builder stores the frames of new chunks: the `.cfs` chunk region, an OCI pack blob.
 pub trait ChunkSink: Send + 'static {
@@ -209,8 +222,9 @@ pub struct Builder<S: ChunkSink> {
     options: BuildOptions,
     pipeline: Pipeline<S>,
     progress: Arc<Progress>,
-    /// Chunker of the current large file.
-    chunker: Chunker,
+    /// Chunkers of large files: [`BuildOptions::chunking`], and the packed stream's bounds for
+    /// text ([`is_text`]), indexed by [`Class`].
+    chunkers: [Chunker; 2],
     packed: PackedStream,
     current: Option<Current>,
     layouts: Vec<Pending>,
@@ -229,7 +243,25 @@ enum Current {
         pos: u64,
         chunk_start: u64,
         extents: Vec<(u64, u64)>,
+        /// Which chunker cuts it; `None` while its first bytes gather in `head`.
+        class: Option<Class>,
+        head: Vec<u8>,
     },
+}
+
+/// Index of a large file's chunker in [`Builder::chunkers`].
+type Class = usize;
+/// Binary and unknown large files: [`BuildOptions::chunking`].
+const CLASS_FILE: Class = 0;
+/// Text: the packed stream's bounds.
+const CLASS_TEXT: Class = 1;
+
+fn class_of(head: &[u8]) -> Class {
+    if is_text(head) {
+        CLASS_TEXT
+    } else {
+        CLASS_FILE
+    }
 }
 
 /// A file layout whose chunks are still sequence numbers.
@@ -250,7 +282,10 @@ impl<S: ChunkSink> Builder<S> {
         let progress = Arc::new(Progress::default());
         let pipeline = Pipeline::start(jobs, options.level, sink, known, progress.clone())?;
         Ok(Self {
-            chunker: Chunker::new(options.chunking),
+            chunkers: [
+                Chunker::new(options.chunking),
+                Chunker::new(options.chunking.packed()),
+            ],
             packed: PackedStream::new(options.chunking.packed()),
             options,
             pipeline,
@@ -297,6 +332,8 @@ impl<S: ChunkSink> Builder<S> {
                 pos: 0,
                 chunk_start: 0,
                 extents: Vec::new(),
+                class: None,
+                head: Vec::new(),
             }
         });
         Ok(())
@@ -328,6 +365,8 @@ impl<S: ChunkSink> Builder<S> {
                 pos,
                 chunk_start,
                 extents,
+                class,
+                head,
             }) => {
                 if offset < *pos || end > *size {
                     return Err(Error::BadData(format!(
@@ -336,16 +375,29 @@ impl<S: ChunkSink> Builder<S> {
                 }
                 let pipeline = &mut self.pipeline;
                 if offset > *pos {
-                    // A hole: the data segment before it ends here.
-                    self.chunker
-                        .finish(&mut |chunk| push_extent(pipeline, extents, chunk_start, chunk))?;
+                    // A hole: the data segment before it ends here (and decides the class if
+                    // the file's first bytes did not yet).
+                    let mut emit = |chunk| push_extent(pipeline, extents, chunk_start, chunk);
+                    let chunker = &mut self.chunkers[*class.get_or_insert_with(|| class_of(head))];
+                    chunker.push(&std::mem::take(head), &mut emit)?;
+                    chunker.finish(&mut emit)?;
                     *chunk_start = offset;
                 }
-                self.chunker.push(data, &mut |chunk| {
-                    push_extent(pipeline, extents, chunk_start, chunk)
-                })?;
                 *pos = end;
-                Ok(())
+                let mut emit = |chunk| push_extent(pipeline, extents, chunk_start, chunk);
+                let mut data = data;
+                if class.is_none() {
+                    let (probe, rest) = data.split_at((TEXT_PROBE - head.len()).min(data.len()));
+                    head.extend_from_slice(probe);
+                    if head.len() < TEXT_PROBE {
+                        return Ok(());
+                    }
+                    let chunker = &mut self.chunkers[*class.insert(class_of(head))];
+                    chunker.push(&std::mem::take(head), &mut emit)?;
+                    data = rest;
+                }
+                let chunker = &mut self.chunkers[class.unwrap_or(CLASS_FILE)];
+                chunker.push(data, &mut emit)
             }
         }
     }
@@ -369,12 +421,15 @@ impl<S: ChunkSink> Builder<S> {
             Some(Current::Large {
                 mut chunk_start,
                 mut extents,
+                class,
+                head,
                 ..
             }) => {
                 let pipeline = &mut self.pipeline;
-                self.chunker.finish(&mut |chunk| {
-                    push_extent(pipeline, &mut extents, &mut chunk_start, chunk)
-                })?;
+                let mut emit = |chunk| push_extent(pipeline, &mut extents, &mut chunk_start, chunk);
+                let chunker = &mut self.chunkers[class.unwrap_or_else(|| class_of(&head))];
+                chunker.push(&head, &mut emit)?;
+                chunker.finish(&mut emit)?;
                 Pending::Extents(extents)
             }
         };
@@ -583,6 +638,68 @@ mod tests {
         assert_eq!(got, files[0]);
         let packed: Vec<u8> = out.packed_stream.iter().flat_map(|&c| chunk(c)).collect();
         assert_eq!(packed, [files[1].as_slice(), &files[2]].concat());
+    }
+
+    /// Printable pseudo-random words: text, but with little to compress or deduplicate.
+    fn words(len: usize, seed: u64) -> Vec<u8> {
+        let mut r = chunkfs_kernel_abi::testkit::XorShift64::new(seed | 1);
+        (0..len)
+            .map(|_| match r.next_u64() % 8 {
+                0 => b' ',
+                _ => b'a' + (r.next_u64() % 26) as u8,
+            })
+            .collect()
+    }
+
+    fn extent_count(out: &BuildOutput<MemSink>, id: FileId) -> usize {
+        match out.layout(id) {
+            FileLayout::Extents(xs) => xs.len(),
+            FileLayout::Packed(_) => 0,
+        }
+    }
+
+    #[test]
+    fn text_files_are_cut_with_the_packed_streams_bounds_however_they_arrive() {
+        assert!(is_text(b"# comment\n\tcode();\r\n\x1b[0m \xc3\xa9"));
+        assert!(!is_text(b"\x7fELF\x02\x01\x01\0"));
+        assert!(!is_text(b""));
+        let text = words(2_000_000, 5);
+        let mut binary = text.clone();
+        binary[TEXT_PROBE - 1] = 0;
+        let mut b = Builder::new(options(2), MemSink::default(), None).unwrap();
+        let whole = b.add_bytes(&text).unwrap();
+        let bin = b.add_bytes(&binary).unwrap();
+        // The same text in pieces that straddle the probe: the same chunks.
+        let mut edited = text.clone();
+        edited[1_500_000] = b'!';
+        b.begin_file(edited.len() as u64).unwrap();
+        let mut pos = 0;
+        for piece in edited.chunks(1000) {
+            b.write(pos, piece).unwrap();
+            pos += piece.len() as u64;
+        }
+        let pieces = b.end_file().unwrap();
+        // Text after a hole at its start is not known to be text.
+        b.begin_file(3_000_000).unwrap();
+        b.write(1_000_000, &text).unwrap();
+        let holed = b.end_file().unwrap();
+        let out = b.finish().unwrap();
+        let (t, x, h) = (
+            extent_count(&out, whole),
+            extent_count(&out, bin),
+            extent_count(&out, holed),
+        );
+        // 2 MB at 64 KiB-average chunks, against 16 KiB ones.
+        assert!(t * 3 < x, "text {t} chunks, binary {x}");
+        assert_eq!(h, x, "holed {h}");
+        let (FileLayout::Extents(a), FileLayout::Extents(c)) =
+            (out.layout(whole), out.layout(pieces))
+        else {
+            panic!()
+        };
+        assert_eq!(a.len(), c.len());
+        let changed = a.iter().zip(c).filter(|(x, y)| x != y).count();
+        assert_eq!(changed, 1, "{a:?} {c:?}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use fastcdc::v2020::{self, Normalization};
 
 /// The largest average chunk size of the packed stream ([`ChunkParams::packed`]).
-pub const PACKED_AVG_MAX: u32 = 512 * 1024;
+pub const PACKED_AVG_MAX: u32 = 768 * 1024;
 
 /// Chunk size bounds in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,12 +8,12 @@ import subprocess
 
 from . import corpus, proc
 
-# chunkfs's best-size setting: zstd level 17, chunks of 64/256/1016 KiB (packed stream
-# 256/512/1020 KiB), files below 256 KiB packed together (docs/performance.md). Larger chunks stop
-# the image from sharing chunks with default-packed images and make every random read decompress
-# more; it is a size-first mode.
-CHUNKFS_BEST = ["-l", "17", "--chunk-sizes", "65536,262144,1040384", "--small-file-max", "262144"]
-CHUNKFS_BEST_LABEL = "chunkfs pack -l 17, 64/256/1016 KiB chunks, 256 KiB small files"
+# chunkfs's best-size setting, `chunkfs pack --best`: zstd level 16 (min match 3), chunks of
+# 384/768/1016 KiB (the packed stream's too), files below 256 KiB packed together
+# (docs/performance.md). Larger chunks stop the image from sharing chunks with default-packed
+# images and make every random read decompress more; it is a size-first mode.
+CHUNKFS_BEST = ["--best"]
+CHUNKFS_BEST_LABEL = "chunkfs pack --best (zstd 16, 384/768/1016 KiB chunks, 256 KiB small files)"
 # mkfs.erofs with zstd and its best options for size: level 15 (squashfs's), 128 KiB physical
 # clusters, fragments (small files and tails packed together), deduplication; the old
 # (pre-48bit) layout, which every zstd-capable kernel reads.
