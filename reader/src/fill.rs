@@ -13,7 +13,8 @@
 //! loaded on this thread, the chunks around it are ready, and in the page cache, when later reads
 //! come, while the reading process waits for its own miss on the other core. Sparse reads of a
 //! big file pay decompressions no read needs, on this thread only; chunks are verified as any
-//! other, and none is fetched from a lazy device for it.
+//! other, and none is fetched from a lazy device for it. Not while recording (`-o record`): the
+//! reads of pages it stored never reach the daemon, so the list would miss their chunks.
 //!
 //! From a thread of its own: a store waits for pages the kernel has locked for reads still in
 //! flight, which only the FUSE threads can answer. Requests are dropped when the thread is
@@ -124,7 +125,12 @@ fn run(reader: &Weak<Reader>, rx: &Receiver<Job>, notifier: &OnceLock<Notifier>)
         let (ino, nid, extent, tail, left) = match work {
             Work::Read(job) => {
                 let extent = reader.extent_bytes(job.nid, job.pos);
-                (job.ino, job.nid, extent, None, reader.config.fill_around)
+                let around = if reader.is_recording() {
+                    0
+                } else {
+                    reader.config.fill_around
+                };
+                (job.ino, job.nid, extent, None, around)
             }
             Work::Around(a) => {
                 if stored.contains(&(a.nid, a.at)) {

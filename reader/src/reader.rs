@@ -44,7 +44,8 @@ pub struct Config {
     /// With `fill_random_reads`: the extents of the same file after the one a random read was
     /// served from that the fill thread also loads (decompresses and verifies) and hands the
     /// page cache, as the kernel reads an image's pages around a miss (0: none). Only chunks on
-    /// the image and on pack files are loaded for it, never on a device that fetches.
+    /// the image and on pack files are loaded for it, never on a device that fetches; none while
+    /// recording ([`Reader::record`]), whose list must name every chunk reads need.
     pub fill_around: usize,
 }
 
@@ -158,6 +159,11 @@ impl Reader {
                 .get_or_insert_with(|| Arc::new(Recorder::new(limit)))
                 .clone(),
         )
+    }
+
+    /// Whether reads are recorded ([`Reader::record`]).
+    pub(crate) fn is_recording(&self) -> bool {
+        self.recorder.is_some()
     }
 
     /// The validated descriptor.
