@@ -1,7 +1,7 @@
 //! Mounts an EROFS image with the FUSE reader until Enter is pressed (or stdin closes).
 //!
 //! `serve IMAGE MOUNTPOINT [--digests TABLE]... [--device FILE]... [--threads N] [--cache-mb N]
-//! [--prefetch N]`
+//! [--prefetch N] [--fill-around N]`
 //!
 //! `--trust` instead derives a digest table from the image itself by decompressing every
 //! cluster, so that any EROFS image (e.g. from mkfs.erofs) can be served: verification is then
@@ -38,6 +38,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (mut digests, mut devices, mut trust, mut threads, mut cache_mb) =
         (vec![], vec![], false, None, None);
     let mut prefetch = None;
+    let mut fill_around = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--digests" => digests.push(DigestSource {
@@ -49,6 +50,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--prefetch" => prefetch = Some(args.next().ok_or("--prefetch N")?.parse()?),
             "--threads" => threads = Some(args.next().ok_or("--threads N")?.parse()?),
             "--cache-mb" => cache_mb = Some(args.next().ok_or("--cache-mb N")?.parse::<u64>()?),
+            "--fill-around" => fill_around = Some(args.next().ok_or("--fill-around N")?.parse()?),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -62,6 +64,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     config.debug = true;
     if let Some(n) = prefetch {
         config.prefetch_chunks = n;
+    }
+    if let Some(n) = fill_around {
+        config.fill_around = n;
     }
     if let Some(t) = threads {
         config.threads = t;

@@ -7,11 +7,21 @@
 //! fills the page cache with the whole block it decompressed. The daemon has decompressed and
 //! verified the whole chunk anyway; copying it into the page cache costs a memory copy.
 //!
+//! Read-around ([`crate::Config::fill_around`]): the thread also loads the next extents of the
+//! same file and stores them, as the kernel reads megabytes of an image around a page it misses.
+//! A random read misses once per chunk, and each miss waits for a decompression and a sha256;
+//! loaded on this thread, the chunks around it are ready, and in the page cache, when later reads
+//! come, while the reading process waits for its own miss on the other core. Sparse reads of a
+//! big file pay decompressions no read needs, on this thread only; chunks are verified as any
+//! other, and none is fetched from a lazy device for it. Not while recording (`-o record`): the
+//! reads of pages it stored never reach the daemon, so the list would miss their chunks.
+//!
 //! From a thread of its own: a store waits for pages the kernel has locked for reads still in
 //! flight, which only the FUSE threads can answer. Requests are dropped when the thread is
 //! behind; a store is an optimisation, never needed for a correct read.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, OnceLock, Weak};
 
 use fuser::{INodeNo, Notifier};
@@ -25,6 +35,10 @@ const PIECE: usize = 256 * 1024;
 /// The kernel marks a page of the cache valid only when a store fills it from its start (or up
 /// to the end of the file), so stores cover whole pages.
 const PAGE: u64 = 4096;
+/// Extents remembered as stored by read-around, so that the next random reads nearby do not
+/// store them again; forgotten all at once when full (a forgotten one is stored again, which
+/// costs a copy).
+const STORED_MAX: usize = 16 * 1024;
 
 /// A file range to push: file `nid` (FUSE node id `ino`), the chunk holding byte `pos`.
 struct Job {
@@ -61,35 +75,147 @@ impl Filler {
     }
 }
 
+/// The bytes of a partial last page of an extent stored: the start of that page in the file
+/// and the extent's bytes in it, for the page a store of the next extent completes.
+type Tail = (u64, Vec<u8>);
+
+/// Read-around still to do: the extent at file offset `at` of file `nid` (node id `ino`), and
+/// `left - 1` more after it.
+struct Around {
+    ino: INodeNo,
+    nid: u64,
+    at: u64,
+    tail: Option<Tail>,
+    left: usize,
+}
+
+/// Read-around waiting behind reads; the oldest is dropped beyond this.
+const AROUND_MAX: usize = 64;
+
+/// What the thread does next.
+enum Work {
+    /// Store the extent a read was served from.
+    Read(Job),
+    /// Load and store an extent after it.
+    Around(Around),
+}
+
 fn run(reader: &Weak<Reader>, rx: &Receiver<Job>, notifier: &OnceLock<Notifier>) {
-    while let Ok(job) = rx.recv() {
+    let mut stored = HashSet::new();
+    let mut around: VecDeque<Around> = VecDeque::new();
+    loop {
+        // Reads' own extents first: read-around only while no read waits.
+        let work = match rx.try_recv() {
+            Ok(job) => Work::Read(job),
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => match around.pop_front() {
+                Some(a) => Work::Around(a),
+                None => match rx.recv() {
+                    Ok(job) => Work::Read(job),
+                    Err(_) => return,
+                },
+            },
+        };
         let Some(reader) = reader.upgrade() else {
             return;
         };
         let Some(notifier) = notifier.get() else {
             continue;
         };
-        let Some((start, chunk, len)) = reader.extent_bytes(job.nid, job.pos) else {
+        let (ino, nid, extent, tail, left) = match work {
+            Work::Read(job) => {
+                let extent = reader.extent_bytes(job.nid, job.pos);
+                let around = if reader.is_recording() {
+                    0
+                } else {
+                    reader.config.fill_around
+                };
+                (job.ino, job.nid, extent, None, around)
+            }
+            Work::Around(a) => {
+                if stored.contains(&(a.nid, a.at)) {
+                    continue;
+                }
+                let extent = reader.extent_bytes_around(a.nid, a.at);
+                (a.ino, a.nid, extent, a.tail, a.left.saturating_sub(1))
+            }
+        };
+        let Some((start, chunk, len)) = extent else {
             continue;
         };
         let Some(bytes) = chunk.get(..len) else {
             continue;
         };
-        let Some(size) = reader.descriptor().inode(job.nid).map(|i| i.size()) else {
+        let Some(size) = reader.descriptor().inode(nid).map(|i| i.size()) else {
             continue;
         };
-        let Some((first, range)) = whole_pages(start, bytes.len(), size) else {
+        if !store(notifier, ino, start, bytes, size) {
             continue;
-        };
-        let mut at = first;
-        for piece in bytes[range].chunks(PIECE) {
-            // An evicted inode (ENOENT) or an unmounted session: nothing to fill.
-            if notifier.store(job.ino, at, piece).is_err() {
-                break;
+        }
+        // The page across the boundary with the extent before, which neither fills whole.
+        if let Some((at, page)) = tail.and_then(|t| boundary_page(t, start, bytes, size)) {
+            let _ = notifier.store(ino, at, &page);
+        }
+        if stored.len() >= STORED_MAX {
+            stored.clear();
+        }
+        stored.insert((nid, start));
+        let end = start.saturating_add(len as u64);
+        if left > 0 && end < size {
+            if around.len() >= AROUND_MAX {
+                around.pop_front();
             }
-            at += piece.len() as u64;
+            around.push_back(Around {
+                ino,
+                nid,
+                at: end,
+                tail: partial_tail(start, bytes),
+                left,
+            });
         }
     }
+}
+
+/// Stores the whole pages of the extent at file offset `start` of file `ino` (`size` bytes);
+/// false when the kernel refused (an evicted inode, an unmounted session).
+fn store(notifier: &Notifier, ino: INodeNo, start: u64, bytes: &[u8], size: u64) -> bool {
+    let Some((first, range)) = whole_pages(start, bytes.len(), size) else {
+        return true;
+    };
+    let mut at = first;
+    for piece in bytes[range].chunks(PIECE) {
+        if notifier.store(ino, at, piece).is_err() {
+            return false;
+        }
+        at += piece.len() as u64;
+    }
+    true
+}
+
+/// The partial last page of the extent at file offset `start` with `bytes`: none when the
+/// extent ends on a page boundary or covers no page start.
+fn partial_tail(start: u64, bytes: &[u8]) -> Option<Tail> {
+    let end = start.checked_add(bytes.len() as u64)?;
+    let first = end - end % PAGE;
+    if first == end || first < start {
+        return None;
+    }
+    let skip = usize::try_from(first - start).ok()?;
+    Some((first, bytes.get(skip..)?.to_vec()))
+}
+
+/// The page completed by the extent at file offset `start` with `bytes`, after `tail` of the
+/// extent before it, in a file of `size` bytes: its file offset and bytes, when the two make a
+/// whole page (or the file's last page).
+fn boundary_page(tail: Tail, start: u64, bytes: &[u8], size: u64) -> Option<(u64, Vec<u8>)> {
+    let (first, mut page) = tail;
+    if first.checked_add(page.len() as u64)? != start {
+        return None;
+    }
+    let last = first.checked_add(PAGE)?.min(size);
+    let take = usize::try_from(last.checked_sub(start)?).ok()?;
+    page.extend_from_slice(bytes.get(..take)?);
+    Some((first, page))
 }
 
 /// The part of the extent at file offset `start` of `len` bytes, in a file of `size` bytes, that
@@ -126,5 +252,28 @@ mod tests {
         assert_eq!(whole_pages(100, 3000, 1 << 20), None);
         // Clamped to the file's size.
         assert_eq!(whole_pages(0, 10_000, 6000), Some((0, 0..6000)));
+    }
+
+    #[test]
+    fn the_page_across_two_extents_is_assembled_from_both() {
+        let a: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let b: Vec<u8> = (0..9000u32).map(|i| (i % 7) as u8).collect();
+        // a covers 1000..6000, b 6000..15000: the page 4096..8192 takes 1904 bytes of a.
+        let tail = partial_tail(1000, &a).unwrap();
+        assert_eq!(tail, (4096, a[3096..].to_vec()));
+        let (at, page) = boundary_page(tail.clone(), 6000, &b, 1 << 20).unwrap();
+        assert_eq!(at, 4096);
+        assert_eq!(page.len(), 4096);
+        assert_eq!(page[..1904], a[3096..]);
+        assert_eq!(page[1904..], b[..2192]);
+        // The file ends inside b's first page: the page stops there.
+        let (_, last) = boundary_page(tail.clone(), 6000, &b, 7000).unwrap();
+        assert_eq!(last.len(), 7000 - 4096);
+        // Not adjacent, or b too short for the rest of the page: nothing.
+        assert_eq!(boundary_page(tail.clone(), 6001, &b, 1 << 20), None);
+        assert_eq!(boundary_page(tail, 6000, &b[..100], 1 << 20), None);
+        // An extent ending on a page, or inside the page it starts in: no tail.
+        assert_eq!(partial_tail(0, &a[..4096]), None);
+        assert_eq!(partial_tail(5000, &a[..1000]), None);
     }
 }

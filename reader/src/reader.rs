@@ -41,6 +41,12 @@ pub struct Config {
     /// After a read that does not look sequential, hand the kernel's page cache the rest of the
     /// chunk it was served from, so that nearby random reads need no request.
     pub fill_random_reads: bool,
+    /// With `fill_random_reads`: the extents of the same file after the one a random read was
+    /// served from that the fill thread also loads (decompresses and verifies) and hands the
+    /// page cache, as the kernel reads an image's pages around a miss (0: none). Only chunks on
+    /// the image and on pack files are loaded for it, never on a device that fetches; none while
+    /// recording ([`Reader::record`]), whose list must name every chunk reads need.
+    pub fill_around: usize,
 }
 
 impl Config {
@@ -63,6 +69,7 @@ impl Config {
             debug: false,
             prefetch_chunks: 8,
             fill_random_reads: true,
+            fill_around: 8,
         }
     }
 }
@@ -74,6 +81,8 @@ pub struct Reader {
     devices: Vec<Arc<dyn Device>>,
     digests: Digests,
     cache: Cache,
+    /// Per device id (0 the primary): whether its bytes are a local file, not fetched on read.
+    local: Vec<bool>,
     pub(crate) config: Config,
     /// The chunks reads need, when recording ([`Reader::record`]).
     recorder: Option<Arc<Recorder>>,
@@ -103,7 +112,10 @@ impl Reader {
             });
         }
         let mut devices = Vec::with_capacity(config.devices.len());
+        let mut local = Vec::with_capacity(config.devices.len().saturating_add(1));
+        local.push(true);
         for (id, spec) in (1u16..).zip(&config.devices) {
+            local.push(matches!(spec, DeviceSpec::File(_)));
             let device: Arc<dyn Device> = match spec {
                 DeviceSpec::File(path) => Arc::new(MappedDevice {
                     map: devices::map(path)?,
@@ -131,6 +143,7 @@ impl Reader {
             devices,
             digests,
             cache,
+            local,
             config,
             recorder: None,
         })
@@ -146,6 +159,11 @@ impl Reader {
                 .get_or_insert_with(|| Arc::new(Recorder::new(limit)))
                 .clone(),
         )
+    }
+
+    /// Whether reads are recorded ([`Reader::record`]).
+    pub(crate) fn is_recording(&self) -> bool {
+        self.recorder.is_some()
     }
 
     /// The validated descriptor.
@@ -272,6 +290,32 @@ impl Reader {
         }
         let chunk = self.chunk_of(nid, pos, &m).ok()?;
         Some((m.logical_start, chunk, usize::try_from(m.logical_len).ok()?))
+    }
+
+    /// Like [`Reader::extent_bytes`], for an extent no read asked for yet (read-around): not
+    /// recorded, and only when its chunk is on a local file (the image or a pack file), never
+    /// on a device that would fetch it.
+    pub(crate) fn extent_bytes_around(&self, nid: u64, pos: u64) -> Option<(u64, Chunk, usize)> {
+        let inode = self.desc.inode(nid)?;
+        if inode.kind() != Kind::File {
+            return None;
+        }
+        let m = inode.map(pos)?;
+        let MapKind::Encoded {
+            device,
+            offset,
+            len,
+            ..
+        } = m.kind
+        else {
+            return None;
+        };
+        if !*self.local.get(usize::from(device))? {
+            return None;
+        }
+        let chunk = self.chunk(device, offset, len).ok()?;
+        let used = usize::try_from(m.logical_len).ok()?;
+        (chunk.len() >= used).then_some((m.logical_start, chunk, used))
     }
 
     /// Loads a chunk into the cache, if it is not there; errors are left for a real read to
