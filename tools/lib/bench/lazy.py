@@ -458,6 +458,7 @@ class Bench:
                 self._umount()
             elif case in ("tar-x", "tar-umoci"):
                 layout = os.path.join(scratch, "layout")
+                os.makedirs(scratch)
                 proc.run(["skopeo", "copy", "--quiet", "--src-cert-dir", self.reg.cert_dir,
                           self.ref(name, "tar"), f"oci:{layout}:tar"], stdout=False)
                 out["fetch_s"] = time.perf_counter() - t0
