@@ -31,6 +31,9 @@ pub const AHEAD_MAX: u64 = 32 << 20;
 pub const PIECE_MIN: u64 = 256 << 10;
 /// The largest: the store's request bound.
 pub const PIECE_MAX: u64 = MAX_REQUEST;
+/// How much a stream must have read before its window spills into the next packs (a pack
+/// smaller than the largest window must not keep a read-all from spilling).
+pub const SPILL_AFTER: u64 = 4 << 20;
 /// How far past the previous read's end a read may start and still continue it (readahead of
 /// several files, padding, frames the mount does not read).
 const GAP: u64 = 1 << 20;
@@ -56,8 +59,8 @@ pub struct Ahead {
     pub bytes: Range<u64>,
     /// The largest request to cut them into.
     pub piece: u64,
-    /// The stream's window is as large as it gets: it has read at least that much.
-    pub full: bool,
+    /// The stream's window: what it has read, at most the largest window.
+    pub window: u64,
 }
 
 /// Reads of one pack file that continue each other, and how far ahead of them fetches were
@@ -139,11 +142,11 @@ impl Streams {
 }
 
 impl Streams {
-    /// A stream arriving from the previous pack with a full window: makes sure bytes
-    /// `at..upto` are scheduled, by a stream that reads at `at` continue (with a full window);
-    /// returns the part not scheduled before.
-    pub fn seed(&mut self, at: u64, upto: u64) -> Option<Range<u64>> {
-        let window = self.max;
+    /// A stream arriving from the previous pack with a window of `window` bytes: makes sure
+    /// bytes `at..upto` are scheduled, by a stream that reads at `at` continue (carrying that
+    /// window); returns the part not scheduled before.
+    pub fn seed(&mut self, at: u64, upto: u64, window: u64) -> Option<Range<u64>> {
+        let window = window.min(self.max);
         self.clock = self.clock.saturating_add(1);
         let k = match self.streams.iter().position(|(_, s)| s.continued_by(at)) {
             Some(k) => k,
@@ -231,7 +234,7 @@ impl Stream {
         Some(Ahead {
             bytes: from..to,
             piece,
-            full: read >= max,
+            window,
         })
     }
 }
@@ -282,11 +285,12 @@ pub struct Batch {
 /// The streams of a mount's packs and what their reads call for, without the packs (no I/O):
 /// [`Follower`]'s scheduling.
 ///
-/// A stream that has read a whole window (a read-all, or a very large file) and whose window
-/// runs past the last frame its pack's mount reads continues into the next packs: what is
-/// left of its window is scheduled from the first used frame of the next pack that has any,
-/// and a stream is left there, as if it had read up to that frame, for the reads that
-/// arrive. Packs are in the order the image's chunk list first uses them, which is the order
+/// A stream that has read at least [`SPILL_AFTER`] (a read-all, or a large file) and whose
+/// window runs past the last frame its pack's mount reads continues into the next packs: what
+/// is left of its window is scheduled from the first used frame of the next pack that has
+/// any, and a stream is left there, carrying the window, for the reads that arrive (a tree
+/// walk reads the packs one after another, each from its start: without this, every pack's
+/// stream started again with small requests, the reader waiting at each one). Packs are in the order the image's chunk list first uses them, which is the order
 /// a tree walk reads them: a read-all then keeps the link busy across packs instead of
 /// draining it at each pack's end and ramping up again at the next one's start. What this
 /// fetches and nobody reads is at most one window, after a stream that read at least as much.
@@ -324,7 +328,9 @@ impl Plan {
         };
         // How far the window reaches past the pack's last used frame: into the next packs.
         let mut beyond = match self.used.get(device) {
-            Some(Some(used)) if ahead.full => ahead.bytes.end.saturating_sub(used.end),
+            Some(Some(used)) if ahead.window >= SPILL_AFTER => {
+                ahead.bytes.end.saturating_sub(used.end)
+            }
             _ => 0,
         };
         let mut out = vec![Batch {
@@ -343,7 +349,7 @@ impl Plan {
             beyond = beyond.saturating_sub(used.end - used.start);
             if let Some(bytes) = self
                 .streams(next)
-                .and_then(|mut s| s.seed(used.start, upto))
+                .and_then(|mut s| s.seed(used.start, upto, ahead.window))
             {
                 out.push(Batch {
                     device: next,
@@ -666,9 +672,9 @@ mod tests {
 
     #[test]
     fn a_spilled_batch_that_could_not_be_queued_is_asked_for_again() {
-        let max: u64 = 2 << 20;
-        let plan = Plan::new(vec![Some(0..(4 << 20)), Some(0..(8 << 20))], max);
-        let got = read_through(&plan, 0, 0..(4 << 20), 128 << 10);
+        let max: u64 = SPILL_AFTER;
+        let plan = Plan::new(vec![Some(0..(6 << 20)), Some(0..(8 << 20))], max);
+        let got = read_through(&plan, 0, 0..(6 << 20), 128 << 10);
         let spilled = got.iter().find(|b| b.device == 1).cloned();
         let spilled = spilled.expect("a read-all spills");
         assert_eq!(spilled.bytes.start, 0);
@@ -678,5 +684,26 @@ mod tests {
         let again = plan.read(1, 0..(128 << 10));
         assert_eq!(again.len(), 1, "{again:?}");
         assert_eq!(again[0].bytes, (128 << 10)..(128 << 10) + max);
+    }
+
+    #[test]
+    fn packs_smaller_than_the_largest_window_spill_carrying_the_streams_window() {
+        // A read-all of 24 MiB packs never reads a whole 32 MiB window in one pack.
+        let plan = Plan::new(vec![Some(0..(24 << 20)), Some(0..(24 << 20))], AHEAD_MAX);
+        let got = read_through(&plan, 0, 0..(24 << 20), 128 << 10);
+        let spilled: Vec<&Batch> = got.iter().filter(|b| b.device == 1).collect();
+        let total: u64 = spilled.iter().map(|b| b.bytes.end - b.bytes.start).sum();
+        assert!((SPILL_AFTER..24 << 20).contains(&total), "{total} bytes");
+        let end = spilled.last().map_or(0, |b| b.bytes.end);
+        // The next pack's reads continue the seeded stream: what they ask for starts where the
+        // spill ended, and reaches no further than the window the stream had (not the largest).
+        let next = read_through(&plan, 1, 0..(8 << 20), 128 << 10);
+        assert_eq!(next.first().map(|b| b.bytes.start), Some(end), "{next:?}");
+        let reach = next.first().map_or(0, |b| b.bytes.end);
+        assert!(reach <= (8 << 20) + (24 << 20), "{next:?}");
+        // A stream that read less than SPILL_AFTER stays in its pack.
+        let plan = Plan::new(vec![Some(0..(3 << 20)), Some(0..(3 << 20))], AHEAD_MAX);
+        let got = read_through(&plan, 0, 0..(3 << 20), 128 << 10);
+        assert!(got.iter().all(|b| b.device == 0), "{got:?}");
     }
 }
