@@ -45,7 +45,7 @@ macro_rules! require_registry {
 }
 
 /// What the store fetches from a pack's end first (distribution's `store::add::TAIL_GUESS`).
-const TAIL_GUESS: u64 = 256 << 10;
+const TAIL_GUESS: u64 = 64 << 10;
 
 /// A tree of a few files, most bytes in `big`; `variant` > 0 replaces one file and adds one,
 /// so the variants share most chunks.

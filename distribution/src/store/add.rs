@@ -24,8 +24,11 @@ use crate::source::BlobSource;
 pub const PACK_BLOB_MAX: u64 = 4 << 30;
 
 /// Bytes fetched from a pack's end in the first request: the trailer and, for most packs,
-/// the whole index (a second request fetches the rest of a larger one).
-pub const TAIL_GUESS: u64 = 256 << 10;
+/// the whole index (a second request fetches the rest of a larger one). An index takes about
+/// 67 bytes a frame: 64 KiB hold the index of a pack of up to ~950 frames (a bookworm image's
+/// packs have 8-41 KB of index); more would cost every mount bandwidth (each of its packs' tails
+/// shares the link) for frames it discards.
+pub const TAIL_GUESS: u64 = 64 << 10;
 
 impl Store {
     /// The pack `digest` of `blob_len` bytes: the one in the store, or added now with its index

@@ -171,6 +171,47 @@ impl Plan {
     }
 }
 
+/// Packs whose indexes are fetched at once while planning: each costs a round trip, and a
+/// mount waits for all of them.
+const TAILS_AT_ONCE: usize = 8;
+
+impl Store {
+    /// [`Store::add_pack`] for each of `packs`, in order, up to [`TAILS_AT_ONCE`] at a time.
+    fn add_packs(
+        &self,
+        packs: &[(Digest, u64)],
+        source: &dyn BlobSource,
+    ) -> Result<Vec<Arc<Pack>>, Error> {
+        let mut out = Vec::with_capacity(packs.len());
+        for group in packs.chunks(TAILS_AT_ONCE) {
+            let got: Vec<Result<Arc<Pack>, Error>> = std::thread::scope(|s| {
+                let running: Vec<_> = group
+                    .iter()
+                    .map(|(digest, len)| {
+                        let add = move || self.add_pack(digest, *len, source);
+                        // Without a thread, the pack is added here, after the others.
+                        std::thread::Builder::new()
+                            .name("chunkfs-tail".into())
+                            .spawn_scoped(s, add)
+                            .map_err(|_| (digest, *len))
+                    })
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|h| match h {
+                        Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                        Err((digest, len)) => self.add_pack(digest, len, source),
+                    })
+                    .collect()
+            });
+            for p in got {
+                out.push(p?);
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Store {
     /// Plans `image` (docs/store.md §5): enforces the size bound, adds the image's packs
     /// (fetching their indexes from `source`), chooses where each chunk is read from, and
@@ -185,8 +226,11 @@ impl Store {
         };
         let clusters = image.extents == ExtentLayout::Clusters;
         let mut own: Vec<Arc<Pack>> = Vec::with_capacity(image.packs.len());
-        for (digest, len) in image.packs {
-            let p = self.add_pack(digest, *len, source)?;
+        for (p, (digest, _)) in self
+            .add_packs(image.packs, source)?
+            .into_iter()
+            .zip(image.packs)
+        {
             if clusters && !p.align512() {
                 return Err(Error::Unsupported(format!(
                     "{}: pack {digest} does not end its frames on 512-byte boundaries, which the cluster layout needs",

@@ -11,7 +11,7 @@
 //! every small file read).
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use chunkfs_distribution::source::BlobSource;
 use chunkfs_distribution::store::Pack;
@@ -23,9 +23,9 @@ use super::ahead;
 pub struct StoreDevice {
     pack: Arc<Pack>,
     source: Arc<dyn BlobSource>,
-    /// `is_used[i]`: the mount reads frame `i` (fetch-ahead never fetches other frames).
-    is_used: Vec<bool>,
-    stream: Mutex<ahead::Streams>,
+    /// The mount's fetch-ahead, shared by its devices; this one is device `device` there.
+    ahead: Arc<ahead::Follower>,
+    device: usize,
 }
 
 impl std::fmt::Debug for StoreDevice {
@@ -36,21 +36,51 @@ impl std::fmt::Debug for StoreDevice {
     }
 }
 
+/// Background fetches through the store's own descriptors.
+struct OwnFetch {
+    packs: Vec<Arc<Pack>>,
+    source: Arc<dyn BlobSource>,
+}
+
+impl ahead::Fetch for OwnFetch {
+    fn fetch(&self, device: usize, frames: std::ops::Range<usize>) {
+        if let Some(p) = self.packs.get(device) {
+            let _ = p.ensure_frames_of(frames, &*self.source);
+        }
+    }
+}
+
 impl StoreDevice {
-    /// `pack`, of which the mount reads frames `used`, filled from `source`.
-    pub fn new(pack: Arc<Pack>, used: &[usize], source: Arc<dyn BlobSource>) -> Self {
-        let mut is_used = vec![false; pack.entries().len()];
-        for &f in used {
-            if let Some(u) = is_used.get_mut(f) {
-                *u = true;
-            }
-        }
-        Self {
-            pack,
-            source,
-            is_used,
-            stream: Mutex::new(ahead::Streams::default()),
-        }
+    /// The devices of a mount: `packs` in device order, of which the mount reads frames
+    /// `used` (index positions, per pack), filled from `source`, with one fetch-ahead for all
+    /// (a read-all continues from one pack into the next).
+    pub fn for_packs(
+        packs: &[Arc<Pack>],
+        used: &[Vec<usize>],
+        source: Arc<dyn BlobSource>,
+    ) -> Vec<StoreDevice> {
+        let fetch = Arc::new(OwnFetch {
+            packs: packs.to_vec(),
+            source: source.clone(),
+        });
+        let ahead = Arc::new(ahead::Follower::new(
+            packs
+                .iter()
+                .zip(used)
+                .map(|(p, u)| (p.clone(), u.as_slice()))
+                .collect(),
+            fetch,
+        ));
+        packs
+            .iter()
+            .enumerate()
+            .map(|(device, pack)| StoreDevice {
+                pack: pack.clone(),
+                source: source.clone(),
+                ahead: ahead.clone(),
+                device,
+            })
+            .collect()
     }
 }
 
@@ -69,21 +99,7 @@ impl Device for StoreDevice {
             })?;
         let n = usize::try_from(len)
             .map_err(|_| DeviceError(format!("{}: a read of {len} bytes", name())))?;
-        let scheduled = self
-            .stream
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .advance(offset, end);
-        if let Some(bytes) = scheduled {
-            let pool = ahead::Pool::get();
-            for piece in ahead::pieces(&self.pack, &self.is_used, bytes) {
-                let (pack, source) = (self.pack.clone(), self.source.clone());
-                // Errors are left for the reads that need the frames.
-                pool.submit(move || {
-                    let _ = pack.ensure_frames_of(piece, &*source);
-                });
-            }
-        }
+        self.ahead.read(self.device, offset..end);
         self.pack
             .ensure(offset..end, &*self.source)
             .map_err(|e| DeviceError(e.to_string()))?;

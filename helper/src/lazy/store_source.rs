@@ -37,11 +37,25 @@ struct Used {
     frames: Vec<usize>,
     /// `is_used[i]` for every frame of the pack.
     is_used: Vec<bool>,
-    /// The kernel's reads of the pack, to fetch ahead of a sequential stream.
-    stream: Mutex<ahead::Streams>,
-    /// A descriptor of the pack file opened before the filler marked it, for the fetches
-    /// ahead (whose writes raise no events of this filler).
-    sink: Arc<File>,
+}
+
+/// Background fetches through descriptors of the pack files opened before the filler marked
+/// them (their writes raise no events of this filler).
+struct SinkFetch {
+    packs: Vec<Arc<Pack>>,
+    sinks: Vec<Arc<File>>,
+    source: Arc<dyn BlobSource>,
+}
+
+impl ahead::Fetch for SinkFetch {
+    fn fetch(&self, device: usize, frames: Range<usize>) {
+        let (Some(pack), Some(sink)) = (self.packs.get(device), self.sinks.get(device)) else {
+            return;
+        };
+        if let Some(bytes) = work::byte_range(pack, &frames) {
+            let _ = pack.ensure_with(bytes, &*self.source, sink);
+        }
+    }
 }
 
 /// After a fill failed for want of the registry, how long new fills fail at once rather than
@@ -53,6 +67,8 @@ pub const DOWN_FOR: Duration = Duration::from_millis(250);
 /// documentation).
 pub struct StoreSource {
     packs: Vec<Used>,
+    /// The kernel's reads of the packs, to fetch ahead of sequential streams.
+    ahead: ahead::Follower,
     source: Arc<dyn BlobSource>,
     me: i32,
     /// Until when fills fail at once (the registry just failed one).
@@ -79,11 +95,10 @@ impl StoreSource {
         sinks: Vec<Arc<File>>,
         source: Arc<dyn BlobSource>,
     ) -> Self {
-        let packs = packs
+        let packs: Vec<Used> = packs
             .into_iter()
             .zip(used)
-            .zip(sinks)
-            .map(|((pack, mut frames), sink)| {
+            .map(|(pack, mut frames)| {
                 let n = pack.entries().len();
                 frames.retain(|&f| f < n);
                 frames.sort_unstable();
@@ -96,13 +111,24 @@ impl StoreSource {
                     pack,
                     frames,
                     is_used,
-                    stream: Mutex::new(ahead::Streams::default()),
-                    sink,
                 }
             })
             .collect();
+        let fetch = Arc::new(SinkFetch {
+            packs: packs.iter().map(|u| u.pack.clone()).collect(),
+            sinks,
+            source: source.clone(),
+        });
+        let ahead = ahead::Follower::new(
+            packs
+                .iter()
+                .map(|u| (u.pack.clone(), u.frames.as_slice()))
+                .collect(),
+            fetch,
+        );
         Self {
             packs,
+            ahead,
             source,
             me: i32::try_from(std::process::id()).unwrap_or(0),
             down_until: Mutex::new(None),
@@ -119,28 +145,6 @@ impl StoreSource {
             .frames_in(range)
             .filter(|&i| u.is_used.get(i).copied().unwrap_or(false))
             .collect()
-    }
-
-    /// Notes a read of `range` in the pack's streams and schedules what they fetch ahead (on
-    /// the process's background threads: never blocks).
-    fn fetch_ahead(&self, u: &Used, range: &Range<u64>) {
-        let scheduled = u
-            .stream
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .advance(range.start, range.end);
-        let Some(bytes) = scheduled else { return };
-        let pool = ahead::Pool::get();
-        for piece in ahead::pieces(&u.pack, &u.is_used, bytes) {
-            let Some(piece) = work::byte_range(&u.pack, &piece) else {
-                continue;
-            };
-            let (pack, source, sink) = (u.pack.clone(), self.source.clone(), u.sink.clone());
-            // Errors are left for the events that need the frames.
-            pool.submit(move || {
-                let _ = pack.ensure_with(piece, &*source, &sink);
-            });
-        }
     }
 
     /// The used frames of `file` still absent (state file read now).
@@ -175,8 +179,9 @@ impl FillSource for StoreSource {
             return true;
         };
         // Every read of the pack passes here, present or not: a sequential stream fetches
-        // the next used frames in the background, ahead of the reads.
-        self.fetch_ahead(u, &range);
+        // the next used frames in the background, ahead of the reads (on the process's
+        // background threads: never blocks).
+        self.ahead.read(file, range.clone());
         let frames = Self::used_in(u, range.clone());
         if u.pack.all_present(&frames).unwrap_or(false) {
             return true;

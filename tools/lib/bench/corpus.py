@@ -4,6 +4,8 @@
   targets are measured on);
 - bookworm-plus: the same plus curl, ca-certificates, less, procps, vim-tiny, iproute2 (a tree
   that is a superset of the first: two related images);
+- bookworm-python: the same minbase plus python3 (the lazy-pull benchmark's image with a real
+  workload: `python3 -c 'import json'`, tools/lib/bench/lazy.py);
 - trixie-minbase: the next release's minbase (related, but sharing little byte for byte);
 - linux-src: the Linux 6.1 sources of Debian's linux-source-6.1 package without drivers/,
   sound/ and architectures other than x86 (about 30,000 small text files);
@@ -24,6 +26,7 @@ from . import proc
 
 MIRROR = os.environ.get("CHUNKFS_BENCH_MIRROR", "http://deb.debian.org/debian")
 PLUS_PACKAGES = ["curl", "ca-certificates", "less", "procps", "vim-tiny", "iproute2"]
+PYTHON_PACKAGES = ["python3"]
 LARGE_PACKAGES = ["libllvm15", "libicu72", "gcc-12", "libgl1-mesa-dri", "libz3-4"]
 LINUX_PACKAGE = "linux-source-6.1"
 # Kept from the kernel tree: everything but these top-level directories, and arch/x86 only.
@@ -32,6 +35,7 @@ LINUX_DROP = {"drivers", "sound"}
 DESCRIPTIONS = {
     "bookworm-minbase": "Debian 12 `debootstrap --variant=minbase`",
     "bookworm-plus": "the same + " + ", ".join(PLUS_PACKAGES),
+    "bookworm-python": "Debian 12 minbase + " + ", ".join(PYTHON_PACKAGES),
     "trixie-minbase": "Debian 13 `debootstrap --variant=minbase`",
     "linux-src": "Linux 6.1 sources without drivers/, sound/, non-x86 arch/ (many small files)",
     "large-files": "large binaries of " + ", ".join(LARGE_PACKAGES) + " + those .deb files",
@@ -134,6 +138,8 @@ def ensure(cache, name):
         how = _debootstrap(tmp, "bookworm")
     elif name == "bookworm-plus":
         how = _debootstrap(tmp, "bookworm", PLUS_PACKAGES)
+    elif name == "bookworm-python":
+        how = _debootstrap(tmp, "bookworm", PYTHON_PACKAGES)
     elif name == "trixie-minbase":
         how = _debootstrap(tmp, "trixie")
     elif name == "linux-src":

@@ -318,3 +318,145 @@ def render(res):
     for name in res["read"]:
         parts += [f"**{name}**", "", read(res, name), ""]
     return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The lazy-pull part (tools/lib/bench/lazy.py): docs/bench/lazy.md.
+# ---------------------------------------------------------------------------------------------
+
+def _lazy_raw_rate(res):
+    """The link's raw throughput in bytes/s: median of the curl runs."""
+    return median([s["bytes"] / s["secs"] for s in res["raw"] if s["secs"]])
+
+
+def _lazy_targets(res):
+    rows = []
+
+    def add(what, value, goal, ok):
+        rows.append([what, value, goal, "–" if ok is None else ("met" if ok else "**missed**")])
+
+    ref = res["reference"]
+    for name, img in res["images"].items():
+        ss = res["samples"][name]
+        full = median([s["secs"] for s in ss.get(ref, [])])
+        for case in ("lazy-kernel", "lazy-fuse", "prefetch-kernel", "prefetch-fuse"):
+            t = median([s["secs"] for s in ss.get(case, [])])
+            if t is None or not full:
+                continue
+            x = t / full
+            add(f"{name} (`{img['workload']}`), {case}: start time / full pull ({ref})",
+                f"{t:.2f} / {full:.2f} s = {x:.2f}×", "≤ 0.25×", x <= 0.25)
+        for case in ("lazy-kernel", "lazy-fuse", "prefetch-kernel", "prefetch-fuse"):
+            b = median([s["bytes"] for s in ss.get(case, [])])
+            if b is None:
+                continue
+            share = b / img["size"]
+            add(f"{name}, {case}: bytes fetched / image", f"{b / MB:.2f} / "
+                f"{img['size'] / MB:.1f} MB = {share * 100:.1f} %", "≤ 15 %", share <= 0.15)
+    raw = _lazy_raw_rate(res)
+    for reader, ss in res["readall"].items():
+        if not ss or not raw:
+            continue
+        t = median([s["secs"] for s in ss])
+        b = median([s["bytes"] for s in ss])
+        link = b / raw
+        add(f"cold read-all over the link, reader={reader}: time / the link's raw time for "
+            f"the same bytes", f"{t:.2f} / {link:.2f} s = {t / link:.2f}×", "≤ 1.3×",
+            t / link <= 1.3)
+    for reader in res["readall"]:
+        ms = [s["mount_s"] * 1000 for s in res["readall"][reader]]
+        for name in res["samples"]:
+            case = "lazy-fuse" if reader == "fuse" else "lazy-kernel"
+            ms += [s["mount_s"] * 1000 for s in res["samples"][name].get(case, [])]
+        if ms:
+            m = median(ms)
+            add(f"mount over the link, reader={reader} (every lazy mount of the run)",
+                f"{m:.0f} ms", "≤ 300 ms", m <= 300)
+    return _table(["target", "measured (medians)", "goal", ""], rows)
+
+
+def lazy(res):
+    """The lazy-pull report (markdown)."""
+    raw = _lazy_raw_rate(res)
+    loads = [s["load"] for ss in res["samples"].values() for xs in ss.values() for s in xs]
+    loads += [s["load"] for xs in res["readall"].values() for s in xs]
+    parts = [f"# chunkfs lazy pulls from a registry, {res['date']}", "",
+             f"`{res['command']}` at commit `{res['commit']}`: {res['runs']} runs per figure "
+             "(medians, range in parentheses), every case and the link measurement "
+             "interleaved, the order rotated each run. Each case starts from a fresh store or "
+             "directory with the page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`).", "",
+             "Link: Debian's `docker-registry` on 127.0.0.1 with TLS (a CA made for the run), "
+             f"behind `tools/shape-proxy --rtt-ms {res['rtt_ms']} --mbit {res['mbit']}` (a "
+             "delaying, rate-limiting TCP proxy: every byte delayed by half the RTT each way, "
+             "one token bucket per direction for all connections). Bytes are what the proxy "
+             "carried from the registry to the client (TLS and HTTP included), counted until "
+             "it was idle for 0.6 s after the workload (lazy cases: prefetch and fetch-ahead "
+             "included).", "",
+             "| machine | |", "|---|---|",
+             f"| CPU | {res.get('cpu', '?')}, {res.get('cores', '?')} cores |",
+             f"| kernel | {res.get('kernel', '?')} |",
+             f"| load average (1 min): start / end / range over the samples | "
+             f"{res['load_start']:.2f} / {res['load_end']:.2f} / "
+             f"{min(loads or [0]):.2f}–{max(loads or [0]):.2f} |",
+             f"| the link's raw throughput: one `curl` of a pack blob through the proxy | "
+             + ("–" if not raw else
+                f"{raw / MB:.1f} MB/s ({_range([s['secs'] for s in res['raw']], '.2f')} s "
+                f"for {res['raw'][0]['bytes'] / MB:.1f} MB; first byte after "
+                f"{_range([s['first_byte_s'] * 1000 for s in res['raw']], '.0f')} ms)") + " |",
+             "", "## Targets", "", _lazy_targets(res), "", "## Images", ""]
+    rows = []
+    for name, img in res["images"].items():
+        rows.append([name, f"{img['corpus']}", f"`{img['workload']}`",
+                     f"{img['size'] / MB:.1f} MB ({img['packs']} packs, metadata "
+                     f"{img['metadata_bytes'] / MB:.2f} MB)",
+                     f"{img['prefetch_chunks']} chunks", f"{img['size_tar'] / MB:.1f} MB"])
+    parts += [_table(["image", "tree", "workload", "chunkfs image (config + layers)",
+                      "recorded prefetch list", "tar image (gzip layer)"], rows), ""]
+    ref = res["reference"]
+    for name, img in res["images"].items():
+        ss = res["samples"][name]
+        full = median([s["secs"] for s in ss.get(ref, [])])
+        rows = []
+        for case in res["cases"]:
+            xs = ss.get(case) or []
+            if not xs:
+                continue
+            t = median([s["secs"] for s in xs])
+            b = median([s["bytes"] for s in xs])
+            rows.append([
+                res["labels"].get(case, case), _range([s["secs"] for s in xs], ".2f"),
+                _range([s.get("mount_s") for s in xs], ".0f", 1000),
+                _range([s.get("fetch_s") for s in xs], ".2f"),
+                _range([s["bytes"] for s in xs], ".2f", 1 / MB),
+                f"{b / img['size'] * 100:.1f} %",
+                _fmt(t / full if full else None, ".2f", "×"),
+                _range([s.get("blob_requests") for s in xs], ".0f"),
+            ])
+        parts += [f"**{name}**: `{img['workload']}`; image {img['size'] / MB:.1f} MB", "",
+                  _table(["case", "start to workload end, s", "mount ms", "fetch s (full pulls)",
+                          "MB through the link", "of the image", f"time / {ref}",
+                          "blob requests"], rows), ""]
+    parts += ["## Cold read-all over the link", "",
+              f"Image `{res['readall_image']}` mounted lazily (fresh store, `prefetch=none`), "
+              "page cache dropped, then `chunkfs-bench-io readall` (every file once, tar order, "
+              "1 MiB reads, one reader). The link's time is the bytes the read-all moved "
+              "through the proxy at the raw `curl` rate above.", ""]
+    rows = []
+    for reader, xs in res["readall"].items():
+        if not xs:
+            continue
+        t = median([s["secs"] for s in xs])
+        b = median([s["bytes"] for s in xs])
+        link = b / raw if raw else None
+        reqs = [s["blob_requests"] for s in xs]
+        ms = [m for s in xs for m in s.get("request_ms", [])]
+        rows.append([reader, _range([s["mount_s"] for s in xs], ".0f", 1000),
+                     _range([s["secs"] for s in xs], ".2f"),
+                     _range([s["bytes"] for s in xs], ".1f", 1 / MB),
+                     f"{b / t / MB:.1f}", _fmt(link, ".2f"),
+                     _fmt(t / link if link else None, ".2f", "×"), _range(reqs, ".0f"),
+                     "–" if not ms else f"{median(ms):.1f} / {sorted(ms)[len(ms) * 9 // 10]:.1f}"])
+    parts += [_table(["reader", "mount ms", "read-all s", "MB through the link", "MB/s",
+                      "link's raw time s", "ratio", "blob requests",
+                      "registry time per request, median / p90 ms"], rows), ""]
+    return "\n".join(parts) + "\n"

@@ -81,12 +81,9 @@ impl Opened {
     /// The reader's extra devices.
     pub fn devices(&self) -> Vec<DeviceSpec> {
         let source: Arc<dyn BlobSource> = Arc::new(self.client.clone());
-        self.packs
-            .iter()
-            .zip(&self.used)
-            .map(|(p, used)| {
-                DeviceSpec::Custom(Arc::new(StoreDevice::new(p.clone(), used, source.clone())))
-            })
+        StoreDevice::for_packs(&self.packs, &self.used, source)
+            .into_iter()
+            .map(|d| DeviceSpec::Custom(Arc::new(d)))
             .collect()
     }
 
