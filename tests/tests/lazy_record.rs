@@ -132,7 +132,10 @@ fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
         let got = std::fs::read(mnt.join(name)).unwrap();
         let (_, len) = FILES.iter().find(|(n, _)| *n == name).unwrap();
         let i = FILES.iter().position(|(n, _)| *n == name).unwrap();
-        assert!(got == pseudo_random(*len, 70 + i as u64), "{name}: wrong bytes");
+        assert!(
+            got == pseudo_random(*len, 70 + i as u64),
+            "{name}: wrong bytes"
+        );
     }
     m.unmount();
     let recorded = chunkfs_format::prefetch::read(&list).unwrap();
@@ -151,7 +154,10 @@ fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
         .flat_map(|n| {
             let c = chunks_of(&image, n);
             assert!(c.len() >= 4, "{n}: {c:?}");
-            assert!(c.iter().all(|d| listed.contains(d)), "{n} is not all listed");
+            assert!(
+                c.iter().all(|d| listed.contains(d)),
+                "{n} is not all listed"
+            );
             c[1..c.len() - 1].to_vec()
         })
         .collect();
@@ -161,7 +167,10 @@ fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
         .copied()
         .filter(|d| wanted.contains(d))
         .collect();
-    assert_eq!(in_order, inside, "the workload's chunks in first-read order");
+    assert_eq!(
+        in_order, inside,
+        "the workload's chunks in first-read order"
+    );
 
     // The list goes into an image; its lazy kernel mount fetches those frames before any read.
     let o = output(
@@ -172,7 +181,11 @@ fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
             .arg(&src)
             .arg(format!("oci:{}:v2", layout.display())),
     );
-    assert!(o.status.success(), "chunkfs pack --prefetch: {}", describe(&o));
+    assert!(
+        o.status.success(),
+        "chunkfs pack --prefetch: {}",
+        describe(&o)
+    );
     reg.push(&format!("oci:{}:v2", layout.display()), "test/rec", "v2");
     let mnt = dir.join("mnt-replay");
     let (m, log) = mount(&reg.reference("test/rec", "v2"), &mnt, &base("store-2"));
@@ -190,7 +203,10 @@ fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
         let (_, len) = FILES.iter().find(|(n, _)| *n == name).unwrap();
         let i = FILES.iter().position(|(n, _)| *n == name).unwrap();
         let got = std::fs::read(mnt.join(name)).unwrap();
-        assert!(got == pseudo_random(*len, 70 + i as u64), "{name}: wrong bytes");
+        assert!(
+            got == pseudo_random(*len, 70 + i as u64),
+            "{name}: wrong bytes"
+        );
     }
     // Every read found its frames present: the filler answered each event at once, none
     // waited for a fill. (The fetch-ahead of the sequential reads may fetch the frames of
