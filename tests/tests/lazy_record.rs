@@ -74,6 +74,18 @@ fn mount(reference: &str, mnt: &Path, options: &str) -> (Mounted, String) {
     )
 }
 
+/// Reads the workload's files from `mnt`, checking their bytes.
+fn run_workload(mnt: &Path) {
+    for name in WORKLOAD {
+        let i = FILES.iter().position(|(n, _)| *n == name).unwrap();
+        let got = std::fs::read(mnt.join(name)).unwrap();
+        assert!(
+            got == pseudo_random(FILES[i].1, 70 + i as u64),
+            "{name}: wrong bytes"
+        );
+    }
+}
+
 /// Frames present in the mount's packs, by `chunkfs status`.
 fn present(mnt: &Path) -> u64 {
     chunkfs_status(mnt)["packs"]
@@ -128,15 +140,7 @@ fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
         chunkfs_format::prefetch::read(&list).unwrap().is_empty(),
         "{log}"
     );
-    for name in WORKLOAD {
-        let got = std::fs::read(mnt.join(name)).unwrap();
-        let (_, len) = FILES.iter().find(|(n, _)| *n == name).unwrap();
-        let i = FILES.iter().position(|(n, _)| *n == name).unwrap();
-        assert!(
-            got == pseudo_random(*len, 70 + i as u64),
-            "{name}: wrong bytes"
-        );
-    }
+    run_workload(&mnt);
     m.unmount();
     let recorded = chunkfs_format::prefetch::read(&list).unwrap();
     eprintln!("recorded {} chunks", recorded.len());
@@ -199,15 +203,7 @@ fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for name in WORKLOAD {
-        let (_, len) = FILES.iter().find(|(n, _)| *n == name).unwrap();
-        let i = FILES.iter().position(|(n, _)| *n == name).unwrap();
-        let got = std::fs::read(mnt.join(name)).unwrap();
-        assert!(
-            got == pseudo_random(*len, 70 + i as u64),
-            "{name}: wrong bytes"
-        );
-    }
+    run_workload(&mnt);
     // Every read found its frames present: the filler answered each event at once, none
     // waited for a fill. (The fetch-ahead of the sequential reads may fetch the frames of
     // `unread` meanwhile; no read waits for them.) The counters are published every second.
