@@ -201,13 +201,13 @@ pub fn main() -> ! {
             1
         }
     };
-    if let Some(r) = &recording {
-        // Before the exit `chunkfs umount` waits for: the list is there when it returns.
-        r.write_logged(if unmounted.load(Ordering::SeqCst) {
-            "unmounted"
-        } else {
-            "stopped"
-        });
+    // Before the exit `chunkfs umount` waits for: the list is there when it returns. A filler
+    // stopped before any read (the kernel refused the mount, which the FUSE reader then
+    // records) leaves the empty list it wrote at start alone.
+    match &recording {
+        Some(r) if unmounted.load(Ordering::SeqCst) => r.write_logged("unmounted"),
+        Some(r) if !r.is_empty() => r.write_logged("stopped"),
+        _ => {}
     }
     if let Some(l) = lazy {
         let why = if unmounted.load(Ordering::SeqCst) {
