@@ -78,6 +78,8 @@ pub fn run(args: &Args) -> Result<(), Error> {
         used: record.used.clone(),
         prefetch: Vec::new(),
         background: record.background,
+        // A new filler does not take over a recording: the list was the old one's.
+        record: None,
     };
     let io = |what: &str, e: std::io::Error| Error::io(format!("{what}: {e}"));
     let spec_file = spec.to_memfd().map_err(|e| io("memfd", e))?;

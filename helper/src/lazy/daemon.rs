@@ -144,11 +144,12 @@ pub fn main() -> ! {
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGINT,
         nix::sys::signal::Signal::SIGHUP,
+        nix::sys::signal::Signal::SIGUSR1,
     ] {
         signals.add(s);
     }
     let _ = signals.thread_block();
-    let (filler, lazy) = match start(&spec) {
+    let (filler, lazy, recording) = match start(&spec) {
         Ok(f) => f,
         Err(message) => {
             let _ = writeln!(status, "error: {}", message.replace('\n', " "));
@@ -160,12 +161,19 @@ pub fn main() -> ! {
     let _ = nix::unistd::chdir("/");
     let stop = filler.stop_handle();
     {
-        let stop = stop.clone();
+        let (stop, recording) = (stop.clone(), recording.clone());
         let _ = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                if signals.wait().is_ok() {
-                    stop.stop();
+                while let Ok(signal) = signals.wait() {
+                    // SIGUSR1: a snapshot of the recording (`record=`), as the FUSE reader's.
+                    if signal != nix::sys::signal::Signal::SIGUSR1 {
+                        stop.stop();
+                        return;
+                    }
+                    if let Some(r) = &recording {
+                        r.write_logged("SIGUSR1");
+                    }
                 }
             });
     }
@@ -193,6 +201,14 @@ pub fn main() -> ! {
             1
         }
     };
+    // Before the exit `chunkfs umount` waits for: the list is there when it returns. A filler
+    // stopped before any read (the kernel refused the mount, which the FUSE reader then
+    // records) leaves the empty list it wrote at start alone.
+    match &recording {
+        Some(r) if unmounted.load(Ordering::SeqCst) => r.write_logged("unmounted"),
+        Some(r) if !r.is_empty() => r.write_logged("stopped"),
+        _ => {}
+    }
     if let Some(l) = lazy {
         let why = if unmounted.load(Ordering::SeqCst) {
             "unmounted"
@@ -250,9 +266,16 @@ fn take(f: &FdSpec) -> Result<File, String> {
         .map_err(|e| format!("{}: {e}", f.name))
 }
 
+/// What [`start`] returns: the marked filler, a lazy mount's parts and its recording.
+type StartedParts = (
+    Filler,
+    Option<lazy_fill::Opened>,
+    Option<Arc<super::record::Recording>>,
+);
+
 /// Takes the inherited descriptors, builds the source, marks the files and drops the mounts'
 /// caches.
-fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
+fn start(spec: &Spec) -> Result<StartedParts, String> {
     let mut files = spec
         .files
         .iter()
@@ -264,6 +287,7 @@ fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     let mut lazy = None;
+    let mut recording = None;
     let mut prefetch = Vec::new();
     let mut background = spec.background;
     let source: Arc<dyn FillSource> = match &spec.source {
@@ -272,7 +296,11 @@ fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
             files = opened.files()?;
             prefetch = opened.prefetch();
             background |= opened.spec.background;
-            let source = opened.source()?;
+            let mut source = opened.source()?;
+            recording = opened.recording()?;
+            if let Some(r) = &recording {
+                source = Arc::new(super::record::RecordingSource::new(source, r.clone()));
+            }
             lazy = Some(opened);
             source
         }
@@ -307,6 +335,7 @@ fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
         background,
         prefetch,
         log: spec.log,
+        keep_marked: recording.is_some(),
         ..Config::default()
     };
     if let Some(w) = spec.workers {
@@ -320,7 +349,7 @@ fn start(spec: &Spec) -> Result<(Filler, Option<lazy_fill::Opened>), String> {
         let root = take(m)?;
         filler::drop_erofs_caches(&root, &m.name).map_err(|e| e.to_string())?;
     }
-    Ok((filler, lazy))
+    Ok((filler, lazy, recording))
 }
 
 /// Why a filler daemon could not be started.

@@ -45,6 +45,10 @@ pub trait FillSource: Send + Sync {
 
     /// Whether every byte of `file` the mount may read is present.
     fn is_complete(&self, file: usize) -> bool;
+
+    /// Sees every pre-content event on `file`, present bytes or not, before it is answered
+    /// (`-o record=`, [`super::record`]). Called on the event-reading thread: must not block.
+    fn note(&self, _file: usize, _range: &Range<u64>) {}
 }
 
 /// A fill that failed: the reader gets EIO.
@@ -177,6 +181,9 @@ pub struct Config {
     pub prefetch: Vec<(usize, Range<u64>)>,
     /// Print failed fills and other trouble on stderr.
     pub log: bool,
+    /// Keep every file marked, complete or not, and run until stopped: every read raises an
+    /// event the source [notes](FillSource::note) (`-o record=`).
+    pub keep_marked: bool,
 }
 
 impl Default for Config {
@@ -188,6 +195,7 @@ impl Default for Config {
             background: false,
             prefetch: Vec::new(),
             log: false,
+            keep_marked: false,
         }
     }
 }
@@ -333,7 +341,7 @@ impl Filler {
                 source,
             })?;
             let complete = source.is_complete(i);
-            if !complete {
+            if !complete || config.keep_marked {
                 group.mark(f.file.as_fd()).map_err(|source| Error::Mark {
                     name: f.name.clone(),
                     source,
@@ -518,7 +526,9 @@ impl Shared {
                 }
             }
             if self.stop.load(Ordering::SeqCst)
-                || (self.config.exit_when_complete && self.all_complete())
+                || (self.config.exit_when_complete
+                    && !self.config.keep_marked
+                    && self.all_complete())
             {
                 return Ok(());
             }
@@ -641,6 +651,7 @@ impl Shared {
             Some((offset, count)) => offset..offset.saturating_add(count).min(state.len),
             None => 0..state.len,
         };
+        self.source.note(file, &range);
         self.counters
             .bytes_requested
             .fetch_add(range.end.saturating_sub(range.start), Ordering::Relaxed);
@@ -747,6 +758,10 @@ impl Shared {
         if state.complete.swap(true, Ordering::SeqCst) {
             return;
         }
+        if self.config.keep_marked {
+            self.log(format_args!("{}: complete; kept marked", state.name));
+            return;
+        }
         if let Err(e) = self.group.unmark(state.file.as_fd()) {
             self.log(format_args!("{}: unmark: {e}", state.name));
         }
@@ -825,7 +840,7 @@ impl Shared {
     /// group would allow them all, and their readers would read holes.
     fn shut_down(&self) {
         for f in &self.files {
-            if !f.complete.load(Ordering::SeqCst) {
+            if !f.complete.load(Ordering::SeqCst) || self.config.keep_marked {
                 let _ = self.group.unmark(f.file.as_fd());
             }
         }

@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod device;
 pub mod fanotify;
 pub mod filler;
+pub mod record;
 pub mod replay;
 pub mod status;
 pub mod store_source;

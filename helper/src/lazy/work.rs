@@ -152,6 +152,10 @@ pub struct LazySpec {
     pub prefetch: Vec<FrameGroup>,
     /// Then every frame the mount reads (`pull=background`).
     pub background: bool,
+    /// `record=FILE` on the kernel path: the filler records the frames the kernel reads
+    /// ([`super::record`]). The FUSE reader records on its own and ignores it.
+    #[serde(default)]
+    pub record: Option<PathBuf>,
 }
 
 /// A spec's store, packs and registry client, opened.
@@ -326,6 +330,7 @@ mod tests {
                 end: 6,
             }],
             background: true,
+            record: Some("/var/tmp/list".into()),
         };
         let back = LazySpec::read_from(spec.to_memfd().unwrap()).unwrap();
         assert_eq!(back, spec);

@@ -276,12 +276,18 @@ pub fn mount_image_with(
             source.display()
         ));
     }
+    let (reader, note) = options
+        .image_reader()
+        .map_err(|e| Error::new(ErrorKind::Usage, e.to_string()))?;
+    if let Some(note) = note {
+        log.info(format_args!("{note}"));
+    }
     let prepared = verify::prepare(&source, options)?;
     for (what, d) in &prepared.timings {
         log.info(format_args!("{what}: {:.1} ms", d.as_secs_f64() * 1e3));
     }
     let caps = features::KernelCaps::probe();
-    let decision = features::decide(options.reader, &caps, prepared.incompat)
+    let decision = features::decide(reader, &caps, prepared.incompat)
         .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
     log.info(format_args!(
         "reader={}: {}",

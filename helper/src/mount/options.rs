@@ -125,8 +125,10 @@ pub struct Options {
     pub cachedir: PathBuf,
     /// `threads=N`: FUSE worker threads.
     pub threads: Option<usize>,
-    /// `record=FILE`: the FUSE reader writes the chunks reads needed, in first-read order, to
-    /// FILE (a prefetch list, docs/format.md §3.6). Implies the FUSE reader.
+    /// `record=FILE`: the chunks reads needed, in first-read order, are written to FILE (a
+    /// prefetch list, docs/format.md §3.6): by the FUSE reader, or on a lazy registry mount's
+    /// kernel path by its filler. Implies the FUSE reader for other images
+    /// ([`Options::image_reader`]).
     pub record: Option<PathBuf>,
     /// `allow_other` (default on): users other than root may access a FUSE mount, as they may a
     /// kernel mount. `noallow_other` restricts it to root.
@@ -239,32 +241,34 @@ impl Options {
         for opt in split(s) {
             o.apply(&opt, sloppy)?;
         }
-        o.record_needs_fuse()?;
         Ok(o)
     }
 
-    /// `record=` implies the FUSE reader: the kernel's EROFS has no daemon that sees reads.
-    fn record_needs_fuse(&mut self) -> Result<(), OptionError> {
+    /// The reader choice for an image that is not a `docker://` source: `record=` needs the
+    /// FUSE reader there (the kernel path of a `.cfs` or an OCI layout has no daemon that sees
+    /// reads; a lazy registry mount's filler records on the kernel path, so registry sources
+    /// keep [`Options::reader`]). Returns the choice and, when `record=` changed it, a note.
+    pub fn image_reader(&self) -> Result<(ReaderChoice, Option<String>), OptionError> {
         let Some(file) = &self.record else {
-            return Ok(());
+            return Ok((self.reader, None));
         };
         let option = format!("record={}", file.display());
         match self.reader {
             ReaderChoice::Kernel => Err(OptionError {
                 option,
-                problem: "recording needs the FUSE reader (the kernel's EROFS has no daemon to \
-                          see reads); drop reader=kernel"
+                problem: "recording this image needs the FUSE reader (the kernel's EROFS has no \
+                          daemon to see reads; only docker:// sources record on the kernel \
+                          path); drop reader=kernel"
                     .into(),
             }),
-            ReaderChoice::Auto => {
-                self.reader = ReaderChoice::Fuse;
-                self.notes.push(format!(
+            ReaderChoice::Auto => Ok((
+                ReaderChoice::Fuse,
+                Some(format!(
                     "{option}: using the FUSE reader, which records the chunks reads need (the \
-                     kernel's EROFS has no daemon to see reads)"
-                ));
-                Ok(())
-            }
-            ReaderChoice::Fuse => Ok(()),
+                     kernel's EROFS has no daemon to see reads of this image)"
+                )),
+            )),
+            ReaderChoice::Fuse => Ok((ReaderChoice::Fuse, None)),
         }
     }
 
@@ -563,23 +567,27 @@ mod tests {
     }
 
     #[test]
-    fn record_implies_the_fuse_reader() {
+    fn record_implies_the_fuse_reader_for_images_but_not_registry_sources() {
         let o = Options::parse("record=/var/tmp/trace.txt", false).unwrap();
         assert_eq!(o.record, Some(PathBuf::from("/var/tmp/trace.txt")));
-        assert_eq!(o.reader, ReaderChoice::Fuse);
-        assert!(
-            o.notes.iter().any(|n| n.contains("FUSE reader")),
-            "{:?}",
-            o.notes
-        );
+        // A registry source keeps the choice: its filler records on the kernel path.
+        assert_eq!(o.reader, ReaderChoice::Auto);
+        let (reader, note) = o.image_reader().unwrap();
+        assert_eq!(reader, ReaderChoice::Fuse);
+        assert!(note.unwrap().contains("FUSE reader"));
         let o = Options::parse("reader=fuse,record=/t", false).unwrap();
-        assert_eq!(o.reader, ReaderChoice::Fuse);
-        // Whatever the order, reader=kernel and record= conflict.
+        assert_eq!(o.image_reader().unwrap(), (ReaderChoice::Fuse, None));
+        // Whatever the order, reader=kernel and record= conflict for an image, not for a
+        // registry source.
         for s in ["record=/t,reader=kernel", "reader=kernel,record=/t"] {
-            let e = Options::parse(s, false).unwrap_err();
+            let o = Options::parse(s, false).unwrap();
+            assert_eq!(o.reader, ReaderChoice::Kernel);
+            let e = o.image_reader().unwrap_err();
             assert!(e.to_string().contains("record=/t"), "{e}");
-            assert!(e.to_string().contains("FUSE reader"), "{e}");
+            assert!(e.to_string().contains("needs the FUSE reader"), "{e}");
         }
+        let o = Options::parse("reader=kernel", false).unwrap();
+        assert_eq!(o.image_reader().unwrap(), (ReaderChoice::Kernel, None));
         for s in ["record=trace.txt", "record=/tmp/", "record="] {
             let e = Options::parse(s, false).unwrap_err();
             assert!(e.to_string().contains("absolute file name"), "{s}: {e}");

@@ -231,6 +231,7 @@ pub fn prepare(reference: &ImageRef, opts: &Options, log: &Log) -> Result<Prepar
         used,
         prefetch,
         background: r.pull == Pull::Background,
+        record: opts.record.clone(),
     };
     let lazy_kernel = crate::lazy::supported(store.root()).map_err(|why| why.to_string());
 
@@ -407,11 +408,12 @@ pub fn mount(
         return Err(Error::new(ErrorKind::Usage, "not a registry image"));
     };
     let caps = KernelCaps::probe();
+    // Recording on the kernel path needs the filler's events, complete image or not.
     let decision = features::decide_lazy(
         opts.reader,
         &caps,
         p.incompat,
-        reg.complete,
+        reg.complete && opts.record.is_none(),
         &reg.lazy_kernel,
     )
     .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;

@@ -7,6 +7,10 @@ shared per direction, byte counters), and for each workload image:
 - `v1`: the tree packed by `chunkfs pack` into an OCI layout, pushed with `skopeo copy`;
 - `pf`: the same image carrying a prefetch list recorded once from the workload (`-o
   record=FILE` on a lazy FUSE mount, then `chunkfs pack --prefetch FILE`);
+- `pfk`: the same with the list recorded on the lazy kernel path (`reader=kernel`: the
+  filler records the frames the kernel reads, its readahead of the pack files included);
+- `pfb`: one list from both, merged by relative position (each chunk at the earlier of its
+  two places, as a fraction of its list), for whichever reader mounts it;
 - `tar`: the same tree as an ordinary image (one gzip tar layer, made by hand here).
 
 Cases, each from a fresh store / directory with caches dropped, timed from the start of the
@@ -15,7 +19,10 @@ first command to the end of the workload (`chroot ROOT WORKLOAD`), bytes counted
 
 - lazy-kernel / lazy-fuse: `mount -t chunkfs -o reader=auto|fuse,prefetch=none docker://...`
   (this build's helper run as mount(8) runs /sbin/mount.chunkfs);
-- prefetch-kernel / prefetch-fuse: the `pf` tag, default `prefetch=image`;
+- prefetch-kernel / prefetch-fuse: each reader's own list (`pfk` / `pf`), default
+  `prefetch=image`; prefetch-kernel-fuselist: the kernel path with the FUSE list (`pf`, what
+  prefetch-kernel measured before the kernel path recorded); prefetch-kernel-both /
+  prefetch-fuse-both: the merged list (`pfb`);
 - skopeo-mount: `skopeo copy docker://... oci:DIR:v1` + `mount -t chunkfs oci:DIR:v1`;
 - pull-mount: `chunkfs pull` + `mount -t chunkfs docker://...` (complete: the kernel, no daemon);
 - tar-x: `skopeo copy` of the tar image + `tar xzf` of its layer; tar-umoci: the same with
@@ -47,13 +54,18 @@ WORKLOADS = [
     ("python", "bookworm-python", ["python3", "-c", "import json"]),
     ("minbase", "bookworm-minbase", ["bash", "-c", "true"]),
 ]
-CASES = ["lazy-kernel", "lazy-fuse", "prefetch-kernel", "prefetch-fuse", "skopeo-mount",
-         "pull-mount", "tar-x", "tar-umoci"]
+CASES = ["lazy-kernel", "lazy-fuse", "prefetch-kernel", "prefetch-fuse",
+         "prefetch-kernel-fuselist", "prefetch-kernel-both", "prefetch-fuse-both",
+         "skopeo-mount", "pull-mount", "tar-x", "tar-umoci"]
 LABELS = {
     "lazy-kernel": "lazy, no prefetch, reader=auto (kernel + filler)",
     "lazy-fuse": "lazy, no prefetch, reader=fuse",
-    "prefetch-kernel": "lazy, recorded prefetch list (prefetch=image), reader=auto",
-    "prefetch-fuse": "lazy, recorded prefetch list (prefetch=image), reader=fuse",
+    "prefetch-kernel": "lazy, prefetch list recorded on the kernel path (prefetch=image), "
+                       "reader=auto",
+    "prefetch-fuse": "lazy, prefetch list recorded on FUSE (prefetch=image), reader=fuse",
+    "prefetch-kernel-fuselist": "lazy, prefetch list recorded on FUSE, reader=auto",
+    "prefetch-kernel-both": "lazy, both readers' lists merged, reader=auto",
+    "prefetch-fuse-both": "lazy, both readers' lists merged, reader=fuse",
     "skopeo-mount": "full pull: skopeo copy to a layout + mount -t chunkfs oci:",
     "pull-mount": "full pull: chunkfs pull + mount (store complete: kernel, no daemon)",
     "tar-x": "tar image: skopeo copy + tar xzf + chroot",
@@ -62,7 +74,12 @@ LABELS = {
 # The full pull the targets compare with.
 REFERENCE = "skopeo-mount"
 # Cases whose daemons may fetch after the workload ended (counted until the proxy is idle).
-LAZY = {"lazy-kernel", "lazy-fuse", "prefetch-kernel", "prefetch-fuse"}
+LAZY = {"lazy-kernel", "lazy-fuse", "prefetch-kernel", "prefetch-fuse",
+        "prefetch-kernel-fuselist", "prefetch-kernel-both", "prefetch-fuse-both"}
+# The image tag each lazy case mounts.
+TAGS = {"lazy-kernel": "v1", "lazy-fuse": "v1", "prefetch-kernel": "pfk", "prefetch-fuse": "pf",
+        "prefetch-kernel-fuselist": "pf", "prefetch-kernel-both": "pfb",
+        "prefetch-fuse-both": "pfb"}
 # How long the proxy must have carried nothing for a case's bytes to count as settled.
 SETTLE_S = 0.6
 
@@ -246,6 +263,31 @@ class Proxy:
         proc.forget(self.p)
 
 
+def read_list(path):
+    """The digests of a prefetch list file, in order."""
+    with open(path) as f:
+        return [line.strip() for line in f if line.startswith("sha256:")]
+
+
+def write_list(path, digests):
+    """A prefetch list file naming `digests`."""
+    with open(path, "w") as f:
+        f.write(f"# merged prefetch list: {len(digests)} chunks\n")
+        f.writelines(d + "\n" for d in digests)
+
+
+def merge_lists(a, b):
+    """One list from two recordings of the same workload: every chunk of either, each at the
+    earlier of its relative positions (index / length of its list), ties in `a`'s favour."""
+    rank = {}
+    for k, xs in enumerate((a, b)):
+        for i, d in enumerate(xs):
+            r = (i / max(len(xs), 1), k)
+            if d not in rank or r < rank[d]:
+                rank[d] = r
+    return sorted(rank, key=rank.get)
+
+
 def _sha256_file(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -361,21 +403,25 @@ class Bench:
         proc.log(f"lazy: packing {src} into {layout}:v1")
         proc.run([self.chunkfs, "pack", src, f"{layout}:v1"], stdout=False)
         self.reg.push(f"oci:{layout}:v1", f"bench/{name}", "v1")
-        # Record the workload's first reads on a lazy FUSE mount straight from the registry.
-        trace = os.path.join(self.work, f"{name}.prefetch")
-        store = self._store()
-        proc.run(self._mount(self.ref(name, "v1", via_proxy=False),
-                             self._opts(store, f"reader=fuse,prefetch=none,record={trace}")))
-        try:
-            proc.run(["chroot", self.mnt, *argv], stdout=False)
-        finally:
-            proc.run([self.chunkfs, "umount", self.mnt], stdout=False)
-        shutil.rmtree(store, ignore_errors=True)
-        with open(trace) as f:
-            listed = sum(1 for line in f if line.startswith("sha256:"))
-        proc.run([self.chunkfs, "pack", "--prefetch", trace, f"{layout}:v1", f"{layout}:pf"],
-                 stdout=False)
-        self.reg.push(f"oci:{layout}:pf", f"bench/{name}", "pf")
+        # Record the workload's first reads on a lazy mount straight from the registry, once
+        # per reader, and pack each list (and the two merged) into a tag of its own.
+        lists = {}
+        for reader, tag in (("fuse", "pf"), ("kernel", "pfk")):
+            trace = os.path.join(self.work, f"{name}.{reader}.prefetch")
+            store = self._store()
+            proc.run(self._mount(self.ref(name, "v1", via_proxy=False), self._opts(
+                store, f"reader={reader},prefetch=none,record={trace}")))
+            try:
+                proc.run(["chroot", self.mnt, *argv], stdout=False)
+            finally:
+                proc.run([self.chunkfs, "umount", self.mnt], stdout=False)
+            shutil.rmtree(store, ignore_errors=True)
+            lists[reader] = read_list(trace)
+            self._pack_with(layout, name, trace, tag)
+        both = os.path.join(self.work, f"{name}.both.prefetch")
+        write_list(both, merge_lists(lists["kernel"], lists["fuse"]))
+        self._pack_with(layout, name, both, "pfb")
+        listed = {r: len(x) for r, x in lists.items()}
         tar_layout = os.path.join(self.work, "layouts", f"{name}-tar")
         proc.log(f"lazy: making the tar image {tar_layout}:tar")
         tar_image(src, tar_layout)
@@ -387,8 +433,17 @@ class Bench:
         shutil.rmtree(tar_layout)
         return {"argv": argv, "size": size, "size_pf": size_pf, "size_tar": size_tar,
                 "packs": len(packs), "pack_bytes": sum(x["size"] for x in packs),
-                "metadata_bytes": manifest["layers"][0]["size"], "prefetch_chunks": listed,
+                "metadata_bytes": manifest["layers"][0]["size"],
+                "prefetch_chunks": f"{listed['kernel']} (kernel) / {listed['fuse']} (FUSE) / "
+                                   f"{len(read_list(both))} (merged)",
+                "prefetch_lists": dict(listed, both=len(read_list(both))),
                 "largest_blob": max(packs, key=lambda x: x["size"])["digest"]}
+
+    def _pack_with(self, layout, name, trace, tag):
+        """`chunkfs pack --prefetch TRACE LAYOUT:v1 LAYOUT:TAG`, pushed."""
+        proc.run([self.chunkfs, "pack", "--prefetch", trace, f"{layout}:v1", f"{layout}:{tag}"],
+                 stdout=False)
+        self.reg.push(f"oci:{layout}:{tag}", f"bench/{name}", tag)
 
     def _store(self):
         self.n += 1
@@ -424,8 +479,9 @@ class Bench:
         t0 = time.perf_counter()
         try:
             if case in LAZY:
-                reader = "fuse" if case.endswith("fuse") else "auto"
-                tag, extra = ("v1", "prefetch=none") if case.startswith("lazy") else ("pf", "")
+                reader = "fuse" if "-fuse" in case and "fuselist" not in case else "auto"
+                tag = TAGS[case]
+                extra = "prefetch=none" if case.startswith("lazy") else ""
                 opts = self._opts(store, f"reader={reader}" + ("," + extra if extra else ""))
                 proc.run(self._mount(self.ref(name, tag), opts))
                 out["mount_s"] = time.perf_counter() - t0

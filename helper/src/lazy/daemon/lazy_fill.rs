@@ -12,6 +12,7 @@ use chunkfs_distribution::store::{Pack, Store};
 
 use crate::lazy::StoreSource;
 use crate::lazy::filler::{FillSource, PackFile, StopHandle};
+use crate::lazy::record::Recording;
 use crate::lazy::status::{self, DaemonStats, FillerCounters, Publisher};
 use crate::lazy::work::{self, LazySpec};
 
@@ -76,6 +77,18 @@ impl Opened {
                 ))
             })
             .collect()
+    }
+
+    /// With `record=`: the recording of the frames the kernel reads, its (empty) list written
+    /// now, so that a file that cannot be written fails the mount instead of the unmount.
+    pub fn recording(&self) -> Result<Option<Arc<Recording>>, String> {
+        let Some(path) = &self.spec.record else {
+            return Ok(None);
+        };
+        let r = Recording::of_packs(&self.packs, &self.used, path);
+        r.write()
+            .map_err(|e| format!("record={}: cannot write it: {e}", path.display()))?;
+        Ok(Some(Arc::new(r)))
     }
 
     /// The fill source (opens its own descriptors of the packs: call before the marks).

@@ -1,0 +1,304 @@
+//! `-o record=FILE` on the lazy kernel path: the filler notes every pre-content event on the
+//! mount's pack files, present bytes or not (the files stay marked while it records), maps the
+//! event's bytes to the frames they overlap through the packs' indexes, and keeps each frame's
+//! chunk digest once, in first-touch order. The list is the FUSE recorder's format
+//! (docs/format.md §3.6), so `chunkfs pack --prefetch FILE` takes it unchanged; it names what
+//! the kernel read, its readahead of the pack files included, which is what a replay on this
+//! path must make present.
+//!
+//! Written as the FUSE recorder writes it ([`crate::mount::record`]): when the filler starts
+//! (empty: an unwritable FILE fails the mount), on SIGUSR1, and when the filler exits (on
+//! unmount, or when stopped).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chunkfs_distribution::store::Pack;
+
+use super::filler::{FillError, FillSource};
+
+/// One frame the mount reads: its bytes in the pack file and its chunk's sha256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The frame's bytes in the pack file.
+    pub range: Range<u64>,
+    /// The sha256 of its decompressed chunk.
+    pub digest: [u8; 32],
+}
+
+#[derive(Default)]
+struct Order {
+    seen: HashSet<[u8; 32]>,
+    digests: Vec<[u8; 32]>,
+}
+
+/// The frames touched so far, in first-touch order, and where they go.
+pub struct Recording {
+    /// Per file: the frames the mount reads, in offset order (never overlapping).
+    frames: Vec<Vec<Frame>>,
+    order: Mutex<Order>,
+    path: PathBuf,
+    /// Writes one at a time, so a late snapshot never replaces the final list.
+    writing: Mutex<()>,
+    /// Makes the temporary names of writes distinct.
+    writes: AtomicU64,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("path", &self.path)
+            .field("chunks", &self.len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Recording {
+    /// A recording of reads of `frames` (per file, any order) written to `path`.
+    pub fn new(mut frames: Vec<Vec<Frame>>, path: &Path) -> Self {
+        for f in &mut frames {
+            f.sort_by_key(|x| x.range.start);
+        }
+        Self {
+            frames,
+            order: Mutex::new(Order::default()),
+            path: path.to_owned(),
+            writing: Mutex::new(()),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// The frames `used` (index positions) of each of `packs`, as pack-file ranges.
+    pub fn of_packs(packs: &[Arc<Pack>], used: &[Vec<usize>], path: &Path) -> Self {
+        let frames = packs
+            .iter()
+            .zip(used)
+            .map(|(pack, used)| {
+                used.iter()
+                    .filter_map(|&i| {
+                        Some(Frame {
+                            range: pack.frame_range(i)?,
+                            digest: pack.entries().get(i)?.digest.0,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Self::new(frames, path)
+    }
+
+    /// Notes a read of `range` of file `file`: the frames it overlaps, in offset order, each
+    /// the first time.
+    pub fn note(&self, file: usize, range: &Range<u64>) {
+        let Some(frames) = self.frames.get(file) else {
+            return;
+        };
+        let first = frames.partition_point(|f| f.range.end <= range.start);
+        let touched = frames
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|f| f.range.start < range.end);
+        let mut o = lock(&self.order);
+        for f in touched {
+            if o.seen.insert(f.digest) {
+                o.digests.push(f.digest);
+            }
+        }
+    }
+
+    /// Chunks recorded so far.
+    pub fn len(&self) -> usize {
+        lock(&self.order).digests.len()
+    }
+
+    /// True before the first touch of a frame.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chunk digests, in first-touch order.
+    pub fn digests(&self) -> Vec<[u8; 32]> {
+        lock(&self.order).digests.clone()
+    }
+
+    /// The file the list goes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the list as recorded so far, atomically (a synced temporary file in the same
+    /// directory renamed over it). Returns the number of chunks.
+    pub fn write(&self) -> std::io::Result<usize> {
+        let _one = lock(&self.writing);
+        let digests = self.digests();
+        let name = self.path.file_name().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{}: not a file name", self.path.display()),
+            )
+        })?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        let result = write_synced(&tmp, render(&digests).as_bytes())
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        Ok(digests.len())
+    }
+
+    /// Writes the list, reporting the outcome on standard error (the filler's, which is the
+    /// helper's with `debug`).
+    pub fn write_logged(&self, why: &str) {
+        match self.write() {
+            Ok(n) => eprintln!(
+                "{}: {why}: recorded {n} chunks in {}",
+                super::daemon::ARGV0,
+                self.path.display()
+            ),
+            Err(e) => eprintln!(
+                "{}: {why}: cannot write the recording to {}: {e}",
+                super::daemon::ARGV0,
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// The text of a prefetch list naming `digests` (the FUSE recorder's format).
+fn render(digests: &[[u8; 32]]) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!(
+        "# chunkfs prefetch list (docs/format.md §3.6): {} chunks in the order the kernel first read them\n",
+        digests.len()
+    );
+    text.reserve(digests.len().saturating_mul(72));
+    for d in digests {
+        text.push_str("sha256:");
+        for b in d {
+            let _ = write!(text, "{b:02x}");
+        }
+        text.push('\n');
+    }
+    text
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// A [`FillSource`] that notes every event in a [`Recording`] and fills through another.
+pub struct RecordingSource {
+    inner: Arc<dyn FillSource>,
+    recording: Arc<Recording>,
+}
+
+impl RecordingSource {
+    /// `inner`, recording into `recording`.
+    pub fn new(inner: Arc<dyn FillSource>, recording: Arc<Recording>) -> Self {
+        Self { inner, recording }
+    }
+}
+
+impl FillSource for RecordingSource {
+    fn ready(&self, file: usize, range: Range<u64>, pid: i32) -> bool {
+        self.inner.ready(file, range, pid)
+    }
+
+    fn fill(
+        &self,
+        file: usize,
+        range: Range<u64>,
+        pid: i32,
+        out: &std::fs::File,
+    ) -> Result<(), FillError> {
+        self.inner.fill(file, range, pid, out)
+    }
+
+    fn absent(&self, file: usize) -> Vec<Range<u64>> {
+        self.inner.absent(file)
+    }
+
+    fn is_complete(&self, file: usize) -> bool {
+        self.inner.is_complete(file)
+    }
+
+    fn note(&self, file: usize, range: &Range<u64>) {
+        self.recording.note(file, range);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn frame(start: u64, end: u64, tag: u8) -> Frame {
+        Frame {
+            range: start..end,
+            digest: [tag; 32],
+        }
+    }
+
+    #[test]
+    fn frames_are_recorded_once_in_first_touch_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list");
+        // Two files; the frames are given out of order and leave gaps (frames the mount does
+        // not read); file 1 shares a chunk with file 0.
+        let r = Recording::new(
+            vec![
+                vec![
+                    frame(300, 400, 3),
+                    frame(0, 100, 1),
+                    frame(100, 250, 2),
+                    frame(500, 600, 4),
+                ],
+                vec![frame(0, 50, 9), frame(50, 80, 2)],
+            ],
+            &path,
+        );
+        assert!(r.is_empty());
+        r.note(0, &(320..330)); // inside frame 3
+        r.note(0, &(90..310)); // 1, 2, 3 (again): 1 and 2 in offset order
+        r.note(0, &(250..300)); // the gap: nothing
+        r.note(1, &(60..70)); // chunk 2 again, through another file
+        r.note(1, &(0..10)); // 9
+        r.note(0, &(600..700)); // past the end
+        r.note(7, &(0..100)); // not a file
+        r.note(0, &(599..600)); // the last byte of 4
+        let tags: Vec<u8> = r.digests().iter().map(|d| d[0]).collect();
+        assert_eq!(tags, [3, 1, 2, 9, 4]);
+        assert_eq!(r.write().unwrap(), 5);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let back = chunkfs_format::prefetch::parse(&text).unwrap();
+        let back: Vec<u8> = back.iter().map(|d| d.0[0]).collect();
+        assert_eq!(back, [3, 1, 2, 9, 4]);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
