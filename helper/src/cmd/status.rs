@@ -91,7 +91,8 @@ pub fn collect(target: Option<&Path>) -> Result<Vec<MountStatus>, Error> {
         if target.as_ref().is_some_and(|t| *t != m.mount_point) {
             continue;
         }
-        let record = records.iter().find(|r| r.mount_id == m.id).cloned();
+        // The newest: the kernel reuses the ids of mounts that are gone.
+        let record = records.iter().rev().find(|r| r.mount_id == m.id).cloned();
         let stats = record.as_ref().and_then(|r| DaemonStats::read(&r.id));
         let daemon_alive = record
             .as_ref()

@@ -210,23 +210,44 @@ fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
 }
 
 impl MountRecord {
-    /// Writes `DIR/ID.json`.
+    /// Writes `DIR/ID.json`, and removes the records of earlier mounts that had the same mount
+    /// id: the kernel reuses the ids of mounts that are gone, and a record left by a daemon that
+    /// ended without unmounting would otherwise be taken for this mount's.
     pub fn write(&self) -> std::io::Result<()> {
-        write_json(&record_path(&self.id), self)
+        self.write_in(Path::new(DIR))
+    }
+
+    fn write_in(&self, dir: &Path) -> std::io::Result<()> {
+        write_json(&dir.join(format!("{}.json", self.id)), self)?;
+        for old in Self::all_in(dir) {
+            if self.mount_id != 0 && old.mount_id == self.mount_id && old.id != self.id {
+                let _ = std::fs::remove_file(dir.join(format!("{}.json", old.id)));
+                let _ = std::fs::remove_file(dir.join(format!("{}.stats.json", old.id)));
+            }
+        }
+        Ok(())
     }
 
     /// Reads `DIR/ID.json`.
     pub fn read(id: &str) -> std::io::Result<MountRecord> {
-        let bytes = std::fs::read(record_path(id))?;
+        Self::read_in(Path::new(DIR), id)
+    }
+
+    fn read_in(dir: &Path, id: &str) -> std::io::Result<MountRecord> {
+        let bytes = std::fs::read(dir.join(format!("{id}.json")))?;
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
     }
 
-    /// Every record in [`DIR`] (unreadable ones skipped).
+    /// Every record in [`DIR`] (unreadable ones skipped), oldest first.
     pub fn all() -> Vec<MountRecord> {
-        let Ok(dir) = std::fs::read_dir(DIR) else {
+        Self::all_in(Path::new(DIR))
+    }
+
+    fn all_in(dir: &Path) -> Vec<MountRecord> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
             return Vec::new();
         };
-        let mut out: Vec<MountRecord> = dir
+        let mut out: Vec<MountRecord> = entries
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -234,16 +255,20 @@ impl MountRecord {
                 if id.ends_with(".stats") || id.starts_with('.') {
                     return None;
                 }
-                MountRecord::read(id).ok()
+                Self::read_in(dir, id).ok()
             })
             .collect();
         out.sort_by_key(|r| (r.mounted_at, r.id.clone()));
         out
     }
 
-    /// The record of the mount `mount_id`, if any.
+    /// The record of the mount `mount_id`, if any (the newest, should an old one of a reused
+    /// id be left).
     pub fn of_mount(mount_id: u64) -> Option<MountRecord> {
-        Self::all().into_iter().find(|r| r.mount_id == mount_id)
+        Self::all()
+            .into_iter()
+            .rev()
+            .find(|r| r.mount_id == mount_id)
     }
 }
 
@@ -355,4 +380,52 @@ pub fn daemon_alive(pid: i32) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
     argv0 == crate::mount::daemon::ARGV0.as_bytes() || argv0 == super::daemon::ARGV0.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(id: &str, mount_id: u64, mounted_at: u64) -> MountRecord {
+        MountRecord {
+            id: id.into(),
+            source: "docker://h/r:t".into(),
+            pinned: String::new(),
+            metadata: String::new(),
+            offline: None,
+            store: PathBuf::from("/s"),
+            registry: RegistrySpec::default(),
+            mount_point: PathBuf::from("/m"),
+            mount_id,
+            reader: "fuse".into(),
+            reason: String::new(),
+            daemon_pid: None,
+            packs: Vec::new(),
+            used: Vec::new(),
+            background: false,
+            plan: PlanSummary::default(),
+            mounted_at,
+            timings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_mount_with_a_reused_id_replaces_the_old_record() {
+        let dir = tempfile::tempdir().unwrap();
+        record("old", 45, 100).write_in(dir.path()).unwrap();
+        record("other", 46, 100).write_in(dir.path()).unwrap();
+        std::fs::write(dir.path().join("old.stats.json"), b"{}").unwrap();
+        record("new", 45, 100).write_in(dir.path()).unwrap();
+        let ids: Vec<String> = MountRecord::all_in(dir.path())
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["new", "other"]);
+        assert!(!dir.path().join("old.stats.json").exists());
+        // An unknown mount id (0) never removes anything.
+        record("a", 0, 1).write_in(dir.path()).unwrap();
+        record("b", 0, 2).write_in(dir.path()).unwrap();
+        assert_eq!(MountRecord::all_in(dir.path()).len(), 4);
+    }
 }
