@@ -42,4 +42,4 @@ pub use digests::DigestSource;
 pub use error::{ChunkError, OpenError, ReadError};
 pub use mount::MountHandle;
 pub use reader::{Config, Reader};
-pub use record::Recording;
+pub use record::{Recording, write_prefetch_list};

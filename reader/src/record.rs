@@ -32,8 +32,6 @@ pub(crate) struct Recorder {
     order: Mutex<Order>,
     /// Most entries kept: the number of digest table entries (each chunk is recorded once).
     limit: usize,
-    /// Makes the temporary file names of concurrent writes distinct.
-    writes: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,36 +104,45 @@ impl Recording {
         render(&self.digests())
     }
 
-    /// Writes the recording to `path` atomically (a temporary file in the same directory,
-    /// synced, then renamed over `path`): a reader of `path` sees a whole list, the old one or
-    /// the new. Returns the number of chunks written.
+    /// Writes the recording to `path` ([`write_prefetch_list`]). Returns the number of chunks
+    /// written.
     pub fn write(&self, path: &Path) -> std::io::Result<usize> {
         let digests = self.digests();
-        let text = render(&digests);
-        let name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{}: not a file name", path.display()),
-            )
-        })?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let n = self.0.writes.fetch_add(1, Ordering::Relaxed);
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let result = write_synced(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-        // Makes the rename durable; the list is already complete under its name.
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        write_prefetch_list(path, &digests)?;
         Ok(digests.len())
     }
+}
+
+/// Writes a prefetch list file naming `digests` to `path` atomically (a temporary file in the
+/// same directory, synced, then renamed over `path`): a reader of `path` sees a whole list, the
+/// old one or the new. Shared by every recorder (the FUSE reader's and the lazy kernel path's).
+pub fn write_prefetch_list(path: &Path, digests: &[[u8; 32]]) -> std::io::Result<()> {
+    /// Makes the temporary file names of concurrent writes distinct.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: not a file name", path.display()),
+        )
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result =
+        write_synced(&tmp, render(digests).as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    // Makes the rename durable; the list is already complete under its name.
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
 }
 
 /// The text of a prefetch list file naming `digests`.

@@ -242,26 +242,10 @@ impl Stream {
 /// The frames of `pack` in `bytes` that `is_used` marks, as runs of adjacent frames of at most
 /// `max` bytes (a frame larger than that alone): what the background fetches ask for.
 pub fn pieces(pack: &Pack, is_used: &[bool], bytes: Range<u64>, max: u64) -> Vec<Range<usize>> {
-    let e = pack.entries();
-    let mut out: Vec<Range<usize>> = Vec::new();
-    for i in pack.frames_in(bytes) {
-        if !is_used.get(i).copied().unwrap_or(false) {
-            continue;
-        }
-        let Some(f) = e.get(i) else { continue };
-        let end = f.offset + u64::from(f.stored_len);
-        match out.last_mut() {
-            Some(r)
-                if r.end == i
-                    && e.get(r.start)
-                        .is_some_and(|s| end.saturating_sub(s.offset) <= max) =>
-            {
-                r.end = i + 1;
-            }
-            _ => out.push(i..i + 1),
-        }
-    }
-    out
+    let used = pack
+        .frames_in(bytes)
+        .filter(|&i| is_used.get(i).copied().unwrap_or(false));
+    super::work::runs(pack, used, max)
 }
 
 /// Makes frames present: how a reader's background fetches reach the store.

@@ -11,10 +11,8 @@
 //! unmount, or when stopped).
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chunkfs_distribution::store::Pack;
@@ -44,8 +42,6 @@ pub struct Recording {
     path: PathBuf,
     /// Writes one at a time, so a late snapshot never replaces the final list.
     writing: Mutex<()>,
-    /// Makes the temporary names of writes distinct.
-    writes: AtomicU64,
 }
 
 impl std::fmt::Debug for Recording {
@@ -72,7 +68,6 @@ impl Recording {
             order: Mutex::new(Order::default()),
             path: path.to_owned(),
             writing: Mutex::new(()),
-            writes: AtomicU64::new(0),
         }
     }
 
@@ -135,34 +130,12 @@ impl Recording {
         &self.path
     }
 
-    /// Writes the list as recorded so far, atomically (a synced temporary file in the same
-    /// directory renamed over it). Returns the number of chunks.
+    /// Writes the list as recorded so far, atomically, in the FUSE recorder's format
+    /// ([`chunkfs_reader::write_prefetch_list`]). Returns the number of chunks.
     pub fn write(&self) -> std::io::Result<usize> {
         let _one = lock(&self.writing);
         let digests = self.digests();
-        let name = self.path.file_name().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{}: not a file name", self.path.display()),
-            )
-        })?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let n = self.writes.fetch_add(1, Ordering::Relaxed);
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let result = write_synced(&tmp, render(&digests).as_bytes())
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        chunkfs_reader::write_prefetch_list(&self.path, &digests)?;
         Ok(digests.len())
     }
 
@@ -182,33 +155,6 @@ impl Recording {
             ),
         }
     }
-}
-
-/// The text of a prefetch list naming `digests` (the FUSE recorder's format).
-fn render(digests: &[[u8; 32]]) -> String {
-    use std::fmt::Write as _;
-    let mut text = format!(
-        "# chunkfs prefetch list (docs/format.md §3.6): {} chunks in the order the kernel first read them\n",
-        digests.len()
-    );
-    text.reserve(digests.len().saturating_mul(72));
-    for d in digests {
-        text.push_str("sha256:");
-        for b in d {
-            let _ = write!(text, "{b:02x}");
-        }
-        text.push('\n');
-    }
-    text
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// A [`FillSource`] that notes every event in a [`Recording`] and fills through another.

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chunkfs_distribution::source::BlobSource;
-use chunkfs_distribution::store::Pack;
+use chunkfs_distribution::store::{MAX_REQUEST, Pack};
 use chunkfs_format::{Classify, ErrorClass};
 
 use super::ahead;
@@ -194,7 +194,7 @@ impl FillSource for StoreSource {
     fn fill(&self, file: usize, range: Range<u64>, _pid: i32, out: &File) -> Result<(), FillError> {
         let u = self.pack(file)?;
         let frames = Self::used_in(u, range);
-        let runs = work::runs(&u.pack, &frames);
+        let runs = work::runs(&u.pack, frames.iter().copied(), MAX_REQUEST);
         if runs.is_empty() {
             return Ok(());
         }

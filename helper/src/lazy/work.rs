@@ -25,7 +25,7 @@ use std::time::Duration;
 use chunkfs_distribution::registry::{
     AuthEnv, Client, CredentialOptions, Credentials, ImageRef, Limits, Options,
 };
-use chunkfs_distribution::store::{MAX_REQUEST, Pack, Store};
+use chunkfs_distribution::store::{Pack, Store};
 use chunkfs_format::digest::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -272,19 +272,19 @@ pub fn read_credentials(mut file: File) -> Result<Credentials, String> {
 }
 
 /// `frames` (ascending index positions of `pack`) cut into runs of adjacent frames of at most
-/// [`MAX_REQUEST`] bytes from the first frame's start to the last one's end: what one request
-/// fetches.
-pub fn runs(pack: &Pack, frames: &[usize]) -> Vec<Range<usize>> {
+/// `max` bytes from the first frame's start to the last one's end (a frame larger than that
+/// alone): what one request fetches.
+pub fn runs(pack: &Pack, frames: impl IntoIterator<Item = usize>, max: u64) -> Vec<Range<usize>> {
     let e = pack.entries();
     let mut out: Vec<Range<usize>> = Vec::new();
-    for &i in frames {
+    for i in frames {
         let Some(f) = e.get(i) else { continue };
         let end = f.offset + u64::from(f.stored_len);
         match out.last_mut() {
             Some(r)
                 if r.end == i
                     && e.get(r.start)
-                        .is_some_and(|s| end.saturating_sub(s.offset) <= MAX_REQUEST) =>
+                        .is_some_and(|s| end.saturating_sub(s.offset) <= max) =>
             {
                 r.end = i + 1;
             }

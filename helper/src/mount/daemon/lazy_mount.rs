@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chunkfs_distribution::registry::Client;
 use chunkfs_distribution::source::BlobSource;
-use chunkfs_distribution::store::{Pack, Store};
+use chunkfs_distribution::store::{MAX_REQUEST, Pack, Store};
 use chunkfs_format::digest::Digest;
 use chunkfs_reader::{DeviceSpec, DigestSource};
 
@@ -249,7 +249,7 @@ impl Serving {
                 .copied()
                 .filter(|&i| states.get(i).is_none_or(|&s| s == 0))
                 .collect();
-            for run in work::runs(pack, &absent) {
+            for run in work::runs(pack, absent.iter().copied(), MAX_REQUEST) {
                 if let Some(range) = work::byte_range(pack, &run) {
                     items.push(replay::Item { file: k, range });
                 }
