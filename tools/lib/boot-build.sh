@@ -41,7 +41,10 @@ cargo_profile=(--profile dev) profile_dir=debug
 cargo rustc --quiet --locked --manifest-path "$repo/Cargo.toml" -p chunkfs-helper --bin chunkfs \
     "${cargo_profile[@]}" -- -C target-feature=+crt-static >&2
 built=$target_dir/$profile_dir/chunkfs
-if LC_ALL=C readelf -lW "$built" | grep -q 'Requesting program interpreter'; then
+# Captured, not piped into `grep -q`: with pipefail, grep leaving early kills readelf (SIGPIPE)
+# and the pipeline's failure would read as "static".
+headers=$(LC_ALL=C readelf -lW "$built")
+if [[ $headers == *'Requesting program interpreter'* ]]; then
     echo "boot-build: $built is not statically linked" >&2
     exit 1
 fi

@@ -9,10 +9,11 @@
 # SUITE is `bookworm` (Linux 6.1) or `bookworm-backports` (Linux 6.12). The result is reused
 # while it exists; delete CACHE_DIR/SUITE to refresh.
 set -euo pipefail
+# shellcheck source=private-apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/private-apt.sh"
 
 suite=${1:?usage: boot-kernel.sh SUITE CACHE_DIR}
 cache=$(realpath -m "${2:?usage: boot-kernel.sh SUITE CACHE_DIR}")
-mirror=${CHUNKFS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 dir=$cache/$suite
 root=$dir/root
@@ -21,21 +22,7 @@ if [[ -f $dir/ok ]]; then
     exit 0
 fi
 
-mkdir -p "$dir/apt/state/lists/partial" "$dir/apt/cache/archives/partial" "$dir/apt/etc/sources.list.d" \
-    "$dir/apt/etc/preferences.d" "$dir/debs"
-echo "deb $mirror $suite main" >"$dir/apt/etc/sources.list"
-apt_opts=(
-    -o "Dir::State=$dir/apt/state"
-    -o "Dir::State::status=/dev/null"
-    -o "Dir::Cache=$dir/apt/cache"
-    -o "Dir::Etc::sourcelist=$dir/apt/etc/sources.list"
-    -o "Dir::Etc::sourceparts=$dir/apt/etc/sources.list.d"
-    -o "Dir::Etc::preferencesparts=$dir/apt/etc/preferences.d"
-    -o "APT::Default-Release=$suite"
-    -o "Debug::NoLocking=1"
-    -o "APT::Sandbox::User=root"
-)
-apt-get "${apt_opts[@]}" -qq update >&2
+private_apt "$dir" "$suite"
 
 # linux-image-amd64 is a metapackage; its first dependency is the real kernel package.
 pkg=$(apt-cache "${apt_opts[@]}" depends "linux-image-amd64/$suite" 2>/dev/null |

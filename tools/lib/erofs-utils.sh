@@ -11,9 +11,10 @@
 # image (kernel EROFS reading mkfs.erofs's zstd image). The result is reused while it exists;
 # delete CACHE_DIR/trixie to refresh.
 set -euo pipefail
+# shellcheck source=private-apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/private-apt.sh"
 
 cache=$(realpath -m "${1:?usage: erofs-utils.sh CACHE_DIR}")
-mirror=${CHUNKFS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=trixie
 # erofs-utils and what it links (Depends of erofs-utils 1.8.6-1, plus libselinux1's libpcre2).
 packages=(erofs-utils libc6 libdeflate0 liblz4-1 liblzma5 libselinux1 libpcre2-8-0 libuuid1
@@ -27,21 +28,7 @@ if [[ -f $dir/ok ]]; then
     exit 0
 fi
 
-mkdir -p "$dir/apt/state/lists/partial" "$dir/apt/cache/archives/partial" "$dir/apt/etc/sources.list.d" \
-    "$dir/apt/etc/preferences.d" "$dir/debs"
-echo "deb $mirror $suite main" >"$dir/apt/etc/sources.list"
-apt_opts=(
-    -o "Dir::State=$dir/apt/state"
-    -o "Dir::State::status=/dev/null"
-    -o "Dir::Cache=$dir/apt/cache"
-    -o "Dir::Etc::sourcelist=$dir/apt/etc/sources.list"
-    -o "Dir::Etc::sourceparts=$dir/apt/etc/sources.list.d"
-    -o "Dir::Etc::preferencesparts=$dir/apt/etc/preferences.d"
-    -o "APT::Default-Release=$suite"
-    -o "Debug::NoLocking=1"
-    -o "APT::Sandbox::User=root"
-)
-apt-get "${apt_opts[@]}" -qq update >&2
+private_apt "$dir" "$suite"
 rm -f "$dir"/debs/*.deb
 (cd "$dir/debs" && apt-get "${apt_opts[@]}" -qq download "${packages[@]/%//$suite}" >&2)
 rm -rf "$root"
@@ -56,6 +43,9 @@ exec "$root/usr/lib64/ld-linux-x86-64.so.2" --library-path "$root/usr/lib/x86_64
     "$root/usr/bin/mkfs.erofs" "\$@"
 EOF
 chmod +x "$wrapper"
-"$wrapper" --help 2>&1 | grep -q zstd || { echo "erofs-utils: $wrapper has no zstd" >&2; exit 1; }
+# Captured, not piped into `grep -q`: with pipefail, grep leaving early kills the writer (SIGPIPE)
+# and the check failed now and then on a wrapper that has zstd.
+help=$("$wrapper" --help 2>&1 || true)
+[[ $help == *zstd* ]] || { echo "erofs-utils: $wrapper has no zstd" >&2; exit 1; }
 touch "$dir/ok"
 echo "$wrapper"
