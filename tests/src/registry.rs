@@ -920,6 +920,18 @@ pub fn pack_into_layout(src: &Path, layout: &Path, tag: &str) {
         .arg(format!("oci:{}:{tag}", layout.display())));
 }
 
+/// Returns from the calling test, saying why, when the registry tests cannot run here
+/// ([`TestRegistry::available`]).
+#[macro_export]
+macro_rules! require_registry {
+    () => {
+        if let Err(why) = $crate::registry::TestRegistry::available() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,16 +33,8 @@ use chunkfs_format::translate::ExtentLayout;
 use chunkfs_tests::mount::chunkfs_bin;
 use chunkfs_tests::oci::run;
 use chunkfs_tests::registry::{AuthMode, LoggedRequest, TestRegistry, pack_into_layout};
+use chunkfs_tests::require_registry;
 use chunkfs_tests::tree::{compare_trees, pseudo_random, words};
-
-macro_rules! require_registry {
-    () => {
-        if let Err(why) = TestRegistry::available() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// What the store fetches from a pack's end first (distribution's `store::add::TAIL_GUESS`).
 const TAIL_GUESS: u64 = 64 << 10;

@@ -25,15 +25,7 @@ use chunkfs_format::ErrorClass;
 use chunkfs_format::compress::Decoder;
 use chunkfs_format::digest::Digest;
 use chunkfs_tests::registry::{AuthMode, TestRegistry, pack_into_layout};
-
-macro_rules! require_registry {
-    () => {
-        if let Err(why) = TestRegistry::available() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
+use chunkfs_tests::require_registry;
 
 /// A tree of a few files, one of 3 MiB of incompressible bytes (many chunks).
 fn source_tree(dir: &Path, seed: u64) -> PathBuf {

@@ -18,15 +18,7 @@ use chunkfs_format::translate::ExtentLayout;
 use chunkfs_format::{Classify, ErrorClass};
 use chunkfs_tests::oci::run;
 use chunkfs_tests::registry::{AuthMode, TestRegistry, pack_into_layout};
-
-macro_rules! require_registry {
-    () => {
-        if let Err(why) = TestRegistry::available() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
+use chunkfs_tests::require_registry;
 
 fn options(reg: &TestRegistry) -> Options {
     Options {
