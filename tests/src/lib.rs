@@ -23,3 +23,28 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     }
     dir
 }
+
+/// The chunk digests of the regular file `name` in the root directory of `image`, in file
+/// order. Panics (failing the test) when there is no such file or it is in the packed stream.
+pub fn chunks_of(
+    image: &chunkfs_format::model::Image,
+    name: &str,
+) -> Vec<chunkfs_format::digest::Digest> {
+    use chunkfs_format::model::{FileLayout, InodeKind};
+    let InodeKind::Directory(entries) = &image.inodes[0].kind else {
+        panic!("no root directory");
+    };
+    let e = entries
+        .iter()
+        .find(|e| e.name == name.as_bytes())
+        .unwrap_or_else(|| panic!("no {name} in the root"));
+    let InodeKind::File(f) = &image.inodes[e.inode as usize].kind else {
+        panic!("{name} is not a file");
+    };
+    let FileLayout::Extents(xs) = &f.layout else {
+        panic!("{name} is in the packed stream");
+    };
+    xs.iter()
+        .map(|x| image.chunks[x.chunk as usize].digest)
+        .collect()
+}

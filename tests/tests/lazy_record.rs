@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chunkfs_format::digest::Digest;
-use chunkfs_format::model::{FileLayout, Image, InodeKind};
+use chunkfs_tests::chunks_of;
 use chunkfs_tests::mount::{Mounted, cannot_mount, chunkfs_bin, describe, output};
 use chunkfs_tests::registry::{
     AuthMode, TestRegistry, chunkfs_mount, chunkfs_status, pack_into_layout,
@@ -45,23 +45,6 @@ fn skip_reason() -> Option<String> {
     chunkfs_helper::lazy::supported(Path::new("/var/tmp"))
         .err()
         .map(|w| format!("no lazy kernel path: {w}"))
-}
-
-/// The chunk digests of the regular file `name` in the root of `image`, in file order.
-fn chunks_of(image: &Image, name: &str) -> Vec<Digest> {
-    let InodeKind::Directory(entries) = &image.inodes[0].kind else {
-        panic!("no root directory");
-    };
-    let e = entries.iter().find(|e| e.name == name.as_bytes()).unwrap();
-    let InodeKind::File(f) = &image.inodes[e.inode as usize].kind else {
-        panic!("{name} is not a file");
-    };
-    let FileLayout::Extents(xs) = &f.layout else {
-        panic!("{name} is in the packed stream");
-    };
-    xs.iter()
-        .map(|x| image.chunks[x.chunk as usize].digest)
-        .collect()
 }
 
 fn mount(reference: &str, mnt: &Path, options: &str) -> (Mounted, String) {

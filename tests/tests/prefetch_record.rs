@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chunkfs_format::cfs::read::Cfs;
 use chunkfs_format::digest::Digest;
-use chunkfs_format::model::{FileLayout, Image, InodeKind};
+use chunkfs_tests::chunks_of;
 use chunkfs_tests::mount::{
     Mounted, assert_nothing_left, chunkfs_bin, describe, mountinfo_dev, output,
 };
@@ -63,23 +63,6 @@ fn mount(image: &Path, target: &Path, options: &str) -> (Mounted, String) {
         Mounted::at(target),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-/// The chunk digests of the regular file `name` in the root of `image`, in file order.
-fn chunks_of(image: &Image, name: &str) -> Vec<Digest> {
-    let InodeKind::Directory(entries) = &image.inodes[0].kind else {
-        panic!("no root directory");
-    };
-    let e = entries.iter().find(|e| e.name == name.as_bytes()).unwrap();
-    let InodeKind::File(f) = &image.inodes[e.inode as usize].kind else {
-        panic!("{name} is not a file");
-    };
-    let FileLayout::Extents(xs) = &f.layout else {
-        panic!("{name} is in the packed stream");
-    };
-    xs.iter()
-        .map(|x| image.chunks[x.chunk as usize].digest)
-        .collect()
 }
 
 /// The FUSE daemon serving `target` (its pid file, by the mount's device).
