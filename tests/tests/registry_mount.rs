@@ -97,6 +97,14 @@ fn scratch(name: &str) -> PathBuf {
     chunkfs_tests::scratch_dir(&format!("regmount-{name}"))
 }
 
+/// A registry started in `dir/registry` with `mode`, serving the fixture's image as
+/// `test/app:v1`.
+fn serving_app(dir: &Path, mode: AuthMode, f: &Fixture) -> TestRegistry {
+    let reg = TestRegistry::start(&dir.join("registry"), mode);
+    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    reg
+}
+
 fn mount_point(dir: &Path, name: &str) -> PathBuf {
     let m = dir.join(name);
     fs::create_dir_all(&m).unwrap();
@@ -244,8 +252,7 @@ fn every_auth_mode_mounts_lazily_on_both_readers() {
         .unwrap();
     for mode in [AuthMode::None, AuthMode::Htpasswd, AuthMode::Token] {
         let dir = scratch(&format!("auth-{mode:?}"));
-        let reg = TestRegistry::start(&dir.join("registry"), mode);
-        reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+        let reg = serving_app(&dir, mode, f);
         for reader in ["fuse", "kernel"] {
             eprintln!("--- {mode:?}, reader={reader}");
             let store = dir.join(format!("store-{reader}"));
@@ -336,8 +343,7 @@ fn a_killed_filler_gives_eio_never_wrong_bytes_and_refill_heals_the_mount() {
     require!();
     let f = fixture();
     let dir = scratch("kill-filler");
-    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
-    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let reg = serving_app(&dir, AuthMode::None, f);
     // A slow link, so that the kill lands mid-read.
     let proxy = HttpProxy::start(&reg);
     let store = dir.join("store");
@@ -484,8 +490,7 @@ fn a_stopped_registry_fails_reads_with_eio_and_they_recover_when_it_returns() {
     require!();
     let f = fixture();
     let dir = scratch("stopped");
-    let mut reg = TestRegistry::start(&dir.join("registry"), AuthMode::Token);
-    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let mut reg = serving_app(&dir, AuthMode::Token, f);
     for reader in ["fuse", "kernel"] {
         let store = dir.join(format!("store-{reader}"));
         let mnt = mount_point(&dir, &format!("mnt-{reader}"));
@@ -537,8 +542,7 @@ fn wrong_bytes_from_the_registry_are_never_served() {
     require!();
     let f = fixture();
     let dir = scratch("hostile");
-    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
-    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let reg = serving_app(&dir, AuthMode::None, f);
     let proxy = HttpProxy::start(&reg);
     for reader in ["fuse", "kernel"] {
         let store = dir.join(format!("store-{reader}"));
@@ -588,8 +592,7 @@ fn a_pulled_image_mounts_offline_on_the_kernel_path_with_no_daemon() {
     require!();
     let f = fixture();
     let dir = scratch("offline");
-    let mut reg = TestRegistry::start(&dir.join("registry"), AuthMode::Htpasswd);
-    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let mut reg = serving_app(&dir, AuthMode::Htpasswd, f);
     let store_dir = dir.join("store");
     {
         // Store::pull through the library, as `chunkfs pull` does.
@@ -668,8 +671,7 @@ fn prefetch_list_and_background_pull_fill_the_mount_without_reads() {
     require!();
     let f = fixture();
     let dir = scratch("prefetch");
-    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
-    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let reg = serving_app(&dir, AuthMode::None, f);
     let image = chunkfs_distribution::oci::read::open_image(&f.layout, Some("v1")).unwrap();
     // The chunks of one file, as a recorded list would name them (plus an unknown digest).
     let list = dir.join("prefetch.list");
@@ -733,8 +735,7 @@ fn digest_pins_and_verify_full() {
     require!();
     let f = fixture();
     let dir = scratch("pin");
-    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
-    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let reg = serving_app(&dir, AuthMode::None, f);
     let store = dir.join("store");
     let mnt = mount_point(&dir, "mnt");
     let base = base_options(&reg, &store, None);
@@ -1013,8 +1014,7 @@ fn umount_with_a_fetch_in_flight_never_hangs() {
     require!();
     let f = fixture();
     let dir = scratch("inflight");
-    let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
-    reg.push(&format!("oci:{}:v1", f.layout.display()), "test/app", "v1");
+    let reg = serving_app(&dir, AuthMode::None, f);
     let proxy = HttpProxy::start(&reg);
     for reader in ["fuse", "kernel"] {
         let store = dir.join(format!("store-{reader}"));
