@@ -142,18 +142,7 @@ impl Recording {
     /// Writes the list, reporting the outcome on standard error (the filler's, which is the
     /// helper's with `debug`).
     pub fn write_logged(&self, why: &str) {
-        match self.write() {
-            Ok(n) => eprintln!(
-                "{}: {why}: recorded {n} chunks in {}",
-                super::daemon::ARGV0,
-                self.path.display()
-            ),
-            Err(e) => eprintln!(
-                "{}: {why}: cannot write the recording to {}: {e}",
-                super::daemon::ARGV0,
-                self.path.display()
-            ),
-        }
+        crate::mount::record::log_written(super::daemon::ARGV0, why, &self.path, self.write());
     }
 }
 

@@ -59,18 +59,7 @@ impl Recorder {
     /// Writes the list, reporting a failure on standard error (the daemon's, which is the
     /// helper's with `debug`).
     pub fn write_logged(&self, why: &str) {
-        match self.write() {
-            Ok(n) => eprintln!(
-                "{}: {why}: recorded {n} chunks in {}",
-                super::daemon::ARGV0,
-                self.path.display()
-            ),
-            Err(e) => eprintln!(
-                "{}: {why}: cannot write the recording to {}: {e}",
-                super::daemon::ARGV0,
-                self.path.display()
-            ),
-        }
+        log_written(super::daemon::ARGV0, why, &self.path, self.write());
     }
 
     /// Starts the thread that answers the signals [`block_signals`] blocked: SIGUSR1 writes a
@@ -95,5 +84,18 @@ impl Recorder {
             // Without the waiting thread the signals keep their default effect.
             let _ = set.thread_unblock();
         }
+    }
+}
+
+/// Reports, as daemon `argv0`, the outcome of writing a recording to `path` on standard error
+/// (the daemon's, which is the helper's with `debug`): shared by the FUSE daemon's recorder and
+/// the filler's.
+pub(crate) fn log_written(argv0: &str, why: &str, path: &Path, result: std::io::Result<usize>) {
+    match result {
+        Ok(n) => eprintln!("{argv0}: {why}: recorded {n} chunks in {}", path.display()),
+        Err(e) => eprintln!(
+            "{argv0}: {why}: cannot write the recording to {}: {e}",
+            path.display()
+        ),
     }
 }
