@@ -932,6 +932,32 @@ macro_rules! require_registry {
     };
 }
 
+/// Why the lazy registry tests cannot run here, if they cannot: no mounts, no registry, or no
+/// lazy kernel path (`chunkfs_helper::lazy::supported`).
+pub fn lazy_skip_reason() -> Option<String> {
+    if let Some(why) = crate::mount::cannot_mount() {
+        return Some(why);
+    }
+    if let Err(why) = TestRegistry::available() {
+        return Some(why);
+    }
+    chunkfs_helper::lazy::supported(Path::new("/var/tmp"))
+        .err()
+        .map(|w| format!("no lazy kernel path: {w}"))
+}
+
+/// Returns from the calling test, saying why, when the lazy registry tests cannot run here
+/// ([`lazy_skip_reason`]).
+#[macro_export]
+macro_rules! require_lazy_registry {
+    () => {
+        if let Some(why) = $crate::registry::lazy_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chunkfs_format::digest::Digest;
 use chunkfs_tests::chunks_of;
-use chunkfs_tests::mount::{Mounted, cannot_mount, chunkfs_bin, describe, output};
+use chunkfs_tests::mount::{Mounted, chunkfs_bin, describe, output};
 use chunkfs_tests::registry::{
     AuthMode, TestRegistry, chunkfs_mount, chunkfs_status, pack_into_layout,
 };
@@ -34,18 +34,6 @@ const FILES: [(&str, usize); 4] = [
 
 /// The workload: not the stored order.
 const WORKLOAD: [&str; 3] = ["third", "first", "second"];
-
-fn skip_reason() -> Option<String> {
-    if let Some(why) = cannot_mount() {
-        return Some(why);
-    }
-    if let Err(why) = TestRegistry::available() {
-        return Some(why);
-    }
-    chunkfs_helper::lazy::supported(Path::new("/var/tmp"))
-        .err()
-        .map(|w| format!("no lazy kernel path: {w}"))
-}
 
 fn mount(reference: &str, mnt: &Path, options: &str) -> (Mounted, String) {
     std::fs::create_dir_all(mnt).unwrap();
@@ -79,10 +67,7 @@ fn present(mnt: &Path) -> u64 {
 
 #[test]
 fn the_kernel_path_records_what_the_kernel_reads_and_the_list_prefetches_it() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    chunkfs_tests::require_lazy_registry!();
     let dir = chunkfs_tests::scratch_dir("lazy-record");
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();

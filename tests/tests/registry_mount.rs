@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chunkfs_tests::mount::{Mounted, cannot_mount, chunkfs_bin, describe, output};
+use chunkfs_tests::mount::{Mounted, chunkfs_bin, describe, output};
 use chunkfs_tests::registry::{
     AuthMode, HttpProxy, PASSWORD, TestRegistry, USER, blob_ranges, chunkfs_mount, chunkfs_status,
     pack_into_layout, processes,
@@ -68,28 +68,6 @@ fn make_varied(dir: &Path, seed: u64) {
         )
         .unwrap();
     }
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if let Some(why) = cannot_mount() {
-        return Some(why);
-    }
-    if let Err(why) = TestRegistry::available() {
-        return Some(why);
-    }
-    chunkfs_helper::lazy::supported(Path::new("/var/tmp"))
-        .err()
-        .map(|w| format!("no lazy kernel path: {w}"))
-}
-
-macro_rules! require {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
 }
 
 /// A test's scratch directory: the registry, stores and mount points.
@@ -242,7 +220,7 @@ fn partial_reads(src: &Path, mnt: &Path, seed: u64) -> (usize, usize) {
 
 #[test]
 fn every_auth_mode_mounts_lazily_on_both_readers() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let pack_len: u64 = fs::read_dir(f.layout.join("blobs/sha256"))
         .unwrap()
@@ -340,7 +318,7 @@ fn every_auth_mode_mounts_lazily_on_both_readers() {
 
 #[test]
 fn a_killed_filler_gives_eio_never_wrong_bytes_and_refill_heals_the_mount() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("kill-filler");
     let reg = serving_app(&dir, AuthMode::None, f);
@@ -427,7 +405,7 @@ fn new_frame_bytes(layout: &Path, tag: &str, other: &Path, other_tag: &str) -> u
 
 #[test]
 fn a_second_image_sharing_most_chunks_fetches_only_the_difference() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("share");
     // The second image: the same tree plus a few files, packed on its own (its own pack holds
@@ -487,7 +465,7 @@ fn copy_tree(src: &Path, dst: &Path) {
 
 #[test]
 fn a_stopped_registry_fails_reads_with_eio_and_they_recover_when_it_returns() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("stopped");
     let mut reg = serving_app(&dir, AuthMode::Token, f);
@@ -539,7 +517,7 @@ fn a_stopped_registry_fails_reads_with_eio_and_they_recover_when_it_returns() {
 
 #[test]
 fn wrong_bytes_from_the_registry_are_never_served() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("hostile");
     let reg = serving_app(&dir, AuthMode::None, f);
@@ -589,7 +567,7 @@ fn wrong_bytes_from_the_registry_are_never_served() {
 
 #[test]
 fn a_pulled_image_mounts_offline_on_the_kernel_path_with_no_daemon() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("offline");
     let mut reg = serving_app(&dir, AuthMode::Htpasswd, f);
@@ -668,7 +646,7 @@ fn a_pulled_image_mounts_offline_on_the_kernel_path_with_no_daemon() {
 
 #[test]
 fn prefetch_list_and_background_pull_fill_the_mount_without_reads() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("prefetch");
     let reg = serving_app(&dir, AuthMode::None, f);
@@ -732,7 +710,7 @@ fn prefetch_list_and_background_pull_fill_the_mount_without_reads() {
 
 #[test]
 fn digest_pins_and_verify_full() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("pin");
     let reg = serving_app(&dir, AuthMode::None, f);
@@ -873,7 +851,7 @@ fn chroot_tree(dir: &Path) {
 #[test]
 #[ignore = "a measurement: CHUNKFS_BIN=target/release/chunkfs cargo test -p chunkfs-tests --test registry_mount measure -- --ignored --nocapture"]
 fn measure_lazy_mounts() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let dir = scratch("measure");
     let src = dir.join("src");
     chroot_tree(&src);
@@ -1011,7 +989,7 @@ fn measure_lazy_mounts() {
 
 #[test]
 fn umount_with_a_fetch_in_flight_never_hangs() {
-    require!();
+    chunkfs_tests::require_lazy_registry!();
     let f = fixture();
     let dir = scratch("inflight");
     let reg = serving_app(&dir, AuthMode::None, f);

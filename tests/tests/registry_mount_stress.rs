@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use chunkfs_tests::mount::{Mounted, cannot_mount, describe};
+use chunkfs_tests::mount::{Mounted, describe};
 use chunkfs_tests::registry::{
     AuthMode, HttpProxy, TestRegistry, chunkfs_mount, chunkfs_status, pack_into_layout, processes,
 };
@@ -23,18 +23,6 @@ use chunkfs_tests::tree;
 
 const MOUNTS: usize = 16;
 const IMAGES: usize = 4;
-
-fn skip_reason() -> Option<String> {
-    if let Some(why) = cannot_mount() {
-        return Some(why);
-    }
-    if let Err(why) = TestRegistry::available() {
-        return Some(why);
-    }
-    chunkfs_helper::lazy::supported(Path::new("/var/tmp"))
-        .err()
-        .map(|w| format!("no lazy kernel path: {w}"))
-}
 
 /// Image `i`: files every image has, and files of its own.
 fn make_tree(dir: &Path, i: usize) {
@@ -81,10 +69,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn sixteen_lazy_mounts_into_one_store_with_daemons_killed() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    chunkfs_tests::require_lazy_registry!();
     let dir = chunkfs_tests::scratch_dir("regmount-stress");
     let reg = TestRegistry::start(&dir.join("registry"), AuthMode::None);
     let mut srcs = Vec::new();
