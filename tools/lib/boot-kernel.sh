@@ -30,12 +30,7 @@ pkg=$(apt-cache "${apt_opts[@]}" depends "linux-image-amd64/$suite" 2>/dev/null 
 [[ -n $pkg ]] || { echo "boot-kernel: no linux-image-amd64 in $suite" >&2; exit 1; }
 echo "boot-kernel: $suite -> $pkg" >&2
 
-(cd "$dir/debs" && apt-get "${apt_opts[@]}" -qq download "$pkg/$suite" >&2)
-rm -rf "$root"
-mkdir -p "$root"
-for deb in "$dir"/debs/*.deb; do
-    dpkg-deb -x "$deb" "$root"
-done
+private_apt_extract "$dir" "$root" "$pkg/$suite"
 ls "$root"/boot/vmlinuz-* >/dev/null
 # The package ships no modules.dep (its postinst runs depmod); `chunkfs initramfs` needs it.
 command -v depmod >/dev/null || PATH=$PATH:/sbin:/usr/sbin

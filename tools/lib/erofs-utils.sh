@@ -29,13 +29,7 @@ if [[ -f $dir/ok ]]; then
 fi
 
 private_apt "$dir" "$suite"
-rm -f "$dir"/debs/*.deb
-(cd "$dir/debs" && apt-get "${apt_opts[@]}" -qq download "${packages[@]/%//$suite}" >&2)
-rm -rf "$root"
-mkdir -p "$root"
-for deb in "$dir"/debs/*.deb; do
-    dpkg-deb -x "$deb" "$root"
-done
+private_apt_extract "$dir" "$root" "${packages[@]/%//$suite}"
 cat >"$wrapper" <<EOF
 #!/bin/sh
 # trixie's mkfs.erofs on this host: its own loader and libraries (tools/lib/erofs-utils.sh).

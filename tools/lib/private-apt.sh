@@ -3,6 +3,10 @@
 #
 #   private_apt DIR SUITE      creates DIR/apt and DIR/debs, sets the array `apt_opts` (pass it
 #                              to apt-get and apt-cache) and runs `apt-get update` for SUITE
+#   private_apt_extract DIR ROOT PKG...
+#                              downloads PKG... (e.g. `name/suite`) into DIR/debs, replacing
+#                              what an earlier run left there, and extracts them all into a
+#                              fresh ROOT
 #
 # CHUNKFS_DEBIAN_MIRROR overrides the mirror (default http://deb.debian.org/debian).
 
@@ -24,4 +28,16 @@ private_apt() {
         -o "APT::Sandbox::User=root"
     )
     apt-get "${apt_opts[@]}" -qq update >&2
+}
+
+private_apt_extract() {
+    local dir=$1 root=$2 deb
+    shift 2
+    rm -f "$dir"/debs/*.deb
+    (cd "$dir/debs" && apt-get "${apt_opts[@]}" -qq download "$@" >&2)
+    rm -rf "$root"
+    mkdir -p "$root"
+    for deb in "$dir"/debs/*.deb; do
+        dpkg-deb -x "$deb" "$root"
+    done
 }
