@@ -90,6 +90,10 @@ const OPT_TUNED: std::ops::RangeInclusive<i32> = 16..=17;
 /// Minimum match length at [`OPT_TUNED`] levels (zstd: 3 for inputs up to 256 KiB, 5 and 4
 /// above, where ELF code loses most).
 const OPT_MIN_MATCH: u32 = 3;
+/// log2 of the hash table at [`OPT_TUNED`] levels, whatever the chunk size (zstd: up to 2^22
+/// entries). The optimal parser finds its matches in the binary tree (the chain table); the
+/// hash table only seeds each search, and a small one stays in the CPU's cache.
+const OPT_HASH_LOG: u32 = 17;
 
 /// Levels whose lazy match finder (zstd's `lazy2`) gets [`LAZY_MIN_MATCH`] and
 /// [`LAZY_SEARCH_LOG`] (the default level among them).
@@ -133,6 +137,9 @@ impl Encoder {
             // 5 % smaller ELF frames of 1 MiB and 1 % smaller text frames; as fast on text.
             ctx.set_parameter(CParameter::MinMatch(OPT_MIN_MATCH))
                 .map_err(Error::Zstd)?;
+            // The same frames within 0.02 % for 0.7-0.8x the time (docs/format.md §4.2).
+            ctx.set_parameter(CParameter::HashLog(OPT_HASH_LOG))
+                .map_err(Error::Zstd)?;
         }
         if LAZY_TUNED.contains(&level) {
             // Shorter matches and a deeper search: 1-2 % smaller text frames.
@@ -161,9 +168,11 @@ impl Encoder {
         let cap = self.level >= TABLE_CAP_FROM_LEVEL && chunk_len > TABLE_SIZED_FOR;
         if cap != self.capped {
             let log = if cap { TABLE_LOG_CAP } else { 0 };
-            self.ctx
-                .set_parameter(CParameter::HashLog(log))
-                .map_err(Error::Zstd)?;
+            if !OPT_TUNED.contains(&self.level) {
+                self.ctx
+                    .set_parameter(CParameter::HashLog(log))
+                    .map_err(Error::Zstd)?;
+            }
             self.ctx
                 .set_parameter(CParameter::ChainLog(log))
                 .map_err(Error::Zstd)?;
