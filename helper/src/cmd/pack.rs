@@ -22,7 +22,7 @@ use crate::progress::Progress;
     "Examples:\n",
     "  chunkfs pack ./rootfs image.cfs\n",
     "  chunkfs pack --compression-level 19 --align 512 ./rootfs image-6.12.cfs\n",
-    "  chunkfs pack --best ./rootfs image.cfs   (5-7 % smaller, 1.5x mksquashfs's pack time)\n",
+    "  chunkfs pack --best ./rootfs image.cfs   (5-7 % smaller, 0.9-1.7x mksquashfs's pack time)\n",
     "  chunkfs pack ./rootfs layout:v1          (into an OCI layout; tags share chunks)\n",
     "  chunkfs pack layout:v1 image.cfs         (a chunkfs or an ordinary container image)\n",
     "  chunkfs pack docker://registry.example/os/debian:12 image.cfs\n",
