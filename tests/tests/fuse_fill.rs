@@ -66,14 +66,21 @@ fn mount_fuse(img: &Path, dir: &Path) -> Mounted {
     Mounted::at(&mnt)
 }
 
+/// Samples in a row without a change that count as the fill having stopped: one 300 ms pause
+/// of the fill thread (a loaded machine running the suite in parallel) looked settled once,
+/// with a page of the read-around still to come.
+const STILL_SAMPLES: u32 = 4;
+
 /// The cached pages of `file` once the fill behind a read has stopped changing them.
 fn settled(file: &File, len: usize) -> Vec<bool> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut pages = resident(file, len);
+    let mut still = 0;
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let now = resident(file, len);
-        if now == pages || Instant::now() > deadline {
+        still = if now == pages { still + 1 } else { 0 };
+        if still >= STILL_SAMPLES || Instant::now() > deadline {
             return now;
         }
         pages = now;
