@@ -31,7 +31,6 @@ mod digests;
 mod error;
 mod fill;
 mod fs;
-mod inflate;
 mod mount;
 mod prefetch;
 mod reader;
