@@ -137,7 +137,7 @@ impl Encoder {
             // 5 % smaller ELF frames of 1 MiB and 1 % smaller text frames; as fast on text.
             ctx.set_parameter(CParameter::MinMatch(OPT_MIN_MATCH))
                 .map_err(Error::Zstd)?;
-            // The same frames within 0.02 % for 0.7-0.8x the time (docs/format.md §4.2).
+            // The same frames within 0.01 % in 0.67-0.70x the time (docs/format.md §4.2).
             ctx.set_parameter(CParameter::HashLog(OPT_HASH_LOG))
                 .map_err(Error::Zstd)?;
         }

@@ -8,6 +8,7 @@ Every cold mount is timed; the FUSE daemons' memory is read after the warm run o
 
 import json
 import os
+import stat
 
 from . import mounts, proc
 
@@ -23,11 +24,12 @@ def randread_min_size(src):
     RANDREAD_FILES files are that large (the Linux sources have 3, so 2,000 reads of them took
     10-30 ms, mostly page-cache hits after a few misses: noise), then the largest smaller size
     that enough files reach."""
+    # Every path, hard links included, as chunkfs-bench-io picks its files by path.
     sizes = []
     for root, _dirs, files in os.walk(src):
         for f in files:
             st = os.lstat(os.path.join(root, f))
-            if st.st_mode & 0o170000 == 0o100000:
+            if stat.S_ISREG(st.st_mode):
                 sizes.append(st.st_size)
     for floor in RANDREAD_SIZES:
         if sum(1 for n in sizes if n >= floor) >= RANDREAD_FILES:

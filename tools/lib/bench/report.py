@@ -1,6 +1,7 @@
 """The markdown report: absolute figures (medians, with the range over runs), ratios to
 squashfs, and the issue's targets checked on the Debian root filesystem."""
 
+from . import read as read_lib
 from .proc import median
 
 MB = 1e6
@@ -324,9 +325,11 @@ def render(res):
               "-Ededupe,fragments. "
               "Read all: every regular file once (hard links once), in the order tar reads them "
               "(sorted names, pre-order), 1 MiB reads. Random: 4 KiB preads at aligned offsets "
-              "of the tree's files of at least 1 MiB (where fewer than 20 files are that large, "
-              "of at least the largest of 512, 256, 128 and 64 KiB that 20 files reach; given "
-              f"per tree), files opened beforehand, {res['randreads']} reads.", ""]
+              "of the tree's files of at least 1 MiB (where fewer than "
+              f"{read_lib.RANDREAD_FILES} files are that large, of at least the largest of "
+              f"{', '.join(f'{s >> 10}' for s in read_lib.RANDREAD_SIZES[1:])} KiB that "
+              f"{read_lib.RANDREAD_FILES} files reach; given per tree), files opened beforehand, "
+              f"{res['randreads']} reads.", ""]
     for name in res["read"]:
         parts += [f"**{name}**{_randread_floor(res, name)}", "", read(res, name), ""]
     return "\n".join(parts) + "\n"
