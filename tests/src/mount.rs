@@ -327,6 +327,7 @@ pub fn mountinfo_dev(target: &Path) -> MountLine {
                 dev: (major.parse().ok()?, minor.parse().ok()?),
                 fstype: r.first()?.to_string(),
                 source: r.get(1)?.to_string(),
+                options: r.get(2).unwrap_or(&"").to_string(),
             })
         })
         .unwrap_or_else(|| panic!("{} is not mounted", target.display()))
@@ -341,4 +342,6 @@ pub struct MountLine {
     pub fstype: String,
     /// Source.
     pub source: String,
+    /// The filesystem's own options (`ro,cache_strategy=...` for EROFS).
+    pub options: String,
 }

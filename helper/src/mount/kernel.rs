@@ -301,6 +301,17 @@ fn mount_fs(
         )?;
     }
     step("ro", sys::fsconfig_flag(fsfd, c"ro"))?;
+    if p.file_backed_only {
+        // A lazy mount: EROFS must not keep compressed pages of its own. Reads a dead filler
+        // let through decode zeros, and EROFS kept them in that cache, failing the same reads
+        // after a new filler had made the bytes present; its `drop_caches` cannot drop a page
+        // some CPU still holds (1 refill in 32 kept 2 reads failing). The pack files' page
+        // cache holds the same bytes anyway (docs/lazy.md rule 8).
+        step(
+            "cache_strategy=disabled",
+            sys::fsconfig_string(fsfd, c"cache_strategy", c"disabled"),
+        )?;
+    }
     for (k, v) in &opts.security {
         let (k, v) = (cstr(OsStr::new(k))?, cstr(OsStr::new(v))?);
         step("security option", sys::fsconfig_string(fsfd, &k, &v))?;
