@@ -1,63 +1,31 @@
 //! Loading one chunk: find its digest entry, check the frame header's content size against it,
 //! decompress into a buffer of exactly that size, and check the sha256 before anything is served.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use chunkfs_kernel_abi::digest_table::DIGEST_FLAG_ZSTD;
 use sha2::{Digest as _, Sha256};
-use zstd::zstd_safe::{self, DParameter};
+use zstd::zstd_safe;
 
 use crate::cache::Chunk;
 use crate::device::Device;
 use crate::digests::Digests;
 use crate::error::ChunkError;
+use crate::inflate;
 
 /// Largest decompressed chunk accepted (the kernel's limit for one extent).
 pub(crate) const MAX_RAW: u64 = 12 << 20;
-/// zstd windows above 1 MiB are refused, as the kernel's zstd config allows no more.
-const WINDOW_LOG_MAX: u32 = 20;
 
-thread_local! {
-    static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
-
-fn decompress(frame: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
-    DCTX.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let d = match cell.as_mut() {
-            Some(d) => d,
-            None => {
-                let mut d = zstd::bulk::Decompressor::new()
-                    .map_err(|e| ChunkError::Decompress(e.to_string()))?;
-                d.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))
-                    .map_err(|e| ChunkError::Decompress(e.to_string()))?;
-                cell.insert(d)
-            }
-        };
-        d.decompress_to_buffer(frame, out)
-            .map_err(|e| ChunkError::Decompress(e.to_string()))
-    })
-}
-
-/// Decompresses `frame`, which must declare `len` bytes of content, into exactly `len` bytes.
-fn decompress_exact(frame: &[u8], len: u64) -> Result<Vec<u8>, ChunkError> {
+/// Decompresses `frame`, which must declare `len` bytes of content, into exactly `len` bytes,
+/// and returns them with their sha256.
+fn decompress_exact(frame: &[u8], len: u64) -> Result<(Vec<u8>, [u8; 32]), ChunkError> {
     let declared = zstd_safe::get_frame_content_size(frame).ok().flatten();
     let expected = u32::try_from(len).unwrap_or(u32::MAX);
     if declared != Some(len) || len > MAX_RAW {
         return Err(ChunkError::ContentSize { declared, expected });
     }
-    let mut out = Vec::new();
-    out.try_reserve_exact(len as usize)
-        .map_err(|_| ChunkError::Decompress("out of memory".into()))?;
-    let n = decompress(frame, &mut out)?;
-    if n as u64 != len || out.len() as u64 != len {
-        return Err(ChunkError::ContentSize {
-            declared: Some(n as u64),
-            expected,
-        });
-    }
-    Ok(out)
+    let len = usize::try_from(len).map_err(|_| ChunkError::ContentSize { declared, expected })?;
+    inflate::decompress_hashed(frame, len)
 }
 
 /// Loads the chunk of the cluster `[start, start + len)` of `device` (id `device_id`).
@@ -91,8 +59,8 @@ pub(crate) fn load(
         return Err(ChunkError::NotZstd(flags));
     }
     let raw_len = entry.raw_len.get();
-    let out = decompress_exact(frame, raw_len.into())?;
-    if Sha256::digest(&out).as_slice() != entry.sha256 {
+    let (out, sha256) = decompress_exact(frame, raw_len.into())?;
+    if sha256 != entry.sha256 {
         return Err(ChunkError::Digest);
     }
     Ok(Arc::new(out))
@@ -124,7 +92,7 @@ fn zero_frame(cluster: &[u8]) -> Result<Chunk, ChunkError> {
         .ok()
         .flatten()
         .ok_or(ChunkError::NoDigest)?;
-    let out = decompress_exact(frame, declared).map_err(|_| ChunkError::NoDigest)?;
+    let (out, _) = decompress_exact(frame, declared).map_err(|_| ChunkError::NoDigest)?;
     if out.iter().any(|&b| b != 0) {
         return Err(ChunkError::NoDigest);
     }

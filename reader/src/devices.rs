@@ -1,4 +1,4 @@
-//! The device files, memory-mapped read-only. The only module with `unsafe`.
+//! The device files, memory-mapped read-only. With `inflate`, the only module with `unsafe`.
 //!
 //! Mapping is sound as long as nobody truncates or rewrites an image while it is served: images
 //! are immutable blobs (named by their digest). A file shortened underneath would make reads of

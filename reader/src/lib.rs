@@ -31,6 +31,7 @@ mod digests;
 mod error;
 mod fill;
 mod fs;
+mod inflate;
 mod mount;
 mod prefetch;
 mod reader;
