@@ -299,4 +299,46 @@ mod tests {
             assert_eq!(out, data, "after a frame {what}");
         }
     }
+
+    #[test]
+    fn whatever_a_damaged_frame_decodes_to_its_digest_is_of_those_bytes() {
+        let data = text(700_000, 11);
+        let good = frame(&data);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..300 {
+            let mut bad = good.clone();
+            match round % 3 {
+                0 => {
+                    let at = (next() as usize) % bad.len();
+                    bad[at] ^= 1 << (next() % 8);
+                }
+                1 => bad.truncate((next() as usize) % bad.len()),
+                _ => {
+                    for _ in 0..8 {
+                        let at = (next() as usize) % bad.len();
+                        bad[at] = next() as u8;
+                    }
+                }
+            }
+            let len = if round % 7 == 0 {
+                (next() as usize) % (2 * data.len())
+            } else {
+                data.len()
+            };
+            if let Ok((out, digest)) = decompress_hashed(&bad, len) {
+                assert_eq!(out.len(), len, "round {round}");
+                assert_eq!(
+                    digest,
+                    <[u8; 32]>::from(Sha256::digest(&out)),
+                    "round {round}"
+                );
+            }
+        }
+    }
 }
