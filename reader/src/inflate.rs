@@ -115,15 +115,24 @@ pub(crate) fn decompress_hashed(
             None => cell.insert(Dctx::new()?),
         };
         dctx.reset()?;
-        if len < OVERLAP_MIN {
+        let in_turn = |dctx: &mut Dctx| {
             let n = decode(dctx, frame, base, len, |_| {})?;
             // SAFETY: zstd wrote bytes [0, n) of the buffer, whose capacity is len >= n.
             let bytes = unsafe { std::slice::from_raw_parts(base.0, n) };
-            return Ok::<_, ChunkError>((n, Sha256::digest(bytes).into()));
+            Ok::<_, ChunkError>((n, Sha256::digest(bytes).into()))
+        };
+        if len < OVERLAP_MIN {
+            return in_turn(dctx);
         }
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel::<usize>();
-            let hasher = s.spawn(move || hash_as_written(base, &rx));
+            // A thread the system refuses (Scope::spawn would panic) means hashing in turn.
+            let Ok(hasher) = std::thread::Builder::new()
+                .name("chunkfs-hash".into())
+                .spawn_scoped(s, move || hash_as_written(base, &rx))
+            else {
+                return in_turn(dctx);
+            };
             let decoded = decode(dctx, frame, base, len, |upto| {
                 let _ = tx.send(upto);
             });
