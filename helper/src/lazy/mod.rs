@@ -25,7 +25,8 @@
 //!
 //! One job per module: [`fanotify`] (the raw kernel interface and the capability probe),
 //! [`filler`] (the event loop, the [`FillSource`] trait), [`copy`] (a source filling from a
-//! complete copy), [`daemon`] (the filler as a daemon, `@chunkfs-filler`).
+//! complete copy), [`daemon`] (the filler as a daemon, `@chunkfs-filler`), [`reads`] (which
+//! frames a kernel read needs).
 
 pub mod ahead;
 pub mod copy;
@@ -33,6 +34,7 @@ pub mod daemon;
 pub mod device;
 pub mod fanotify;
 pub mod filler;
+pub mod reads;
 pub mod record;
 pub mod replay;
 pub mod status;

@@ -90,13 +90,19 @@ impl Recording {
         Self::new(frames, path)
     }
 
-    /// Notes a read of `range` of file `file`: the frames it overlaps, in offset order, each
-    /// the first time.
+    /// Notes a read of `range` of file `file`: the frames it needs (those it overlaps but the
+    /// tail of the frame before, [`super::reads`]), in offset order, each the first time.
     pub fn note(&self, file: usize, range: &Range<u64>) {
         let Some(frames) = self.frames.get(file) else {
             return;
         };
-        let first = frames.partition_point(|f| f.range.end <= range.start);
+        let mut first = frames.partition_point(|f| f.range.end <= range.start);
+        if frames
+            .get(first)
+            .is_some_and(|f| super::reads::is_tail_before(&f.range, range))
+        {
+            first += 1;
+        }
         let touched = frames
             .get(first..)
             .unwrap_or_default()
@@ -190,6 +196,7 @@ impl FillSource for RecordingSource {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::super::reads;
     use super::*;
 
     fn frame(start: u64, end: u64, tag: u8) -> Frame {
@@ -198,6 +205,9 @@ mod tests {
             digest: [tag; 32],
         }
     }
+
+    /// `n` pages: the kernel reads pack files in pages.
+    const P: u64 = reads::PAGE;
 
     #[test]
     fn frames_are_recorded_once_in_first_touch_order() {
@@ -208,24 +218,24 @@ mod tests {
         let r = Recording::new(
             vec![
                 vec![
-                    frame(300, 400, 3),
-                    frame(0, 100, 1),
-                    frame(100, 250, 2),
-                    frame(500, 600, 4),
+                    frame(300 * P, 400 * P, 3),
+                    frame(0, 100 * P, 1),
+                    frame(100 * P, 250 * P, 2),
+                    frame(500 * P, 600 * P, 4),
                 ],
-                vec![frame(0, 50, 9), frame(50, 80, 2)],
+                vec![frame(0, 50 * P, 9), frame(50 * P, 80 * P, 2)],
             ],
             &path,
         );
         assert!(r.is_empty());
-        r.note(0, &(320..330)); // inside frame 3
-        r.note(0, &(90..310)); // 1, 2, 3 (again): 1 and 2 in offset order
-        r.note(0, &(250..300)); // the gap: nothing
-        r.note(1, &(60..70)); // chunk 2 again, through another file
-        r.note(1, &(0..10)); // 9
-        r.note(0, &(600..700)); // past the end
-        r.note(7, &(0..100)); // not a file
-        r.note(0, &(599..600)); // the last byte of 4
+        r.note(0, &(320 * P..330 * P)); // inside frame 3
+        r.note(0, &(90 * P..310 * P)); // 1, 2, 3 (again): 1 and 2 in offset order
+        r.note(0, &(250 * P..300 * P)); // the gap: nothing
+        r.note(1, &(60 * P..70 * P)); // chunk 2 again, through another file
+        r.note(1, &(0..10 * P)); // 9
+        r.note(0, &(600 * P..700 * P)); // past the end
+        r.note(7, &(0..100 * P)); // not a file
+        r.note(0, &(598 * P..600 * P)); // the last pages of 4
         let tags: Vec<u8> = r.digests().iter().map(|d| d[0]).collect();
         assert_eq!(tags, [3, 1, 2, 9, 4]);
         assert_eq!(r.write().unwrap(), 5);
@@ -235,5 +245,33 @@ mod tests {
         assert_eq!(back, [3, 1, 2, 9, 4]);
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_tail_of_the_frame_before_a_read_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        // Frames packed back to back, sharing pages: 1 ends 100 bytes into page 3, where 2
+        // starts; 2 ends 10 bytes into page 8, where 3 starts.
+        let r = Recording::new(
+            vec![vec![
+                frame(0, 3 * P + 100, 1),
+                frame(3 * P + 100, 8 * P + 10, 2),
+                frame(8 * P + 10, 20 * P, 3),
+            ]],
+            &dir.path().join("list"),
+        );
+        // The kernel reads frame 2 from its first page: 1's tail is there, not needed; 3's head
+        // is in its last page and counts (a frame cut across two pieces of one read looks the
+        // same there, and must be filled).
+        r.note(0, &(3 * P..9 * P));
+        let tags: Vec<u8> = r.digests().iter().map(|d| d[0]).collect();
+        assert_eq!(tags, [2, 3]);
+        // A later piece of a read of 3 holds only its later pages: nothing new.
+        r.note(0, &(12 * P..20 * P));
+        assert_eq!(r.len(), 2);
+        // Frame 1 read whole.
+        r.note(0, &(0..4 * P));
+        let tags: Vec<u8> = r.digests().iter().map(|d| d[0]).collect();
+        assert_eq!(tags, [2, 3, 1]);
     }
 }

@@ -28,6 +28,7 @@ use chunkfs_format::{Classify, ErrorClass};
 
 use super::ahead;
 use super::filler::{FillError, FillSource};
+use super::reads;
 use super::work;
 
 /// One pack and the frames of it the mount reads.
@@ -139,10 +140,16 @@ impl StoreSource {
         self.packs.get(file).ok_or(FillError::NoSuchFile { file })
     }
 
-    /// The used frames overlapping `range` of `file`'s pack file.
+    /// The used frames a kernel read of `range` of `file`'s pack file needs: those it overlaps
+    /// but the tail of the frame before ([`reads`]).
     fn used_in(u: &Used, range: Range<u64>) -> Vec<usize> {
         u.pack
-            .frames_in(range)
+            .frames_in(range.clone())
+            .filter(|&i| {
+                u.pack
+                    .frame_range(i)
+                    .is_none_or(|f| !reads::is_tail_before(&f, &range))
+            })
             .filter(|&i| u.is_used.get(i).copied().unwrap_or(false))
             .collect()
     }
