@@ -206,7 +206,7 @@ mod tests {
         }
     }
 
-    /// `n` pages: the kernel reads pack files in pages.
+    /// One page: the kernel reads pack files in pages.
     const P: u64 = reads::PAGE;
 
     #[test]
