@@ -225,19 +225,17 @@ fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chunkfs_kernel_abi::testkit::XorShift64;
 
     /// `len` bytes of words from a small vocabulary: compressible, not trivially.
     fn text(len: usize, seed: u64) -> Vec<u8> {
         const WORDS: [&[u8]; 8] = [
             b"chunk ", b"frame ", b"extent ", b"inode\n", b"zstd ", b"sha256 ", b"erofs ", b"0x1f ",
         ];
-        let mut x = seed | 1;
+        let mut rng = XorShift64::new(seed | 1);
         let mut out = Vec::with_capacity(len + 8);
         while out.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(WORDS[(x % 8) as usize]);
+            out.extend_from_slice(WORDS[rng.below(8) as usize]);
         }
         out.truncate(len);
         out
@@ -313,13 +311,8 @@ mod tests {
     fn whatever_a_damaged_frame_decodes_to_its_digest_is_of_those_bytes() {
         let data = text(700_000, 11);
         let good = frame(&data);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = XorShift64::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next_u64();
         for round in 0..300 {
             let mut bad = good.clone();
             match round % 3 {
