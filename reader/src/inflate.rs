@@ -116,7 +116,8 @@ pub(crate) fn decompress_hashed(
         };
         dctx.reset()?;
         let in_turn = |dctx: &mut Dctx| {
-            let n = decode(dctx, frame, base, len, |_| {})?;
+            // Nobody hashes along: the whole frame in one step.
+            let n = decode(dctx, frame, frame.len(), base, len, |_| {})?;
             // SAFETY: zstd wrote bytes [0, n) of the buffer, whose capacity is len >= n.
             let bytes = unsafe { std::slice::from_raw_parts(base.0, n) };
             Ok::<_, ChunkError>((n, Sha256::digest(bytes).into()))
@@ -133,7 +134,7 @@ pub(crate) fn decompress_hashed(
             else {
                 return in_turn(dctx);
             };
-            let decoded = decode(dctx, frame, base, len, |upto| {
+            let decoded = decode(dctx, frame, STEP, base, len, |upto| {
                 let _ = tx.send(upto);
             });
             drop(tx);
@@ -169,12 +170,13 @@ fn hash_as_written(base: Base, rx: &mpsc::Receiver<usize>) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Decodes the one frame of `frame` into the `cap` bytes at `base`, a step of input at a time,
-/// calling `written` with the bytes written so far after each step that wrote some. Returns the
-/// content length.
+/// Decodes the one frame of `frame` into the `cap` bytes at `base`, `step` bytes of input at a
+/// time, calling `written` with the bytes written so far after each step that wrote some.
+/// Returns the content length.
 fn decode(
     dctx: &mut Dctx,
     frame: &[u8],
+    step: usize,
     base: Base,
     cap: usize,
     mut written: impl FnMut(usize),
@@ -190,7 +192,7 @@ fn decode(
         pos: 0,
     };
     loop {
-        input.size = input.size.saturating_add(STEP).min(frame.len());
+        input.size = input.size.saturating_add(step.max(1)).min(frame.len());
         let before = output.pos;
         // SAFETY: the context is valid; `input` describes bytes of `frame`, `output` the buffer
         // of `cap` bytes at `base`, which zstd writes from `output.pos` on.
